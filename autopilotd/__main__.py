@@ -1,0 +1,3 @@
+from autopilotd.cli import main
+
+main()

@@ -1,0 +1,112 @@
+"""`autopilotd`: run the daemon, the demo, the MCP server, service units and the devnet."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from autopilotd import __version__
+from autopilotd.config import load_config
+from autopilotd.errors import AutopilotError, StartupCheckFailed
+from autopilotd.paths import Paths
+
+EXIT_USAGE = 2
+EXIT_CONFIG = 78
+
+
+def _configure_logging(level: str) -> None:
+    """Plain lines to stderr (journald stamps them under systemd); the only handler set-up."""
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="autopilotd", description=__doc__)
+    p.add_argument("--version", action="version", version=f"autopilotd {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--home", help="keep config, data, runtime files and logs under DIR")
+
+    demo = sub.add_parser("demo", help="the embedded default: start everything, print the web URL")
+    demo.add_argument("--home", default=".demo", help="demo directory (default: ./.demo)")
+    demo.add_argument("--once", action="store_true", help="print the addresses, then stop")
+
+    mcp = sub.add_parser("mcp", help="an MCP stdio server over the command registry")
+    mcp.add_argument("--home")
+    mcp.add_argument("--manifest")
+    mcp.add_argument("--allow-control", action="store_true", help="also expose state-changing commands")
+    mcp.add_argument(
+        "--allow-spend",
+        action="store_true",
+        help="also expose money-moving commands; each call still waits for a person's approval",
+    )
+
+    svc = sub.add_parser("service", help="install, remove or inspect the user service")
+    svc.add_argument("action", choices=["install", "uninstall", "status", "print"])
+    svc.add_argument("--home", help="run the service with this --home")
+    svc.add_argument("--dry-run", action="store_true", help="show what would be done")
+
+    devnet = sub.add_parser("devnet", help="the offline regtest Bitcoin + Lightning network", add_help=False)
+    devnet.add_argument("args", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        code = _dispatch(args)
+    except StartupCheckFailed as exc:
+        print(f"autopilotd: refusing to start: {exc.message}", file=sys.stderr)
+        code = EXIT_CONFIG
+    except AutopilotError as exc:
+        print(f"autopilotd: {exc.message}", file=sys.stderr)
+        code = EXIT_CONFIG
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.cmd == "run":
+        paths = Paths.resolve(args.home)
+        config = load_config(paths)
+        _configure_logging(config.log_level)
+        from autopilotd.runtime.daemon import run_daemon
+
+        return asyncio.run(run_daemon(config))
+    if args.cmd == "demo":
+        _configure_logging("INFO")
+        from autopilotd.demo import run_demo
+
+        return asyncio.run(run_demo(Path(args.home), once=args.once))
+    if args.cmd == "mcp":
+        _configure_logging("WARNING")
+        from autopilotd.mcp.server import serve_stdio
+
+        return asyncio.run(
+            serve_stdio(
+                home=args.home,
+                manifest=args.manifest,
+                allow_control=args.allow_control,
+                allow_spend=args.allow_spend,
+            )
+        )
+    if args.cmd == "service":
+        from autopilotd.service.units import service_main
+
+        return service_main(args.action, home=args.home, dry_run=args.dry_run)
+    if args.cmd == "devnet":
+        try:
+            from autopilotd.devnet.cli import main as devnet_main
+        except ImportError:
+            print("autopilotd: the devnet is not available in this build", file=sys.stderr)
+            return EXIT_USAGE
+        return int(devnet_main(list(args.args)))
+    return EXIT_USAGE

@@ -1,0 +1,126 @@
+"""Configuration, declared once: a frozen dataclass loaded from TOML plus environment overrides.
+
+The file is `config.toml` in the config directory; every field can be overridden by an
+environment variable `AUTOPILOTD_<FIELD>` (upper case). The result is passed explicitly to
+whoever needs it; there are no module-global settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from autopilotd.errors import UserError
+from autopilotd.paths import Paths
+
+ENV_PREFIX = "AUTOPILOTD_"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the daemon can be told. Defaults are what a new user should get."""
+
+    paths: Paths = field(metadata={"internal": True})
+    # Control plane (JSON-RPC and web UI on one loopback server).
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 0
+    call_timeout_s: float = 30.0
+    max_body_bytes: int = 1 << 20
+    max_batch: int = 20
+    # Shutdown: how long services get to stop after cancellation.
+    stop_timeout_s: float = 10.0
+    # Session logs: how many sessions and bytes to keep.
+    log_keep_sessions: int = 20
+    log_keep_bytes: int = 64 << 20
+    log_level: str = "INFO"
+
+    def public(self) -> dict[str, Any]:
+        """The settings as JSON, for status and docs (no secrets live here)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            if f.metadata.get("internal"):
+                continue
+            out[f.name] = getattr(self, f.name)
+        return out
+
+
+def _settable_fields() -> dict[str, dataclasses.Field[Any]]:
+    return {f.name: f for f in dataclasses.fields(Config) if not f.metadata.get("internal")}
+
+
+def _coerce(name: str, kind: Any, value: Any, source: str) -> Any:
+    """Turn a TOML or environment value into the field's type, or say clearly why not."""
+    if isinstance(kind, str):  # postponed annotations
+        kind = {"str": str, "int": int, "float": float, "bool": bool}.get(kind, kind)
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+    try:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind is int:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if kind is float:
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if kind is str:
+            if not isinstance(value, str):
+                raise ValueError(value)
+            return value
+    except ValueError:
+        pass
+    raise UserError(f"{source}: setting '{name}' must be a {getattr(kind, '__name__', kind)}")
+
+
+def load_config(paths: Paths, env: Mapping[str, str] | None = None) -> Config:
+    """Read `config.toml` (if any), apply `AUTOPILOTD_*` overrides, validate, return a Config."""
+    env = os.environ if env is None else env
+    fields = _settable_fields()
+    hints = typing.get_type_hints(Config)
+    values: dict[str, Any] = {}
+    if paths.config_file.exists():
+        try:
+            data = tomllib.loads(paths.config_file.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"{paths.config_file}: not valid TOML ({exc})") from None
+        for key, value in data.items():
+            if key not in fields:
+                raise UserError(f"{paths.config_file}: unknown setting '{key}'")
+            values[key] = _coerce(key, hints[key], value, str(paths.config_file))
+    for name in fields:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _coerce(name, hints[name], raw, ENV_PREFIX + name.upper())
+    config = Config(paths=paths, **values)
+    _validate(config)
+    return config
+
+
+def _validate(config: Config) -> None:
+    if config.listen_host not in ("127.0.0.1", "::1", "localhost"):
+        raise UserError("listen_host must be a loopback address (127.0.0.1, ::1 or localhost)")
+    if not 0 <= config.listen_port <= 65535:
+        raise UserError("listen_port must be between 0 and 65535 (0 picks a free port)")
+    for name in ("call_timeout_s", "stop_timeout_s"):
+        if getattr(config, name) <= 0:
+            raise UserError(f"{name} must be positive")
+    for name in ("max_body_bytes", "max_batch", "log_keep_sessions", "log_keep_bytes"):
+        if getattr(config, name) < 1:
+            raise UserError(f"{name} must be at least 1")
+    if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise UserError("log_level must be one of DEBUG, INFO, WARNING, ERROR")

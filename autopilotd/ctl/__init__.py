@@ -1,0 +1,1 @@
+"""autopilotctl: the thin CLI over JSON-RPC, found through the manifest."""

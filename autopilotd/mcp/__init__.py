@@ -1,0 +1,1 @@
+"""`autopilotd mcp`: registry commands as MCP tools, over stdio."""

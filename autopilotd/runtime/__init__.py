@@ -1,0 +1,1 @@
+"""The runtime: one TaskGroup of services, one writer of the frozen Snapshot."""

@@ -1,0 +1,48 @@
+"""Named snapshot predicates for `autopilotctl wait` (daemon-ready now; later issues add theirs)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from autopilotd.errors import InvalidParams
+from autopilotd.runtime.snapshot import DaemonState, Snapshot
+
+Predicate = Callable[[Snapshot], bool]
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: str
+    help: str
+    predicate: Predicate
+
+
+class Conditions:
+    def __init__(self) -> None:
+        self._items: dict[str, Condition] = {}
+
+    def add(self, name: str, help: str, predicate: Predicate) -> None:
+        if name in self._items:
+            raise ValueError(f"condition {name!r} is defined twice")
+        self._items[name] = Condition(name, help, predicate)
+
+    def get(self, name: str) -> Condition:
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(sorted(self._items))
+            raise InvalidParams(f"unknown condition '{name}'; known: {known}") from None
+
+    def all(self) -> list[Condition]:
+        return [self._items[n] for n in sorted(self._items)]
+
+
+def builtin_conditions() -> Conditions:
+    conditions = Conditions()
+    conditions.add(
+        "daemon-ready",
+        "the daemon has started every service and its control plane answers",
+        lambda s: s.daemon.state is DaemonState.READY,
+    )
+    return conditions

@@ -1,0 +1,239 @@
+"""`autopilotd run`: start-up checks, one TaskGroup of services, the manifest, a bounded stop.
+
+Order matters and is the point of this module:
+1. directories (0700) and the single-owner lock, the session log, the store's assertions;
+2. the control-plane socket is bound, services start under one TaskGroup;
+3. only once the control plane serves is the manifest written and systemd told READY=1;
+4. stop (SIGTERM, SIGINT or `daemon.stop`) cancels the services, bounded by a timeout; the
+   manifest is removed, the session is closed in the store, and the lock released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from autopilotd import __version__
+from autopilotd.commands import BUILTINS, Registrar
+from autopilotd.config import Config
+from autopilotd.errors import StartupCheckFailed
+from autopilotd.manifest import Manifest, SCHEMA_VERSION, remove_manifest, write_manifest
+from autopilotd.paths import private_dir
+from autopilotd.registry import Registry
+from autopilotd.rpc.server import ControlPlane, bind_loopback
+from autopilotd.runtime.approvals import Approvals
+from autopilotd.runtime.conditions import builtin_conditions
+from autopilotd.runtime.context import Runtime, Service
+from autopilotd.runtime.events import EventBus
+from autopilotd.runtime.notify import sd_notify
+from autopilotd.runtime.snapshot import DaemonSection, DaemonState, ServiceState, Snapshot
+from autopilotd.runtime.state import StateStore
+from autopilotd.runtime.supervisor import supervise
+from autopilotd.runtime.tokens import TokenBook
+from autopilotd.sessionlog import SessionLog, new_session_id
+from autopilotd.store import Store
+
+logger = logging.getLogger(__name__)
+
+ServiceFactory = Callable[[Runtime], Service]
+
+EXIT_OK = 0
+EXIT_STARTUP_FAILED = 78  # EX_CONFIG: systemd's Restart=on-failure will not loop on it forever
+EXIT_STOP_TIMEOUT = 70
+
+
+@contextlib.contextmanager
+def owner_lock(path: Path) -> Iterator[None]:
+    """One process owns a home's database at a time (RELIABILITY D3)."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StartupCheckFailed(
+                f"another autopilotd already runs with this home ({path.parent}); "
+                "stop it first, or use a different --home"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+async def run_daemon(
+    config: Config,
+    *,
+    registrars: Iterable[Registrar] = (),
+    services: Iterable[ServiceFactory] = (),
+) -> int:
+    """Run the daemon until asked to stop; return the process exit code."""
+    paths = config.paths
+    for directory in (paths.config_dir, paths.data_dir, paths.runtime_dir, paths.log_dir):
+        private_dir(directory)
+    with owner_lock(paths.lock_file):
+        session_id = new_session_id()
+        log = SessionLog(paths.log_dir, session_id, config.log_keep_sessions, config.log_keep_bytes)
+        log.open()
+        handler = log.handler(getattr(logging, config.log_level.upper()))
+        logging.getLogger().addHandler(handler)
+        try:
+            store = await Store.open(paths.database_file)
+            try:
+                return await _run(config, log, store, registrars, services)
+            finally:
+                await store.close()
+        finally:
+            logging.getLogger().removeHandler(handler)
+            log.close()
+
+
+async def _record_session(store: Store, session_id: str, started_at: float) -> None:
+    unclean = await store.fetchone(
+        "SELECT id FROM daemon_sessions WHERE stopped_at IS NULL ORDER BY started_at DESC LIMIT 1"
+    )
+    if unclean is not None:
+        logger.warning("the previous session %s ended without a clean stop", unclean[0])
+    async with store.transaction() as tx:
+        await tx.execute(
+            "INSERT INTO daemon_sessions (id, pid, version, started_at) VALUES (?, ?, ?, ?)",
+            (session_id, os.getpid(), __version__, started_at),
+        )
+
+
+async def _close_session(store: Store, session_id: str) -> None:
+    async with store.transaction() as tx:
+        await tx.execute(
+            "UPDATE daemon_sessions SET stopped_at = ? WHERE id = ?", (time.time(), session_id)
+        )
+
+
+async def _run(
+    config: Config,
+    log: SessionLog,
+    store: Store,
+    registrars: Iterable[Registrar],
+    service_factories: Iterable[ServiceFactory],
+) -> int:
+    paths = config.paths
+    started_at = time.time()
+    await _record_session(store, log.session_id, started_at)
+    daemon = DaemonSection(
+        version=__version__,
+        pid=os.getpid(),
+        started_at=started_at,
+        home=paths.display_home(),
+        session_id=log.session_id,
+    )
+    events = EventBus(sink=log)
+    registry = Registry()
+    rt = Runtime(
+        config=config,
+        state=StateStore(Snapshot(seq=0, daemon=daemon)),
+        events=events,
+        store=store,
+        log=log,
+        registry=registry,
+        tokens=TokenBook(),
+        approvals=Approvals(),
+        conditions=builtin_conditions(),
+    )
+    for register in (*BUILTINS, *registrars):
+        register(registry, rt)
+
+    try:
+        sock = bind_loopback(config.listen_host, config.listen_port)
+    except OSError as exc:
+        raise StartupCheckFailed(
+            f"cannot listen on {config.listen_host}:{config.listen_port} ({exc.strerror}); "
+            "choose another listen_port or stop what uses it"
+        ) from None
+    control = ControlPlane(rt, sock)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, rt.request_stop)
+    manifest_written = False
+    try:
+        async with asyncio.TaskGroup() as tg:
+            all_services: list[Service] = [control, *(make(rt) for make in service_factories)]
+            tasks = [tg.create_task(supervise(rt, s), name=s.name) for s in all_services]
+            if not await _control_plane_up(rt):
+                rt.request_stop()
+            else:
+                rt.state.update(
+                    lambda s: dataclasses.replace(
+                        s,
+                        daemon=dataclasses.replace(
+                            s.daemon,
+                            state=DaemonState.READY,
+                            rpc_url=control.rpc_url,
+                            web_url=control.web_url,
+                        ),
+                    )
+                )
+                write_manifest(
+                    paths.manifest_file,
+                    Manifest(
+                        schema_version=SCHEMA_VERSION,
+                        pid=os.getpid(),
+                        started_at=started_at,
+                        version=__version__,
+                        rpc_url=control.rpc_url,
+                        web_url=control.web_url,
+                        auth_token=rt.tokens.owner,
+                        home=paths.display_home(),
+                        latest_session_log=str(log.latest),
+                    ),
+                )
+                manifest_written = True
+                sd_notify("READY=1")
+                rt.events.publish("daemon.ready", rpc_url=control.rpc_url, web_url=control.web_url)
+                logger.info("autopilotd %s ready at %s", __version__, control.web_url)
+            await rt.stop_requested.wait()
+            sd_notify("STOPPING=1")
+            rt.state.update(
+                lambda s: dataclasses.replace(
+                    s, daemon=dataclasses.replace(s.daemon, state=DaemonState.STOPPING)
+                )
+            )
+            rt.events.publish("daemon.stopping")
+            for task in tasks:
+                task.cancel()
+            _, pending = await asyncio.wait(tasks, timeout=config.stop_timeout_s)
+            if pending:
+                names = ", ".join(sorted(t.get_name() for t in pending))
+                logger.error("services did not stop within %.0f s: %s", config.stop_timeout_s, names)
+                remove_manifest(paths.manifest_file, os.getpid())
+                await _close_session(store, log.session_id)
+                log.close()
+                os._exit(EXIT_STOP_TIMEOUT)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+        if manifest_written:
+            remove_manifest(paths.manifest_file, os.getpid())
+    await _close_session(store, log.session_id)
+    failed = rt.state.current.service(control.name)
+    if not manifest_written and failed is not None and failed.state is ServiceState.FAILED:
+        raise StartupCheckFailed(f"the control plane could not start: {failed.last_error}")
+    logger.info("autopilotd stopped cleanly")
+    return EXIT_OK
+
+
+async def _control_plane_up(rt: Runtime) -> bool:
+    """Wait for the control plane to serve (True) or fail (False)."""
+    snapshot = rt.state.current
+    while True:
+        status = snapshot.service(ControlPlane.name)
+        if status is not None and status.state is ServiceState.RUNNING:
+            return True
+        if status is not None and status.state in (ServiceState.FAILED, ServiceState.STOPPED):
+            return False
+        snapshot = await rt.state.wait_for_change(snapshot.seq)

@@ -1,0 +1,79 @@
+"""The frozen Snapshot: the one source of truth every surface renders.
+
+A new Snapshot replaces the old one whole on every change, with `seq + 1`. JSON-RPC `status`,
+the web panes and `autopilotctl status` all render `Snapshot.to_json()`; nothing on a surface
+computes its own truth. Later services add sections here as new fields with defaults.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+class DaemonState(enum.StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+
+
+class ServiceState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class DaemonSection:
+    version: str
+    pid: int
+    started_at: float
+    home: str
+    session_id: str
+    state: DaemonState = DaemonState.STARTING
+    rpc_url: str | None = None
+    web_url: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """A service's lifecycle as the user sees it: what it is doing, what broke, what to do."""
+
+    name: str
+    state: ServiceState
+    since: float
+    last_error: str | None = None
+    next_step: str | None = None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    seq: int
+    daemon: DaemonSection
+    services: tuple[ServiceStatus, ...] = field(default_factory=tuple)
+
+    def service(self, name: str) -> ServiceStatus | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def with_service(self, status: ServiceStatus) -> tuple[ServiceStatus, ...]:
+        """The services tuple with `status` replacing (or joining) its namesake, in name order."""
+        others = [s for s in self.services if s.name != status.name]
+        return tuple(sorted([*others, status], key=lambda s: s.name))
+
+    def to_json(self, now: float) -> dict[str, Any]:
+        """The snapshot as JSON; `uptime_s` is the daemon's age at `now`."""
+        data = asdict(self)
+        data["daemon"]["uptime_s"] = round(max(0.0, now - self.daemon.started_at), 3)
+        return _plain(data)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value

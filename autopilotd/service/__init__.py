@@ -1,0 +1,1 @@
+"""Service units for systemd (Linux) and launchd (macOS), generated and installed per user."""
