@@ -41,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     mcp = sub.add_parser("mcp", help="an MCP stdio server over the command registry")
     mcp.add_argument("--home")
     mcp.add_argument("--manifest")
-    mcp.add_argument("--allow-control", action="store_true", help="also expose state-changing commands")
+    mcp.add_argument(
+        "--allow-control", action="store_true", help="also expose state-changing commands"
+    )
     mcp.add_argument(
         "--allow-spend",
         action="store_true",
@@ -53,7 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     svc.add_argument("--home", help="run the service with this --home")
     svc.add_argument("--dry-run", action="store_true", help="show what would be done")
 
-    devnet = sub.add_parser("devnet", help="the offline regtest Bitcoin + Lightning network", add_help=False)
+    devnet = sub.add_parser(
+        "devnet", help="the offline regtest Bitcoin + Lightning network", add_help=False
+    )
     devnet.add_argument("args", nargs=argparse.REMAINDER)
     return p
 

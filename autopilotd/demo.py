@@ -29,7 +29,9 @@ async def _wait_ready(home: Path, proc: asyncio.subprocess.Process) -> None:
         try:
             endpoint = locate(home=str(home))
             async with RpcClient(endpoint) as client:
-                result = await client.call("wait.until", {"condition": "daemon-ready", "timeout_s": 5})
+                result = await client.call(
+                    "wait.until", {"condition": "daemon-ready", "timeout_s": 5}
+                )
                 if result["met"]:
                     return
         except DaemonNotRunning:

@@ -117,5 +117,5 @@ def write_private_atomic(path: Path, data: bytes) -> None:
         tmp.unlink(missing_ok=True)
         raise
     os.close(fd)
-    os.replace(tmp, path)
+    tmp.replace(path)
     fsync_dir(path.parent)

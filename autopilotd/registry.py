@@ -14,7 +14,7 @@ import types
 import typing
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypeVar
 
 from autopilotd.errors import Forbidden, InvalidParams, NotFound
 
@@ -273,4 +273,4 @@ class Registry:
         if ACCESS_RANK[scope] < ACCESS_RANK[cmd.access]:
             raise Forbidden(f"'{name}' needs '{cmd.access}' access; this token has '{scope}'")
         bound = cmd.bind(params)
-        return await cast(CommandFunc, cmd.func)(**bound)
+        return await cmd.func(**bound)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+from autopilotd.commands.system import _clamp_timeout
 from autopilotd.errors import InvalidParams
 from autopilotd.registry import Registry
 from autopilotd.runtime.context import Runtime
-from autopilotd.commands.system import _clamp_timeout
 
 
 def register(reg: Registry, rt: Runtime) -> None:

@@ -54,7 +54,9 @@ def register(reg: Registry, rt: Runtime) -> None:
         return snapshot.to_json(rt.clock())
 
     @reg.command("events.wait")
-    async def events_wait(after: int = 0, timeout_s: float = 20.0, limit: int = 200) -> dict[str, Any]:
+    async def events_wait(
+        after: int = 0, timeout_s: float = 20.0, limit: int = 200
+    ) -> dict[str, Any]:
         """Return events with an id greater than `after`, waiting up to `timeout_s` for one.
 
         Long-poll: pass the last id you saw as `after`. `missed` is true when older events
@@ -74,7 +76,11 @@ def register(reg: Registry, rt: Runtime) -> None:
         """Return the last `lines` records (at most 1000) of the current session log."""
         if lines < 1 or lines > 1000:
             raise InvalidParams("lines must be between 1 and 1000")
-        return {"session": rt.log.session_id, "path": str(rt.log.path), "records": rt.log.tail(lines)}
+        return {
+            "session": rt.log.session_id,
+            "path": str(rt.log.path),
+            "records": rt.log.tail(lines),
+        }
 
     @reg.command("logs.mark", access="control")
     async def logs_mark(message: str) -> dict[str, Any]:
@@ -117,4 +123,3 @@ def _clamp_timeout(timeout_s: float) -> float:
     if timeout_s < 0:
         raise InvalidParams("timeout_s must not be negative")
     return min(timeout_s, LONG_POLL_MAX_S)
-

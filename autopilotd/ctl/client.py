@@ -39,7 +39,7 @@ def locate(
     rpc_url: str | None = None,
     token: str | None = None,
 ) -> Endpoint:
-    """Find the daemon: explicit --rpc-url/--token, else the manifest (--manifest, --home, default)."""
+    """Find the daemon: --rpc-url with --token, else the manifest (--manifest, --home, default)."""
     if rpc_url or token:
         if not (rpc_url and token):
             raise UserError("--rpc-url and --token go together")
@@ -76,9 +76,13 @@ class RpcClient:
         body = {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": params or {}}
         headers = {"Authorization": f"Bearer {self.endpoint.token}"}
         try:
-            async with self._session.post(self.endpoint.rpc_url, json=body, headers=headers) as resp:
+            async with self._session.post(
+                self.endpoint.rpc_url, json=body, headers=headers
+            ) as resp:
                 if resp.status == 401:
-                    raise RpcError(401, "the daemon refused the token (restarted? re-read the manifest)")
+                    raise RpcError(
+                        401, "the daemon refused the token (restarted? re-read the manifest)"
+                    )
                 payload = await resp.json(content_type=None)
         except aiohttp.ClientConnectionError:
             raise DaemonNotRunning(
@@ -88,5 +92,7 @@ class RpcClient:
             raise RpcError(-32700, "the daemon sent an unexpected answer")
         if "error" in payload:
             err = payload["error"] if isinstance(payload["error"], dict) else {}
-            raise RpcError(int(err.get("code", -32000)), str(err.get("message", "error")), err.get("data"))
+            raise RpcError(
+                int(err.get("code", -32000)), str(err.get("message", "error")), err.get("data")
+            )
         return payload.get("result")

@@ -83,7 +83,8 @@ async def _cmd_logs(c: RpcClient, args: list[str], as_json: bool) -> int:
             print(json.dumps(record))
         else:
             stamp = time.strftime("%H:%M:%S", time.localtime(float(record.get("ts", 0))))
-            print(f"{stamp} {record.get('level', ''):7} {record.get('source', '')}: {record.get('message', '')}")
+            level, source = record.get("level", ""), record.get("source", "")
+            print(f"{stamp} {level:7} {source}: {record.get('message', '')}")
     return EXIT_OK
 
 
@@ -95,7 +96,9 @@ async def _cmd_events(c: RpcClient, args: list[str], as_json: bool) -> int:
     ns = _parse(p, args)
     after = ns.after
     while True:
-        result = await c.call("events.wait", {"after": after, "timeout_s": ns.timeout if not ns.follow else 20.0})
+        result = await c.call(
+            "events.wait", {"after": after, "timeout_s": ns.timeout if not ns.follow else 20.0}
+        )
         for event in result["events"]:
             if as_json:
                 print(json.dumps(event), flush=True)
@@ -115,12 +118,16 @@ async def _cmd_wait(c: RpcClient, args: list[str], as_json: bool) -> int:
     deadline = time.monotonic() + ns.timeout
     while True:
         left = max(0.0, deadline - time.monotonic())
-        result = await c.call("wait.until", {"condition": ns.condition, "timeout_s": min(left, 20.0)})
+        result = await c.call(
+            "wait.until", {"condition": ns.condition, "timeout_s": min(left, 20.0)}
+        )
         if result["met"]:
             _print(result if as_json else f"{ns.condition}: met", as_json)
             return EXIT_OK
         if left <= 0:
-            _print(result if as_json else f"{ns.condition}: not met after {ns.timeout:g} s", as_json)
+            _print(
+                result if as_json else f"{ns.condition}: not met after {ns.timeout:g} s", as_json
+            )
             return EXIT_TIMEOUT
 
 
@@ -164,7 +171,9 @@ def _parse(p: argparse.ArgumentParser, args: list[str]) -> argparse.Namespace:
 
 def _split_command(words: list[str], names: set[str]) -> tuple[str, list[str]]:
     """Find the command name: `a.b`, or the words `a b` joined by dots."""
-    head = [w for w in words[: next((i for i, w in enumerate(words) if w.startswith("-")), len(words))]]
+    head = [
+        w for w in words[: next((i for i, w in enumerate(words) if w.startswith("-")), len(words))]
+    ]
     for n in range(len(head), 0, -1):
         name = ".".join(head[:n])
         if name in names:
@@ -183,7 +192,9 @@ def parse_params(command: dict[str, Any], args: list[str]) -> dict[str, Any]:
             raise UsageError(f"{command['name']}: unexpected argument '{arg}'")
         key, eq, inline = arg[2:].partition("=")
         name = key.replace("-", "_")
-        negated = name.startswith("no_") and name[3:] in params and params[name[3:]]["type"] == "boolean"
+        negated = (
+            name.startswith("no_") and name[3:] in params and params[name[3:]]["type"] == "boolean"
+        )
         if negated:
             out[name[3:]] = False
             i += 1
@@ -234,7 +245,9 @@ def _convert(cmd: str, name: str, kind: str, raw: str, previous: Any) -> Any:
             return value
         return raw
     except ValueError:
-        raise UsageError(f"{cmd}: --{name.replace('_', '-')} expects a {kind}, not '{raw}'") from None
+        raise UsageError(
+            f"{cmd}: --{name.replace('_', '-')} expects a {kind}, not '{raw}'"
+        ) from None
 
 
 async def _generic(c: RpcClient, words: list[str], as_json: bool) -> int:
@@ -253,9 +266,13 @@ async def run(argv: list[str]) -> int:
     words: list[str] = ns.command
     if not words:
         raise UsageError("no command given; try 'autopilotctl status' or 'autopilotctl commands'")
-    endpoint: Endpoint = locate(home=ns.home, manifest=ns.manifest, rpc_url=ns.rpc_url, token=ns.token)
+    endpoint: Endpoint = locate(
+        home=ns.home, manifest=ns.manifest, rpc_url=ns.rpc_url, token=ns.token
+    )
     async with RpcClient(endpoint) as client:
-        if words[0] in SHORT and (words[0] == "wait" or len(words) == 1 or words[1].startswith("-")):
+        if words[0] in SHORT and (
+            words[0] == "wait" or len(words) == 1 or words[1].startswith("-")
+        ):
             return await SHORT[words[0]](client, words[1:], ns.json)
         return await _generic(client, words, ns.json)
 
@@ -271,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autopilotctl: {exc.message}", file=sys.stderr)
         code = EXIT_NOT_RUNNING
     except RpcError as exc:
-        detail = f" (error id {exc.raw_data['correlation_id']})" if isinstance(exc.raw_data, dict) and "correlation_id" in exc.raw_data else ""
+        detail = (
+            f" (error id {exc.raw_data['correlation_id']})"
+            if isinstance(exc.raw_data, dict) and "correlation_id" in exc.raw_data
+            else ""
+        )
         print(f"autopilotctl: {exc.message}{detail}", file=sys.stderr)
         code = EXIT_ERROR
     except (UserError, AutopilotError) as exc:

@@ -57,13 +57,17 @@ def render_commands(commands: list[dict[str, Any]], *, markdown: bool, full: boo
         ]
         for cmd in commands:
             out += [f"## `{cmd['name']}`", ""]
-            out += [f"Access: `{cmd['access']}`" + (" · moves money" if cmd["moves_money"] else ""), ""]
+            out += [
+                f"Access: `{cmd['access']}`" + (" · moves money" if cmd["moves_money"] else ""),
+                "",
+            ]
             if cmd["params"]:
                 out += ["| parameter | type | required | default |", "|---|---|---|---|"]
                 for p in cmd["params"]:
                     kind = " \\| ".join(p["choices"]) if p.get("choices") else p["type"]
                     default = "" if p["required"] else f"`{p['default']!r}`"
-                    out.append(f"| `{p['name']}` | {kind} | {'yes' if p['required'] else 'no'} | {default} |")
+                    required = "yes" if p["required"] else "no"
+                    out.append(f"| `{p['name']}` | {kind} | {required} | {default} |")
                 out.append("")
             out += [cmd["help"], ""]
         return "\n".join(out)

@@ -93,7 +93,8 @@ class McpBridge:
 
     async def _approved_call(self, command: str, params: dict[str, Any]) -> Any:
         approval = await self._client.call(
-            "approvals.request", {"command": command, "params": params, "note": "requested over MCP"}
+            "approvals.request",
+            {"command": command, "params": params, "note": "requested over MCP"},
         )
         approval_id = approval["id"]
         logger.warning(
@@ -104,9 +105,9 @@ class McpBridge:
         deadline = time.monotonic() + APPROVAL_WAIT_S
         status = approval["status"]
         while status == "pending" and time.monotonic() < deadline:
-            status = (await self._client.call("approvals.wait", {"id": approval_id, "timeout_s": 20}))[
-                "status"
-            ]
+            status = (
+                await self._client.call("approvals.wait", {"id": approval_id, "timeout_s": 20})
+            )["status"]
         if status != "approved":
             raise RpcError(-32031, f"the user did not approve this {command} (approval {status})")
         return (await self._client.call("approvals.execute", {"id": approval_id}))["result"]
@@ -116,7 +117,9 @@ def _schema(cmd: dict[str, Any]) -> dict[str, Any]:
     properties: dict[str, Any] = {}
     for p in cmd["params"]:
         schema: dict[str, Any] = (
-            {"type": "array", "items": {"type": "string"}} if p["type"] == "array" else {"type": p["type"]}
+            {"type": "array", "items": {"type": "string"}}
+            if p["type"] == "array"
+            else {"type": p["type"]}
         )
         if p.get("choices"):
             schema["enum"] = p["choices"]
@@ -142,7 +145,9 @@ async def scoped_endpoint(owner: Endpoint, scope: Access) -> Endpoint:
 
 
 def build_server(bridge: McpBridge) -> Server[Any]:
-    async def list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
+    async def list_tools(
+        ctx: Any, params: types.PaginatedRequestParams | None
+    ) -> types.ListToolsResult:
         return types.ListToolsResult(tools=await bridge.tools())
 
     async def call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:

@@ -25,7 +25,7 @@ from autopilotd.registry import Access, Registry
 logger = logging.getLogger(__name__)
 logging.getLogger("pjrpc").setLevel(logging.WARNING)  # our own layer logs what matters
 
-SCOPE_KEY = web.RequestKey("autopilotd_scope", str)
+SCOPE_KEY: web.RequestKey[Access] = web.RequestKey("autopilotd_scope", str)  # type: ignore[arg-type]
 TIMEOUT_CODE = -32021
 INTERNAL_CODE = -32603
 
@@ -68,7 +68,7 @@ class RpcDispatcher:
 
     def _bridge(self, name: str) -> Callable[..., Awaitable[Any]]:
         async def method(http_request: web.Request, params: dict[str, Any]) -> Any:
-            scope: Access = http_request[SCOPE_KEY]  # type: ignore[assignment]
+            scope: Access = http_request[SCOPE_KEY]
             return await self.invoke(name, params, scope)
 
         return method
@@ -80,13 +80,13 @@ class RpcDispatcher:
         except AutopilotError as exc:
             raise _error(exc.code, exc.message, exc.data) from None
         except TimeoutError:
-            raise _error(TIMEOUT_CODE, f"'{name}' did not finish within {self._timeout:g} s") from None
+            raise _error(
+                TIMEOUT_CODE, f"'{name}' did not finish within {self._timeout:g} s"
+            ) from None
         except Exception:
             error_id = secrets.token_hex(6)
             logger.exception("command %s failed [error id %s]", name, error_id)
-            raise _error(
-                INTERNAL_CODE, "Internal error", {"correlation_id": error_id}
-            ) from None
+            raise _error(INTERNAL_CODE, "Internal error", {"correlation_id": error_id}) from None
 
     async def dispatch(self, body: str, request: web.Request) -> tuple[str, tuple[int, ...]] | None:
         return await self._dispatcher.dispatch(body, context=request)

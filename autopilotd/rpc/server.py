@@ -42,7 +42,9 @@ def build_app(rt: Runtime, port: int) -> web.Application:
         middlewares=[security_middleware(allowed_hosts(port))],
         client_max_size=cfg.max_body_bytes,
     )
-    dispatcher = RpcDispatcher(rt.registry, call_timeout_s=cfg.call_timeout_s, max_batch=cfg.max_batch)
+    dispatcher = RpcDispatcher(
+        rt.registry, call_timeout_s=cfg.call_timeout_s, max_batch=cfg.max_batch
+    )
 
     async def handle_rpc(request: web.Request) -> web.Response:
         token = bearer_token(request)

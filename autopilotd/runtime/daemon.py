@@ -25,7 +25,7 @@ from autopilotd import __version__
 from autopilotd.commands import BUILTINS, Registrar
 from autopilotd.config import Config
 from autopilotd.errors import StartupCheckFailed
-from autopilotd.manifest import Manifest, SCHEMA_VERSION, remove_manifest, write_manifest
+from autopilotd.manifest import SCHEMA_VERSION, Manifest, remove_manifest, write_manifest
 from autopilotd.paths import private_dir
 from autopilotd.registry import Registry
 from autopilotd.rpc.server import ControlPlane, bind_loopback
@@ -209,7 +209,9 @@ async def _run(
             _, pending = await asyncio.wait(tasks, timeout=config.stop_timeout_s)
             if pending:
                 names = ", ".join(sorted(t.get_name() for t in pending))
-                logger.error("services did not stop within %.0f s: %s", config.stop_timeout_s, names)
+                logger.error(
+                    "services did not stop within %.0f s: %s", config.stop_timeout_s, names
+                )
                 remove_manifest(paths.manifest_file, os.getpid())
                 await _close_session(store, log.session_id)
                 log.close()

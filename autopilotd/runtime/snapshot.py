@@ -66,7 +66,8 @@ class Snapshot:
         """The snapshot as JSON; `uptime_s` is the daemon's age at `now`."""
         data = asdict(self)
         data["daemon"]["uptime_s"] = round(max(0.0, now - self.daemon.started_at), 3)
-        return _plain(data)
+        plain: dict[str, Any] = _plain(data)
+        return plain
 
 
 def _plain(value: Any) -> Any:

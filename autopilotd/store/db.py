@@ -80,6 +80,7 @@ class Store:
             raise StartupCheckFailed(f"{self.path}: foreign keys cannot be enabled")
         async with self._conn.execute("PRAGMA integrity_check") as cur:
             rows = await cur.fetchall()
+        rows = list(rows)
         if [tuple(r) for r in rows] != [("ok",)]:
             detail = "; ".join(str(r[0]) for r in rows[:5])
             raise StartupCheckFailed(
