@@ -79,6 +79,9 @@ class Faucet:
         self._key = key
         # Heights below this have no unspent coinbase left (spends only ever move it up).
         self._next_height = 1
+        # btcd's gettxout still reports outputs that a mempool transaction spends, so the
+        # faucet remembers its own spends (the mempool does not survive a btcd restart).
+        self._spent: set[tuple[str, int]] = set()
 
     async def spendable_coins(self, needed_sats: int) -> list[Coin]:
         """Mature, unspent coinbase outputs worth at least `needed_sats` in total."""
@@ -106,7 +109,7 @@ class Faucet:
         txid = block["tx"][0]
         for vout in range(2):
             out = await self._rpc.call("gettxout", txid, vout, True)
-            if out is None:
+            if out is None or (txid, vout) in self._spent:
                 continue
             if out["scriptPubKey"].get("hex") != self._key.script_pubkey.data.hex():
                 continue
@@ -140,5 +143,6 @@ class Faucet:
         for index, coin in enumerate(coins):
             self._key.sign_input(tx, index, coin.sats)
         txid: str = await self._rpc.call("sendrawtransaction", tx.serialize().hex())
+        self._spent.update((coin.txid, coin.vout) for coin in coins)
         logger.info("faucet paid %d sats in %d outputs: %s", amount, len(outputs), txid)
         return txid

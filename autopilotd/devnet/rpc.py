@@ -4,6 +4,7 @@ btcd closes every RPC connection after it has replied, so the client opens a fre
 connection per call (`force_close`) instead of trusting a pool of dead keep-alive sockets.
 """
 
+import base64
 import itertools
 import logging
 import ssl
@@ -23,6 +24,12 @@ RPC_PARSE_ERROR = -32700
 RPC_INVALID_REQUEST = -32600
 
 
+def basic_auth_header(user: str, password: str) -> str:
+    """The value of an HTTP Basic `Authorization` header."""
+    token = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+    return f"Basic {token}"
+
+
 class RpcError(Exception):
     """An error answer from the node, with its JSON-RPC code."""
 
@@ -39,7 +46,7 @@ class BtcdRpc:
         self, url: str, user: str, password: str, cafile: Path, timeout_s: float = 30.0
     ) -> None:
         self._url = url
-        self._auth = aiohttp.BasicAuth(user, password)
+        self._headers = {"Authorization": basic_auth_header(user, password)}
         self._cafile = cafile
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._ids = itertools.count(1)
@@ -49,7 +56,7 @@ class BtcdRpc:
         context = ssl.create_default_context(cafile=str(self._cafile))
         connector = aiohttp.TCPConnector(ssl=context, force_close=True)
         self._session = aiohttp.ClientSession(
-            connector=connector, auth=self._auth, timeout=self._timeout
+            connector=connector, headers=self._headers, timeout=self._timeout
         )
         return self
 

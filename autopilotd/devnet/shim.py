@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from autopilotd.devnet.chainwork import ChainworkIndex, chainwork_hex
+from autopilotd.devnet.headers import NULL_HASH, HeaderIndex, chainwork_hex
 from autopilotd.devnet.ports import LOOPBACK
 from autopilotd.devnet.rpc import (
     RPC_INVALID_ADDRESS_OR_KEY,
@@ -49,7 +49,7 @@ class BitcoindShim:
     def __init__(self, btcd: BtcdRpc, user: str, password: str) -> None:
         self._btcd = btcd
         self._credentials = f"{user}:{password}".encode()
-        self.chainwork = ChainworkIndex(self._fetch_header)
+        self.headers = HeaderIndex(self._fetch_raw_header)
         self._handlers: dict[str, Handler] = {
             "getblockheader": self._getblockheader,
             "getmempoolentry": self._getmempoolentry,
@@ -64,9 +64,9 @@ class BitcoindShim:
         app.router.add_post("/wallet/{wallet}", self._handle_http)
         return app
 
-    async def _fetch_header(self, block_hash: str) -> dict[str, Any]:
-        header: dict[str, Any] = await self._btcd.call("getblockheader", block_hash, True)
-        return header
+    async def _fetch_raw_header(self, block_hash: str) -> str:
+        raw: str = await self._btcd.call("getblockheader", block_hash, False)
+        return raw
 
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, encoded = request.headers.get("Authorization", "").partition(" ")
@@ -117,12 +117,34 @@ class BitcoindShim:
         return {"result": result, "error": None, "id": request_id}
 
     async def _getblockheader(self, params: list[Any]) -> Any:
+        if not params or not isinstance(params[0], str):
+            raise RpcError(RPC_INVALID_REQUEST, "getblockheader needs a block hash")
         verbose = params[1] if len(params) > 1 else True
-        header = await self._btcd.call("getblockheader", *params)
         if not verbose:
-            return header
-        header["chainwork"] = chainwork_hex(await self.chainwork.chainwork(header))
-        return header
+            return await self._fetch_raw_header(params[0])
+        header = await self.headers.header(params[0])
+        position = await self.headers.position(header)
+        best_height: int = await self._btcd.call("getblockcount")
+        on_main_chain = position.height <= best_height and header.hash == await self._btcd.call(
+            "getblockhash", position.height
+        )
+        reply: dict[str, Any] = {
+            "hash": header.hash,
+            "confirmations": best_height - position.height + 1 if on_main_chain else -1,
+            "height": position.height,
+            "version": header.version,
+            "versionHex": f"{header.version & 0xFFFFFFFF:08x}",
+            "merkleroot": header.merkleroot,
+            "time": header.time,
+            "nonce": header.nonce,
+            "bits": f"{header.bits:08x}",
+            "chainwork": chainwork_hex(position.chainwork),
+        }
+        if header.previousblockhash != NULL_HASH:
+            reply["previousblockhash"] = header.previousblockhash
+        if on_main_chain and position.height < best_height:
+            reply["nextblockhash"] = await self._btcd.call("getblockhash", position.height + 1)
+        return reply
 
     async def _getmempoolentry(self, params: list[Any]) -> Any:
         if not params or not isinstance(params[0], str):
