@@ -1,0 +1,134 @@
+"""The long-lived devnet process: btcd (child), the shim, the hub node and the control API.
+
+`autopilotd devnet up` must return while the network keeps running, so the pieces live in
+this process, started detached (`--detach` forks into a new session) and stopped with
+SIGTERM by `down`. It publishes `devnet.json` only once everything answers, and removes it
+on the way out.
+
+    python -m autopilotd.devnet.supervisor --dir DIR [--detach]
+"""
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import sys
+from pathlib import Path
+
+from autopilotd.devnet.btcd import BtcdConfig, BtcdProcess
+from autopilotd.devnet.coins import Faucet, MinerKey
+from autopilotd.devnet.control import serve_control
+from autopilotd.devnet.hub import HubNode
+from autopilotd.devnet.ldk import ChainSource
+from autopilotd.devnet.operations import INITIAL_BLOCKS, DevnetOperations
+from autopilotd.devnet.ports import LOOPBACK, free_port
+from autopilotd.devnet.shim import BitcoindShim, serve_shim
+from autopilotd.devnet.state import DevnetInfo, DevnetLayout, write_info, write_pid
+
+logger = logging.getLogger(__name__)
+
+
+async def run(layout: DevnetLayout) -> None:
+    """Run the devnet until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    key = MinerKey.load_or_create(layout.miner_key_file)
+    btcd_config = BtcdConfig(
+        home=layout.btcd_home,
+        rpc_port=free_port(),
+        rpc_user="devnet",
+        rpc_password=secrets.token_hex(16),
+        mining_address=key.address,
+    )
+    chain = ChainSource(LOOPBACK, free_port(), "ldk", secrets.token_hex(16))
+    control_token = secrets.token_hex(32)
+    try:
+        async with BtcdProcess(btcd_config) as btcd, btcd_config.rpc() as rpc:
+            write_pid(layout.btcd_pid_file, btcd.pid)
+            height: int = await rpc.call("getblockcount")
+            if height < INITIAL_BLOCKS:
+                await rpc.call("generate", INITIAL_BLOCKS - height)
+            shim = BitcoindShim(rpc, chain.user, chain.password)
+            async with serve_shim(shim, chain.port):
+                hub = HubNode(layout.hub_storage, free_port(), chain)
+                await hub.start()
+                try:
+                    ops = DevnetOperations(rpc, Faucet(rpc, key), hub)
+                    async with asyncio.TaskGroup() as tasks:
+                        events = tasks.create_task(hub.run_events())
+                        await ops.ensure_hub_funds()
+                        async with serve_control(ops, control_token, free_port()) as url:
+                            info = DevnetInfo(
+                                supervisor_pid=os.getpid(),
+                                btcd_pid=btcd.pid,
+                                btcd_rpc_port=btcd_config.rpc_port,
+                                btcd_rpc_user=btcd_config.rpc_user,
+                                btcd_rpc_password=btcd_config.rpc_password,
+                                btcd_cert=str(btcd_config.cert_path),
+                                shim_host=chain.host,
+                                shim_port=chain.port,
+                                shim_user=chain.user,
+                                shim_password=chain.password,
+                                control_url=url,
+                                control_token=control_token,
+                                hub_node_id=hub.node_id,
+                                hub_address=hub.address,
+                                miner_address=key.address,
+                            )
+                            write_info(layout, info)
+                            logger.info("devnet up: shim %s, control %s", info.shim_url, url)
+                            await stop.wait()
+                            logger.info("stopping the devnet")
+                            layout.info_file.unlink(missing_ok=True)
+                        events.cancel()
+                finally:
+                    await hub.stop()
+    finally:
+        layout.info_file.unlink(missing_ok=True)
+        layout.btcd_pid_file.unlink(missing_ok=True)
+
+
+def _detach() -> None:
+    """Fork into a new session; the parent exits at once so the caller is not tied to us."""
+    if os.fork() > 0:
+        os._exit(0)
+    os.setsid()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the supervisor process."""
+    parser = argparse.ArgumentParser(prog="python -m autopilotd.devnet.supervisor")
+    parser.add_argument("--dir", type=Path, required=True, help="the devnet directory")
+    parser.add_argument("--detach", action="store_true", help="run in a new session")
+    args = parser.parse_args(argv)
+    layout = DevnetLayout(args.dir.resolve())
+    layout.create()
+    if args.detach:
+        _detach()
+    log = layout.log_file.open("a")
+    os.dup2(log.fileno(), sys.stdout.fileno())
+    os.dup2(log.fileno(), sys.stderr.fileno())
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    write_pid(layout.supervisor_pid_file, os.getpid())
+    try:
+        asyncio.run(run(layout))
+    except Exception:
+        logger.exception("the devnet failed")
+        return 1
+    finally:
+        layout.supervisor_pid_file.unlink(missing_ok=True)
+        logger.info("devnet down")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""End to end on the devnet: a buyer pays a provider's BOLT11 invoice through the hub."""
+
+import asyncio
+import time
+from pathlib import Path
+
+from autopilotd.devnet import Devnet
+from autopilotd.devnet.ldk import ldk_node_module
+
+from .participant import Participant, running_participant
+
+CHANNEL_SATS = 1_000_000
+BUYER_PUSH_SATS = 400_000
+ONCHAIN_RESERVE_SATS = 100_000
+AMOUNT_SATS = 21_000
+
+
+async def _fund_and_connect(net: Devnet, who: Participant, push_sats: int) -> None:
+    await who.call(who.node.sync_wallets)
+    await net.client.open_channel(who.node_id, who.address, CHANNEL_SATS, push_sats)
+    await who.wait_event("CHANNEL_READY")
+
+
+async def test_buyer_pays_provider_through_the_hub(tmp_path: Path) -> None:
+    ldk = ldk_node_module()
+    started = time.monotonic()
+    async with (
+        Devnet(tmp_path / "devnet") as net,
+        running_participant(tmp_path / "provider", net.chain_source, "provider") as provider,
+        running_participant(tmp_path / "buyer", net.chain_source, "buyer") as buyer,
+    ):
+        # Accepting an anchor channel needs an on-chain reserve in the acceptor's wallet.
+        for who in (provider, buyer):
+            await net.client.fund(await who.onchain_address(), ONCHAIN_RESERVE_SATS, 0)
+        await net.client.mine(1)
+        async with asyncio.TaskGroup() as tasks:
+            # The provider needs inbound liquidity, the buyer outbound: the hub pushes to it.
+            tasks.create_task(_fund_and_connect(net, provider, 0))
+            tasks.create_task(_fund_and_connect(net, buyer, BUYER_PUSH_SATS))
+        assert await provider.lightning_sats() == 0
+        assert await buyer.lightning_sats() == BUYER_PUSH_SATS
+
+        description = ldk.Bolt11InvoiceDescription.DIRECT("devnet e2e")
+        invoice = await provider.call(
+            provider.node.bolt11_payment().receive, AMOUNT_SATS * 1000, description, 600
+        )
+        payment_hash = str(invoice.payment_hash())
+        payment_id = await buyer.call(buyer.node.bolt11_payment().send, invoice, None)
+
+        sent = await buyer.wait_event(
+            "PAYMENT_SUCCESSFUL", lambda e: str(e.payment_id) == str(payment_id)
+        )
+        received = await provider.wait_event(
+            "PAYMENT_RECEIVED", lambda e: str(e.payment_hash) == payment_hash
+        )
+        assert received.amount_msat == AMOUNT_SATS * 1000
+        fee_msat = sent.fee_paid_msat
+        assert fee_msat is not None and fee_msat > 0  # the hub charged for forwarding
+
+        assert await provider.lightning_sats() == AMOUNT_SATS
+        assert await buyer.lightning_sats() * 1000 == (
+            BUYER_PUSH_SATS * 1000 - AMOUNT_SATS * 1000 - fee_msat
+        )
+        outbound = await buyer.call(buyer.node.payment, payment_id)
+        assert outbound.status == ldk.PaymentStatus.SUCCEEDED
+        assert outbound.amount_msat == AMOUNT_SATS * 1000
+        assert outbound.fee_paid_msat == fee_msat
+        inbound = [
+            p
+            for p in await provider.call(provider.node.list_payments)
+            if p.direction == ldk.PaymentDirection.INBOUND
+        ]
+        assert [p.status for p in inbound] == [ldk.PaymentStatus.SUCCEEDED]
+
+        hub = await net.client.status()
+        assert {c["counterparty_node_id"] for c in hub["hub"]["channels"]} == {
+            provider.node_id,
+            buyer.node_id,
+        }
+    assert net.status() is None
+    assert time.monotonic() - started < 240
