@@ -52,13 +52,18 @@ def remove_manifest(path: Path, pid: int) -> None:
 
 
 def pid_alive(pid: int) -> bool:
+    """Is `pid` a running process? An exited one not yet reaped (a zombie) is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): kill(0) is the best we have
+    return fields[0] not in ("Z", "X")
 
 
 def read_manifest(path: Path) -> Manifest:

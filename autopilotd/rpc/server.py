@@ -88,13 +88,14 @@ class ControlPlane:
 
     async def run(self, ready: Callable[[], None]) -> None:
         app = build_app(self._rt, self.port)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            site = web.SockSite(runner, self._sock, shutdown_timeout=1.0)
+            site = web.SockSite(runner, self._sock)
             await site.start()
             logger.info("control plane listening on %s", self.web_url)
             ready()
             await asyncio.Event().wait()
         finally:
             await asyncio.shield(runner.cleanup())
+            self._sock.close()

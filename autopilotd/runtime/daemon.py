@@ -115,6 +115,39 @@ async def _close_session(store: Store, session_id: str) -> None:
         )
 
 
+def make_runtime(
+    config: Config,
+    log: SessionLog,
+    store: Store,
+    registrars: Iterable[Registrar] = (),
+    started_at: float | None = None,
+) -> Runtime:
+    """Assemble a Runtime and register the built-in commands plus `registrars`."""
+    started = time.time() if started_at is None else started_at
+    daemon = DaemonSection(
+        version=__version__,
+        pid=os.getpid(),
+        started_at=started,
+        home=config.paths.display_home(),
+        session_id=log.session_id,
+    )
+    registry = Registry()
+    rt = Runtime(
+        config=config,
+        state=StateStore(Snapshot(seq=0, daemon=daemon)),
+        events=EventBus(sink=log),
+        store=store,
+        log=log,
+        registry=registry,
+        tokens=TokenBook(),
+        approvals=Approvals(),
+        conditions=builtin_conditions(),
+    )
+    for register in (*BUILTINS, *registrars):
+        register(registry, rt)
+    return rt
+
+
 async def _run(
     config: Config,
     log: SessionLog,
@@ -125,29 +158,7 @@ async def _run(
     paths = config.paths
     started_at = time.time()
     await _record_session(store, log.session_id, started_at)
-    daemon = DaemonSection(
-        version=__version__,
-        pid=os.getpid(),
-        started_at=started_at,
-        home=paths.display_home(),
-        session_id=log.session_id,
-    )
-    events = EventBus(sink=log)
-    registry = Registry()
-    rt = Runtime(
-        config=config,
-        state=StateStore(Snapshot(seq=0, daemon=daemon)),
-        events=events,
-        store=store,
-        log=log,
-        registry=registry,
-        tokens=TokenBook(),
-        approvals=Approvals(),
-        conditions=builtin_conditions(),
-    )
-    for register in (*BUILTINS, *registrars):
-        register(registry, rt)
-
+    rt = make_runtime(config, log, store, registrars, started_at)
     try:
         sock = bind_loopback(config.listen_host, config.listen_port)
     except OSError as exc:

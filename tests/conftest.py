@@ -1,0 +1,73 @@
+"""Shared fixtures: daemons in-process (fast) and as real processes (end-to-end)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import DaemonFactory, DaemonProcess, InProcessDaemon, start_daemon_process
+
+from autopilotd.config import Config
+from autopilotd.ctl.client import locate
+from autopilotd.paths import Paths
+from autopilotd.runtime.daemon import run_daemon
+
+
+@pytest.fixture
+async def daemon_factory(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
+    started: list[InProcessDaemon] = []
+
+    async def start(
+        *, registrars: Any = (), services: Any = (), **settings: Any
+    ) -> InProcessDaemon:
+        paths = Paths.for_home(tmp_path / f"home{len(started)}")
+        config = Config(paths=paths, **settings)
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(run_daemon(config, registrars=registrars, services=services))
+        deadline = time.monotonic() + 20
+        while not paths.manifest_file.exists():
+            if task.done():
+                task.result()
+                raise AssertionError("daemon exited before writing its manifest")
+            assert time.monotonic() < deadline, "daemon did not start"
+            await asyncio.sleep(0.01)
+        daemon = InProcessDaemon(paths, locate(home=str(paths.home)), task)
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        await daemon.stop()
+
+
+@pytest.fixture
+async def daemon(daemon_factory: DaemonFactory) -> InProcessDaemon:
+    return await daemon_factory()
+
+
+@pytest.fixture
+def daemon_process(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start(home: Path | None = None, **kwargs: Any) -> DaemonProcess:
+        d = start_daemon_process(home or tmp_path / f"proc{len(started)}", **kwargs)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.send_signal(signal.SIGTERM)
+            try:
+                d.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                d.proc.kill()
+                d.proc.wait()
+        if d.proc.stderr:
+            d.proc.stderr.close()
