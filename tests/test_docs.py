@@ -1,0 +1,56 @@
+"""The docs cannot drift from the registry: the reference is generated, names are checked.
+
+Regenerate the reference with `UPDATE_DOCS=1 pytest tests/test_docs.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from autopilotd.config import Config
+from autopilotd.ctl.render import render_commands
+from autopilotd.paths import Paths
+from autopilotd.runtime.daemon import make_runtime
+from autopilotd.sessionlog import SessionLog
+from autopilotd.store import Store
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+SURFACES = ["jsonrpc.md", "cli.md", "mcp.md", "service.md"]
+
+
+@pytest.fixture
+async def described(tmp_path: Path) -> Any:
+    paths = Paths.for_home(tmp_path)
+    log = SessionLog(paths.log_dir, "docs", 5, 1 << 20)
+    log.open()
+    store = await Store.open(paths.database_file)
+    rt = make_runtime(Config(paths=paths), log, store)
+    yield rt.registry.describe()
+    await store.close()
+    log.close()
+
+
+async def test_command_reference_is_generated(described: list[dict[str, Any]]) -> None:
+    text = render_commands(described, markdown=True)
+    path = DOCS / "commands.md"
+    if os.environ.get("UPDATE_DOCS"):
+        path.write_text(text)
+    assert path.read_text() == text, (
+        "docs/commands.md is stale: UPDATE_DOCS=1 pytest tests/test_docs.py"
+    )
+
+
+async def test_surface_pages_name_only_real_commands(described: list[dict[str, Any]]) -> None:
+    names = {c["name"] for c in described}
+    prefixes = {n.split(".")[0] for n in names}
+    for page in SURFACES:
+        text = (DOCS / page).read_text()
+        assert "commands.md" in text, f"{page} should point to the command reference"
+        for found in re.findall(r"`([a-z_]+\.[a-z_.]+)`", text):
+            if found.split(".")[0] in prefixes and not found.endswith((".md", ".py", ".json")):
+                assert found in names, f"{page} mentions unknown command {found}"
