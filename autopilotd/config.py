@@ -39,6 +39,16 @@ class Config:
     log_keep_sessions: int = 20
     log_keep_bytes: int = 64 << 20
     log_level: str = "INFO"
+    # Wallet: "off", or the Bitcoin network its Lightning node runs on.
+    wallet_network: str = "off"
+    wallet_bitcoind_rpc_url: str = ""  # regtest/devnet: http://user:password@host:port
+    wallet_esplora_url: str = ""  # signet/bitcoin chain source
+    wallet_listen_port: int = 0  # Lightning peer port on loopback; 0 picks a free one
+    wallet_trusted_peers_no_reserve: str = ""  # comma-separated node ids (an LSP, the devnet hub)
+    wallet_default_max_fee_ppm: int = (
+        10_000  # max fee when a send names none: 1 %, at least 10 sats
+    )
+    wallet_pay_wait_s: float = 20.0  # how long wallet.pay waits for the outcome before answering
 
     def public(self) -> dict[str, Any]:
         """The settings as JSON, for status and docs (no secrets live here)."""
@@ -122,5 +132,16 @@ def _validate(config: Config) -> None:
     for name in ("max_body_bytes", "max_batch", "log_keep_sessions", "log_keep_bytes"):
         if getattr(config, name) < 1:
             raise UserError(f"{name} must be at least 1")
+    if config.wallet_network not in ("off", "regtest", "signet", "bitcoin"):
+        raise UserError("wallet_network must be one of off, regtest, signet, bitcoin")
+    if config.wallet_network == "regtest" and not config.wallet_bitcoind_rpc_url:
+        raise UserError(
+            "wallet_network = regtest needs wallet_bitcoind_rpc_url (the devnet's shim)"
+        )
+    if config.wallet_network in ("signet", "bitcoin") and not config.wallet_esplora_url:
+        raise UserError(f"wallet_network = {config.wallet_network} needs wallet_esplora_url")
+    wallet_on = config.wallet_network != "off"
+    if wallet_on and not 0 < config.wallet_pay_wait_s < config.call_timeout_s:
+        raise UserError("wallet_pay_wait_s must be positive and below call_timeout_s")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UserError("log_level must be one of DEBUG, INFO, WARNING, ERROR")

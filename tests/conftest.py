@@ -24,12 +24,19 @@ async def daemon_factory(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
     started: list[InProcessDaemon] = []
 
     async def start(
-        *, registrars: Any = (), services: Any = (), **settings: Any
+        *,
+        registrars: Any = (),
+        services: Any = (),
+        node_factory: Any = None,
+        home: Path | None = None,
+        **settings: Any,
     ) -> InProcessDaemon:
-        paths = Paths.for_home(tmp_path / f"home{len(started)}")
+        paths = Paths.for_home(home or tmp_path / f"home{len(started)}")
         config = Config(paths=paths, **settings)
         loop = asyncio.get_running_loop()
-        task = loop.create_task(run_daemon(config, registrars=registrars, services=services))
+        task = loop.create_task(
+            run_daemon(config, registrars=registrars, services=services, node_factory=node_factory)
+        )
         deadline = time.monotonic() + 20
         while not paths.manifest_file.exists():
             if task.done():

@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from autopilotd.errors import InvalidParams
-from autopilotd.runtime.snapshot import DaemonState, Snapshot
+from autopilotd.runtime.snapshot import DaemonState, Snapshot, WalletState
 
 Predicate = Callable[[Snapshot], bool]
 
@@ -44,5 +44,10 @@ def builtin_conditions() -> Conditions:
         "daemon-ready",
         "the daemon has started every service and its control plane answers",
         lambda s: s.daemon.state is DaemonState.READY,
+    )
+    conditions.add(
+        "wallet-ready",
+        "the wallet's node is synced and ready to receive and send",
+        lambda s: s.wallet.state is WalletState.READY,
     )
     return conditions

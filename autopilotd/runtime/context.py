@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from autopilotd.config import Config
 from autopilotd.registry import Registry
@@ -17,6 +17,9 @@ from autopilotd.runtime.state import StateStore
 from autopilotd.runtime.tokens import TokenBook
 from autopilotd.sessionlog import SessionLog
 from autopilotd.store import Store
+
+if TYPE_CHECKING:
+    from autopilotd.wallet.service import Wallet
 
 
 class Service(Protocol):
@@ -42,6 +45,7 @@ class Runtime:
     tokens: TokenBook
     approvals: Approvals
     conditions: Conditions
+    wallet: Wallet = field(init=False)
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     clock: Callable[[], float] = time.time
 

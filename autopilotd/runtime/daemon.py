@@ -40,6 +40,9 @@ from autopilotd.runtime.supervisor import supervise
 from autopilotd.runtime.tokens import TokenBook
 from autopilotd.sessionlog import SessionLog, new_session_id
 from autopilotd.store import Store
+from autopilotd.wallet import commands as wallet_commands
+from autopilotd.wallet.ldk_adapter import ldk_node_factory
+from autopilotd.wallet.service import NodeFactory, Wallet, WalletService
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +76,7 @@ async def run_daemon(
     *,
     registrars: Iterable[Registrar] = (),
     services: Iterable[ServiceFactory] = (),
+    node_factory: NodeFactory | None = None,
 ) -> int:
     """Run the daemon until asked to stop; return the process exit code."""
     paths = config.paths
@@ -87,7 +91,7 @@ async def run_daemon(
         try:
             store = await Store.open(paths.database_file)
             try:
-                return await _run(config, log, store, registrars, services)
+                return await _run(config, log, store, registrars, services, node_factory)
             finally:
                 await store.close()
         finally:
@@ -121,6 +125,7 @@ def make_runtime(
     store: Store,
     registrars: Iterable[Registrar] = (),
     started_at: float | None = None,
+    node_factory: NodeFactory | None = None,
 ) -> Runtime:
     """Assemble a Runtime and register the built-in commands plus `registrars`."""
     started = time.time() if started_at is None else started_at
@@ -143,6 +148,8 @@ def make_runtime(
         approvals=Approvals(),
         conditions=builtin_conditions(),
     )
+    rt.wallet = Wallet(rt, node_factory or ldk_node_factory(config))
+    wallet_commands.register(registry, rt, rt.wallet)
     for register in (*BUILTINS, *registrars):
         register(registry, rt)
     return rt
@@ -154,11 +161,14 @@ async def _run(
     store: Store,
     registrars: Iterable[Registrar],
     service_factories: Iterable[ServiceFactory],
+    node_factory: NodeFactory | None,
 ) -> int:
     paths = config.paths
     started_at = time.time()
     await _record_session(store, log.session_id, started_at)
-    rt = make_runtime(config, log, store, registrars, started_at)
+    rt = make_runtime(config, log, store, registrars, started_at, node_factory)
+    if config.wallet_network != "off":
+        service_factories = [lambda rt: WalletService(rt.wallet), *service_factories]
     try:
         sock = bind_loopback(config.listen_host, config.listen_port)
     except OSError as exc:

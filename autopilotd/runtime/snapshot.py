@@ -48,11 +48,47 @@ class ServiceStatus:
     next_step: str | None = None
 
 
+class WalletState(enum.StrEnum):
+    OFF = "off"
+    STARTING = "starting"
+    SYNCING = "syncing"
+    READY = "ready"
+    DEGRADED = "degraded"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class WalletBalance:
+    """Always the node's own figures (never computed from the ledger), plus open reservations."""
+
+    lightning_sats: int
+    spendable_sats: int
+    receivable_sats: int
+    onchain_sats: int
+    onchain_spendable_sats: int
+    pending_sats: int
+    reserved_sats: int
+
+
+@dataclass(frozen=True)
+class WalletSection:
+    state: WalletState = WalletState.OFF
+    reason: str = "the wallet is not configured"
+    next_step: str | None = "set wallet_network (and its chain source) in config.toml"
+    network: str | None = None
+    node_id: str | None = None
+    listening: str | None = None
+    balance: WalletBalance | None = None
+    last_payment: dict[str, Any] | None = None
+    updated_at: float | None = None
+
+
 @dataclass(frozen=True)
 class Snapshot:
     seq: int
     daemon: DaemonSection
     services: tuple[ServiceStatus, ...] = field(default_factory=tuple)
+    wallet: WalletSection = field(default_factory=WalletSection)
 
     def service(self, name: str) -> ServiceStatus | None:
         return next((s for s in self.services if s.name == name), None)

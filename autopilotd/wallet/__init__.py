@@ -1,0 +1,1 @@
+"""The built-in Lightning wallet: seed, ledger, node port and adapters, service, commands."""

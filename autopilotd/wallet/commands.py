@@ -1,0 +1,105 @@
+"""Wallet commands: balance, receive, pay and withdraw, history, address, mnemonic."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autopilotd.errors import UserError
+from autopilotd.registry import Registry
+from autopilotd.runtime.context import Runtime
+from autopilotd.wallet.seed import read_seed, seed_path
+from autopilotd.wallet.service import Wallet
+
+REVEAL_CONFIRMATION = "I understand this shows my wallet's secret words"
+
+
+def register(reg: Registry, rt: Runtime, wallet: Wallet) -> None:
+    """Wallet commands exist whether or not the wallet runs; when off they say so."""
+
+    @reg.command("wallet.status")
+    async def wallet_status() -> dict[str, Any]:
+        """Show the wallet's state (with the reason and what to do), network, node id, balance."""
+        section: dict[str, Any] = rt.state.current.to_json(rt.clock())["wallet"]
+        return section
+
+    @reg.command("wallet.balance")
+    async def wallet_balance() -> dict[str, Any]:
+        """Show the balance as the Lightning node reports it right now.
+
+        spendable_sats is what can be sent now (channel outbound capacity minus sats reserved
+        by sends in flight); onchain and pending figures come from the node's on-chain wallet.
+        """
+        wallet.require_node()
+        await wallet.refresh()
+        balance = rt.state.current.to_json(rt.clock())["wallet"]["balance"]
+        assert isinstance(balance, dict)
+        return balance
+
+    @reg.command("wallet.receive", access="control")
+    async def wallet_receive(
+        amount_sats: int, description: str = "", expiry_s: int = 3600
+    ) -> dict[str, Any]:
+        """Create a BOLT11 invoice for amount_sats; returns the invoice and its payment hash.
+
+        The payment counts only when this wallet's node reports it settled.
+        """
+        return await wallet.receive(amount_sats, description, expiry_s)
+
+    @reg.command("wallet.pay", access="owner", moves_money=True)
+    async def wallet_pay(
+        bolt11: str, amount_sats: int | None = None, max_fee_sats: int | None = None
+    ) -> dict[str, Any]:
+        """Pay a BOLT11 invoice at most once: paying it again returns the first payment's result.
+
+        amount_sats is needed only for invoices that name no amount. max_fee_sats caps the
+        routing fee (default 1 %, at least 10 sats); amount + max fee is reserved until the
+        payment settles. Waits up to 20 s for the outcome, then answers 'pending'.
+        """
+        return await wallet.pay(bolt11, amount_sats, max_fee_sats, description="")
+
+    @reg.command("wallet.withdraw", access="owner", moves_money=True)
+    async def wallet_withdraw(
+        bolt11: str, amount_sats: int | None = None, max_fee_sats: int | None = None
+    ) -> dict[str, Any]:
+        """Withdraw: pay an invoice from your other wallet, with wallet.pay's guarantees."""
+        return await wallet.pay(bolt11, amount_sats, max_fee_sats, description="withdrawal")
+
+    @reg.command("wallet.payment")
+    async def wallet_payment(payment_hash: str) -> dict[str, Any]:
+        """Show one payment of this wallet, by payment hash, as the ledger records it."""
+        return await wallet.payment(payment_hash)
+
+    @reg.command("wallet.history")
+    async def wallet_history(limit: int = 50, before_seq: int | None = None) -> dict[str, Any]:
+        """List payments newest first; pass next_before_seq back as before_seq for the next page.
+
+        The order is the ledger's own and stays the same across restarts.
+        """
+        if not 1 <= limit <= 500:
+            raise UserError("limit must be between 1 and 500")
+        rows = await wallet.ledger.history(limit=limit, before_seq=before_seq)
+        return {
+            "payments": [r.to_json() for r in rows],
+            "next_before_seq": rows[-1].seq if len(rows) == limit else None,
+        }
+
+    @reg.command("wallet.onchain_address", access="control")
+    async def wallet_onchain_address() -> dict[str, Any]:
+        """Return a new on-chain address of this wallet (to fund channels)."""
+        node = wallet.require_node()
+        return {"address": await node.onchain_address()}
+
+    @reg.command("wallet.reveal_mnemonic", access="owner")
+    async def wallet_reveal_mnemonic(confirm: str) -> dict[str, Any]:
+        """Show the wallet's 24 secret words, the one backup of its funds and identity.
+
+        Anyone who sees them can take the funds. confirm must be exactly:
+        "I understand this shows my wallet's secret words". Never exposed over MCP.
+        """
+        if confirm != REVEAL_CONFIRMATION:
+            raise UserError(f'to reveal the words, pass confirm="{REVEAL_CONFIRMATION}"')
+        path = seed_path(rt.config.paths.data_dir)
+        if not path.exists():
+            raise UserError("this home has no wallet seed yet (the wallet has never started)")
+        rt.events.publish("wallet.mnemonic_revealed")
+        return {"mnemonic": read_seed(path)}

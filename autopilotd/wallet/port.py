@@ -1,0 +1,114 @@
+"""The Lightning node port: what the wallet service needs from a node, in our own types.
+
+The real adapter wraps ldk-node (`ldk_adapter.py`); `fake.py` is an in-memory stand-in for
+fast unit tests only. Amounts are millisatoshis; payment hashes are lower-case hex.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Direction = Literal["in", "out"]
+NodeStatus = Literal["pending", "succeeded", "failed"]
+
+
+class NodeError(Exception):
+    """The node refused or failed an operation; `reason` is a short, user-safe text."""
+
+    def __init__(self, reason: str, *, kind: str = "node_error") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Balances:
+    lightning_sats: int  # what the channels hold for us
+    spendable_msat: int  # what we can send now (usable channels' outbound capacity)
+    receivable_msat: int  # what we can receive now (usable channels' inbound capacity)
+    onchain_sats: int
+    onchain_spendable_sats: int
+    pending_sats: int  # on-chain funds not yet spendable (closures, unconfirmed)
+
+
+@dataclass(frozen=True)
+class Invoice:
+    bolt11: str
+    payment_hash: str
+    amount_msat: int | None
+    description: str
+    expires_at: int  # unix seconds
+    network: str
+
+
+@dataclass(frozen=True)
+class NodePayment:
+    payment_hash: str
+    direction: Direction
+    status: NodeStatus
+    amount_msat: int | None
+    fee_msat: int | None
+    preimage: str | None
+    updated_at: int
+
+
+@dataclass(frozen=True)
+class PaymentReceived:
+    payment_hash: str
+    amount_msat: int
+
+
+@dataclass(frozen=True)
+class PaymentSucceeded:
+    payment_hash: str
+    preimage: str | None
+    fee_msat: int | None
+
+
+@dataclass(frozen=True)
+class PaymentFailed:
+    payment_hash: str | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class OtherEvent:
+    kind: str
+
+
+NodeEvent = PaymentReceived | PaymentSucceeded | PaymentFailed | OtherEvent
+
+
+class LightningNode(Protocol):
+    network: str
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def node_id(self) -> str: ...
+
+    async def sync(self) -> None: ...
+
+    async def balances(self) -> Balances: ...
+
+    async def create_invoice(
+        self, amount_msat: int, description: str, expiry_s: int
+    ) -> Invoice: ...
+
+    def decode(self, bolt11: str) -> Invoice: ...
+
+    async def pay(self, bolt11: str, amount_msat: int | None, max_fee_msat: int) -> None:
+        """Start paying; the outcome arrives as an event and in `payment()`."""
+        ...
+
+    async def payment(self, payment_hash: str) -> NodePayment | None: ...
+
+    async def payments(self) -> list[NodePayment]: ...
+
+    async def next_event(self) -> NodeEvent: ...
+
+    async def event_handled(self) -> None: ...
+
+    async def onchain_address(self) -> str: ...
