@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     svc.add_argument("--home", help="run the service with this --home")
     svc.add_argument("--dry-run", action="store_true", help="show what would be done")
 
+    wallet = sub.add_parser("wallet", help="wallet set-up that happens before the daemon runs")
+    wallet.add_argument("action", choices=["import"], help="import: restore from a mnemonic")
+    wallet.add_argument("--home")
+
     devnet = sub.add_parser(
         "devnet", help="the offline regtest Bitcoin + Lightning network", add_help=False
     )
@@ -75,6 +79,21 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         code = 130
     sys.exit(code)
+
+
+def _wallet_import(paths: Paths) -> int:
+    """Install an existing BIP-39 mnemonic, read from standard input (never from argv)."""
+    from autopilotd.wallet.seed import import_seed
+
+    if sys.stdin.isatty():
+        print("Type or paste the 12 to 24 words, then press Enter:", file=sys.stderr)
+    words = sys.stdin.readline()
+    path = import_seed(paths.data_dir, words)
+    print(
+        f"wallet seed restored to {path}; start the daemon with: autopilotd run"
+        + (f" --home {paths.home}" if paths.home else "")
+    )
+    return 0
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -106,6 +125,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         from autopilotd.service.units import service_main
 
         return service_main(args.action, home=args.home, dry_run=args.dry_run)
+    if args.cmd == "wallet":
+        return _wallet_import(Paths.resolve(args.home))
     if args.cmd == "devnet":
         try:
             from autopilotd.devnet.cli import main as devnet_main

@@ -41,8 +41,9 @@ def write_seed_exclusive(path: Path, mnemonic: str) -> None:
     private_dir(path.parent)
     if path.exists():
         raise UserError(f"a wallet seed already exists at {path}; it is never overwritten")
+    for stale in path.parent.glob(f".{path.name}.*.new"):
+        stale.unlink(missing_ok=True)  # left by a crash before the link: never the seed
     tmp = path.with_name(f".{path.name}.{os.getpid()}.new")
-    tmp.unlink(missing_ok=True)  # a leftover from a crash before the link: never the seed
     data = (mnemonic + "\n").encode()
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
