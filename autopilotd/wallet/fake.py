@@ -58,6 +58,9 @@ class FakeNode:
     def node_id(self) -> str:
         return self._id
 
+    def listening(self) -> str:
+        return "127.0.0.1:9735"
+
     async def sync(self) -> None:
         return None
 

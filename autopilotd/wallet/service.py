@@ -112,7 +112,12 @@ class Wallet:
         del mnemonic
         await node.start()
         self.node = node
-        self.set_state(WalletState.SYNCING, "syncing with the chain", node_id=node.node_id())
+        self.set_state(
+            WalletState.SYNCING,
+            "syncing with the chain",
+            node_id=node.node_id(),
+            listening=node.listening(),
+        )
         await node.sync()
         await self.reconcile()
         await self.refresh()
