@@ -49,6 +49,11 @@ class Config:
         10_000  # max fee when a send names none: 1 %, at least 10 sats
     )
     wallet_pay_wait_s: float = 20.0  # how long wallet.pay waits for the outcome before answering
+    # Local inference (psionic): "off", "spawn" (the daemon runs and supervises it) or "url".
+    runtime_mode: str = "off"
+    runtime_url: str = ""  # with runtime_mode = "url": where psionic answers (loopback)
+    runtime_port: int = 0  # with "spawn": the port to give it; 0 picks a free one
+    runtime_args: str = ""  # with "spawn": extra arguments for `psionic serve`
 
     def public(self) -> dict[str, Any]:
         """The settings as JSON, for status and docs (no secrets live here)."""
@@ -143,5 +148,9 @@ def _validate(config: Config) -> None:
     wallet_on = config.wallet_network != "off"
     if wallet_on and not 0 < config.wallet_pay_wait_s < config.call_timeout_s:
         raise UserError("wallet_pay_wait_s must be positive and below call_timeout_s")
+    if config.runtime_mode not in ("off", "spawn", "url"):
+        raise UserError("runtime_mode must be one of off, spawn, url")
+    if config.runtime_mode == "url" and not config.runtime_url.startswith("http://"):
+        raise UserError("runtime_mode = url needs runtime_url = http://127.0.0.1:PORT")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UserError("log_level must be one of DEBUG, INFO, WARNING, ERROR")

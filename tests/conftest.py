@@ -27,7 +27,7 @@ async def daemon_factory(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
         *,
         registrars: Any = (),
         services: Any = (),
-        node_factory: Any = None,
+        adapters: Any = None,
         home: Path | None = None,
         **settings: Any,
     ) -> InProcessDaemon:
@@ -35,7 +35,7 @@ async def daemon_factory(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
         config = Config(paths=paths, **settings)
         loop = asyncio.get_running_loop()
         task = loop.create_task(
-            run_daemon(config, registrars=registrars, services=services, node_factory=node_factory)
+            run_daemon(config, registrars=registrars, services=services, adapters=adapters)
         )
         deadline = time.monotonic() + 20
         while not paths.manifest_file.exists():

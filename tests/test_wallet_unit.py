@@ -19,6 +19,7 @@ from support import DaemonFactory, InProcessDaemon
 
 from autopilotd.ctl.client import RpcError
 from autopilotd.errors import UserError
+from autopilotd.runtime.daemon import Adapters
 from autopilotd.store import Store
 from autopilotd.wallet.fake import FakeNetwork, FakeNode
 from autopilotd.wallet.ledger import Ledger, preimage_matches
@@ -35,7 +36,7 @@ async def _wallet_daemon(
 ) -> tuple[InProcessDaemon, FakeNode]:
     node = FakeNode(net, name, balance_msat)
     d = await factory(
-        node_factory=lambda mnemonic: node,
+        adapters=Adapters(node_factory=lambda mnemonic: node),
         wallet_network="regtest",
         wallet_bitcoind_rpc_url="http://u:p@127.0.0.1:1",
     )
@@ -203,7 +204,7 @@ async def test_reconcile_after_a_crash(daemon_factory: DaemonFactory, net: FakeN
     await node.pay(inv2["bolt11"], None, 10_000)  # the node took the second before the crash
     restarted = await daemon_factory(
         home=payer.paths.home,
-        node_factory=lambda m: node,
+        adapters=Adapters(node_factory=lambda m: node),
         wallet_network="regtest",
         wallet_bitcoind_rpc_url="http://u:p@127.0.0.1:1",
     )

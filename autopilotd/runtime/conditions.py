@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from autopilotd.errors import InvalidParams
-from autopilotd.runtime.snapshot import DaemonState, Snapshot, WalletState
+from autopilotd.runtime.snapshot import DaemonState, RuntimeState, Snapshot, WalletState
 
 Predicate = Callable[[Snapshot], bool]
 
@@ -49,5 +49,10 @@ def builtin_conditions() -> Conditions:
         "wallet-ready",
         "the wallet's node is synced and ready to receive and send",
         lambda s: s.wallet.state is WalletState.READY,
+    )
+    conditions.add(
+        "runtime-ready",
+        "the local inference runtime answers and has a model",
+        lambda s: s.local_runtime.state is RuntimeState.READY,
     )
     return conditions

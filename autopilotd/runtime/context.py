@@ -19,6 +19,7 @@ from autopilotd.sessionlog import SessionLog
 from autopilotd.store import Store
 
 if TYPE_CHECKING:
+    from autopilotd.inference.service import LocalRuntime
     from autopilotd.wallet.service import Wallet
 
 
@@ -46,6 +47,7 @@ class Runtime:
     approvals: Approvals
     conditions: Conditions
     wallet: Wallet = field(init=False)
+    local_runtime: LocalRuntime = field(init=False)
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     clock: Callable[[], float] = time.time
 

@@ -25,6 +25,9 @@ from autopilotd import __version__
 from autopilotd.commands import BUILTINS, Registrar
 from autopilotd.config import Config
 from autopilotd.errors import StartupCheckFailed
+from autopilotd.inference import commands as runtime_commands
+from autopilotd.inference.port import Inference
+from autopilotd.inference.service import LocalRuntime, LocalRuntimeService
 from autopilotd.manifest import SCHEMA_VERSION, Manifest, remove_manifest, write_manifest
 from autopilotd.paths import private_dir
 from autopilotd.registry import Registry
@@ -34,7 +37,13 @@ from autopilotd.runtime.conditions import builtin_conditions
 from autopilotd.runtime.context import Runtime, Service
 from autopilotd.runtime.events import EventBus
 from autopilotd.runtime.notify import sd_notify
-from autopilotd.runtime.snapshot import DaemonSection, DaemonState, ServiceState, Snapshot
+from autopilotd.runtime.snapshot import (
+    DaemonSection,
+    DaemonState,
+    RuntimeState,
+    ServiceState,
+    Snapshot,
+)
 from autopilotd.runtime.state import StateStore
 from autopilotd.runtime.supervisor import supervise
 from autopilotd.runtime.tokens import TokenBook
@@ -51,6 +60,14 @@ ServiceFactory = Callable[[Runtime], Service]
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 78  # EX_CONFIG: systemd's Restart=on-failure will not loop on it forever
 EXIT_STOP_TIMEOUT = 70
+
+
+@dataclasses.dataclass(frozen=True)
+class Adapters:
+    """Replacements for the real adapters, for fast tests (never used by the daemon itself)."""
+
+    node_factory: NodeFactory | None = None
+    inference: Inference | None = None
 
 
 @contextlib.contextmanager
@@ -76,7 +93,7 @@ async def run_daemon(
     *,
     registrars: Iterable[Registrar] = (),
     services: Iterable[ServiceFactory] = (),
-    node_factory: NodeFactory | None = None,
+    adapters: Adapters | None = None,
 ) -> int:
     """Run the daemon until asked to stop; return the process exit code."""
     paths = config.paths
@@ -91,7 +108,7 @@ async def run_daemon(
         try:
             store = await Store.open(paths.database_file)
             try:
-                return await _run(config, log, store, registrars, services, node_factory)
+                return await _run(config, log, store, registrars, services, adapters)
             finally:
                 await store.close()
         finally:
@@ -125,7 +142,7 @@ def make_runtime(
     store: Store,
     registrars: Iterable[Registrar] = (),
     started_at: float | None = None,
-    node_factory: NodeFactory | None = None,
+    adapters: Adapters | None = None,
 ) -> Runtime:
     """Assemble a Runtime and register the built-in commands plus `registrars`."""
     started = time.time() if started_at is None else started_at
@@ -148,8 +165,13 @@ def make_runtime(
         approvals=Approvals(),
         conditions=builtin_conditions(),
     )
-    rt.wallet = Wallet(rt, node_factory or ldk_node_factory(config))
+    adapters = adapters or Adapters()
+    rt.wallet = Wallet(rt, adapters.node_factory or ldk_node_factory(config))
     wallet_commands.register(registry, rt, rt.wallet)
+    rt.local_runtime = LocalRuntime(rt, adapters.inference)
+    runtime_commands.register(registry, rt, rt.local_runtime)
+    if adapters.inference is not None:
+        rt.local_runtime.publish(state=RuntimeState.STARTING, reason="checking the runtime")
     for register in (*BUILTINS, *registrars):
         register(registry, rt)
     return rt
@@ -161,14 +183,18 @@ async def _run(
     store: Store,
     registrars: Iterable[Registrar],
     service_factories: Iterable[ServiceFactory],
-    node_factory: NodeFactory | None,
+    adapters: Adapters | None,
 ) -> int:
     paths = config.paths
     started_at = time.time()
     await _record_session(store, log.session_id, started_at)
-    rt = make_runtime(config, log, store, registrars, started_at, node_factory)
+    rt = make_runtime(config, log, store, registrars, started_at, adapters)
+    extra: list[ServiceFactory] = []
     if config.wallet_network != "off":
-        service_factories = [lambda rt: WalletService(rt.wallet), *service_factories]
+        extra.append(lambda rt: WalletService(rt.wallet))
+    if config.runtime_mode != "off" and (adapters is None or adapters.inference is None):
+        extra.append(lambda rt: LocalRuntimeService(rt.local_runtime))
+    service_factories = [*extra, *service_factories]
     try:
         sock = bind_loopback(config.listen_host, config.listen_port)
     except OSError as exc:

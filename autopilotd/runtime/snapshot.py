@@ -83,12 +83,48 @@ class WalletSection:
     updated_at: float | None = None
 
 
+class RuntimeState(enum.StrEnum):
+    OFF = "off"
+    STARTING = "starting"
+    READY = "ready"
+    DEGRADED = "degraded"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class ModelView:
+    id: str
+    kind: str
+    warm: bool
+
+
+@dataclass(frozen=True)
+class LocalRuntimeSection:
+    """The local inference runtime (psionic) as the daemon sees it over HTTP."""
+
+    state: RuntimeState = RuntimeState.OFF
+    reason: str = "no local runtime is configured"
+    next_step: str | None = 'set runtime_mode = "spawn" (or a runtime_url) in config.toml'
+    url: str | None = None
+    managed: bool = False
+    device: str | None = None
+    dtype: str | None = None
+    models: tuple[ModelView, ...] = ()
+    queue_depth: int = 0
+    last_error: str | None = None
+    updated_at: float | None = None
+
+    def has_model(self, kind: str) -> bool:
+        return self.state is RuntimeState.READY and any(m.kind == kind for m in self.models)
+
+
 @dataclass(frozen=True)
 class Snapshot:
     seq: int
     daemon: DaemonSection
     services: tuple[ServiceStatus, ...] = field(default_factory=tuple)
     wallet: WalletSection = field(default_factory=WalletSection)
+    local_runtime: LocalRuntimeSection = field(default_factory=LocalRuntimeSection)
 
     def service(self, name: str) -> ServiceStatus | None:
         return next((s for s in self.services if s.name == name), None)

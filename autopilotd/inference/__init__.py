@@ -1,0 +1,1 @@
+"""Local inference for jobs: psionic, reached over HTTP (the daemon never imports torch)."""

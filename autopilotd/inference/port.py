@@ -1,0 +1,66 @@
+"""The inference port: what the daemon needs from a local runtime, in our own types."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class InferenceError(Exception):
+    """The runtime failed a request; `reason` is short and safe to show."""
+
+    def __init__(self, reason: str, *, retryable: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retryable = retryable
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    id: str
+    kind: str  # "text-generation" | "embeddings"
+    warm: bool
+
+
+@dataclass(frozen=True)
+class RuntimeStatus:
+    healthy: bool
+    device: str | None = None
+    dtype: str | None = None
+    models: tuple[ModelInfo, ...] = ()
+    queue_depth: int = 0
+    last_error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def ready_models(self, kind: str) -> list[ModelInfo]:
+        return [m for m in self.models if m.kind == kind]
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+
+
+class Inference(Protocol):
+    async def status(self) -> RuntimeStatus: ...
+
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        model: str | None,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None = None,
+    ) -> Completion: ...
+
+    async def embed(self, texts: list[str], *, model: str | None) -> list[list[float]]: ...
+
+    async def warm(self, model: str) -> None: ...
+
+    async def unload(self, model: str) -> None: ...

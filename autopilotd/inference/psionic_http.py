@@ -1,0 +1,118 @@
+"""The psionic adapter: its OpenAI-compatible API plus its management endpoints, over HTTP."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+from autopilotd.inference.port import Completion, InferenceError, ModelInfo, RuntimeStatus
+
+
+class PsionicClient:
+    """Inference over a psionic server at `base_url` (loopback)."""
+
+    def __init__(self, base_url: str, *, timeout_s: float = 120.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(timeout=self._timeout)
+        return self._session
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        try:
+            async with self._client().request(method, self.base_url + path, json=body) as resp:
+                data = await resp.json(content_type=None)
+                if resp.status >= 400:
+                    error = data.get("error", {}) if isinstance(data, dict) else {}
+                    message = error.get("message") if isinstance(error, dict) else str(error)
+                    raise InferenceError(
+                        f"psionic answered {resp.status}: {message or 'error'}",
+                        retryable=resp.status in (429, 503),
+                    )
+                return data
+        except aiohttp.ClientError as exc:
+            raise InferenceError(
+                f"psionic is not reachable ({type(exc).__name__})", retryable=True
+            ) from None
+        except TimeoutError:
+            raise InferenceError("psionic did not answer in time", retryable=True) from None
+
+    async def status(self) -> RuntimeStatus:
+        data = await self._request("GET", "/health")
+        models = tuple(
+            ModelInfo(
+                id=str(m.get("id")),
+                kind=str(m.get("kind", "text-generation")),
+                warm=bool(m.get("warm", m.get("loaded", False))),
+            )
+            for m in data.get("models", [])
+            if isinstance(m, dict)
+        )
+        return RuntimeStatus(
+            healthy=data.get("status", "ok") in ("ok", "ready"),
+            device=data.get("device"),
+            dtype=data.get("dtype"),
+            models=models,
+            queue_depth=int(data.get("queue_depth", 0) or 0),
+            last_error=data.get("last_error"),
+        )
+
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        model: str | None,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None = None,
+    ) -> Completion:
+        body: dict[str, Any] = {
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+        }
+        if model:
+            body["model"] = model
+        if seed is not None:
+            body["seed"] = seed
+        data = await self._request("POST", "/v1/chat/completions", body)
+        try:
+            choice = data["choices"][0]
+            usage = data.get("usage", {})
+            return Completion(
+                text=str(choice["message"]["content"]),
+                model=str(data.get("model", model or "")),
+                prompt_tokens=int(usage.get("prompt_tokens", 0)),
+                completion_tokens=int(usage.get("completion_tokens", 0)),
+                finish_reason=str(choice.get("finish_reason", "stop")),
+            )
+        except (KeyError, IndexError, TypeError, ValueError):
+            raise InferenceError("psionic sent a malformed completion") from None
+
+    async def embed(self, texts: list[str], *, model: str | None) -> list[list[float]]:
+        body: dict[str, Any] = {"input": texts}
+        if model:
+            body["model"] = model
+        data = await self._request("POST", "/v1/embeddings", body)
+        try:
+            rows = sorted(data["data"], key=lambda d: int(d["index"]))
+            return [[float(x) for x in row["embedding"]] for row in rows]
+        except (KeyError, TypeError, ValueError):
+            raise InferenceError("psionic sent malformed embeddings") from None
+
+    async def warm(self, model: str) -> None:
+        await self._request("POST", "/api/models/warm", {"model": model})
+
+    async def unload(self, model: str) -> None:
+        await self._request("POST", "/api/models/unload", {"model": model})
