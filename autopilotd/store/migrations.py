@@ -52,4 +52,54 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        3,
+        "jobs, outbox and earnings",
+        """
+        CREATE TABLE jobs (
+            request_id       TEXT PRIMARY KEY,
+            source           TEXT NOT NULL DEFAULT 'nostr' CHECK (source IN ('nostr', 'starter')),
+            buyer_pubkey     TEXT NOT NULL,
+            kind             INTEGER NOT NULL,
+            stage            TEXT NOT NULL CHECK (stage IN ('received', 'accepted', 'running',
+                                 'delivered', 'paid', 'delivered_unpaid', 'failed', 'rejected')),
+            request_json     TEXT NOT NULL,
+            price_msat       INTEGER NOT NULL CHECK (price_msat >= 0),
+            result_json      TEXT,
+            payment_hash     TEXT UNIQUE,
+            bolt11           TEXT,
+            reason           TEXT,
+            received_at      REAL NOT NULL,
+            updated_at       REAL NOT NULL,
+            pay_deadline_at  REAL,
+            paid_at          REAL
+        );
+        CREATE INDEX jobs_stage ON jobs (stage);
+        CREATE TABLE job_outbox (
+            id               INTEGER PRIMARY KEY AUTOINCREMENT,
+            request_id       TEXT NOT NULL REFERENCES jobs (request_id),
+            purpose          TEXT NOT NULL CHECK (purpose IN
+                                 ('processing', 'result', 'payment_required', 'success', 'error')),
+            event_id         TEXT NOT NULL UNIQUE,
+            event_json       TEXT NOT NULL,
+            created_at       REAL NOT NULL,
+            accepted_by      INTEGER NOT NULL DEFAULT 0,
+            last_attempt_at  REAL,
+            UNIQUE (request_id, purpose)
+        );
+        CREATE TABLE job_publish_results (
+            outbox_id  INTEGER NOT NULL REFERENCES job_outbox (id),
+            relay      TEXT NOT NULL,
+            outcome    TEXT NOT NULL,
+            at         REAL NOT NULL,
+            PRIMARY KEY (outbox_id, relay)
+        );
+        CREATE TABLE earnings (
+            payment_hash  TEXT PRIMARY KEY REFERENCES wallet_payments (payment_hash),
+            request_id    TEXT NOT NULL UNIQUE REFERENCES jobs (request_id),
+            amount_msat   INTEGER NOT NULL CHECK (amount_msat > 0),
+            credited_at   REAL NOT NULL
+        );
+        """,
+    ),
 ]

@@ -1,0 +1,1 @@
+"""Provider jobs: the persistent NIP-90 job state machine, its outbox, and earnings."""

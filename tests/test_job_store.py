@@ -1,0 +1,107 @@
+"""The job state machine, outbox and earnings binding (M5, M7, M8, M10, N4)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from autopilotd.errors import Conflict
+from autopilotd.jobs.store import JobStore
+from autopilotd.store import Store
+from autopilotd.wallet.ledger import Ledger
+
+
+@pytest.fixture
+async def stores(tmp_path: Path):  # type: ignore[no-untyped-def]
+    store = await Store.open(tmp_path / "db.sqlite3")
+    yield JobStore(store), Ledger(store)
+    await store.close()
+
+
+def _hash_pair() -> tuple[str, str]:
+    preimage = os.urandom(32).hex()
+    return preimage, hashlib.sha256(bytes.fromhex(preimage)).hexdigest()
+
+
+async def test_one_job_per_request_and_forward_only(stores: tuple[JobStore, Ledger]) -> None:
+    jobs, _ = stores
+    job, new = await jobs.receive(
+        request_id="r1", buyer_pubkey="b", kind=5050, request_json="{}", price_msat=10_000
+    )
+    assert new and job.stage == "received"
+    again, new = await jobs.receive(
+        request_id="r1", buyer_pubkey="b", kind=5050, request_json="{}", price_msat=1
+    )
+    assert not new and again.price_msat == 10_000
+    await jobs.advance("r1", "accepted")
+    await jobs.advance("r1", "running")
+    with pytest.raises(Conflict):
+        await jobs.advance("r1", "received")
+    with pytest.raises(Conflict):
+        await jobs.advance("r1", "paid")  # only the wallet's settlement makes a job paid
+    done = await jobs.advance(
+        "r1",
+        "delivered",
+        result_json='{"x":1}',
+        payment_hash="h1",
+        bolt11="lnbc…",
+        pay_deadline_at=1.0,
+    )
+    assert done.stage == "delivered" and done.payment_hash == "h1"
+    assert [j.request_id for j in await jobs.overdue(now=2.0)] == ["r1"]
+
+
+async def test_credit_needs_the_wallets_settled_payment(stores: tuple[JobStore, Ledger]) -> None:
+    jobs, ledger = stores
+    preimage, payment_hash = _hash_pair()
+    await jobs.receive(
+        request_id="r1", buyer_pubkey="b", kind=5050, request_json="{}", price_msat=10_000
+    )
+    for stage in ("accepted", "running"):
+        await jobs.advance("r1", stage)  # type: ignore[arg-type]
+    await jobs.advance(
+        "r1", "delivered", payment_hash=payment_hash, bolt11="lnbc…", pay_deadline_at=9e9
+    )
+    job, new = await jobs.credit(payment_hash)  # M7: nothing settled in the wallet yet
+    assert not new and job is not None and job.stage == "delivered"
+    await ledger.credit_in(payment_hash, 10_000, preimage, "job r1")
+    job, new = await jobs.credit(payment_hash)
+    assert new and job is not None and job.stage == "paid" and job.paid_at
+    _, again = await jobs.credit(payment_hash)  # M5: once
+    assert not again
+    summary = await jobs.earnings_summary(day_start=0)
+    assert summary["lifetime_sats"] == 10 and summary["jobs_today"] == 1
+
+
+async def test_underpayment_is_not_paid(stores: tuple[JobStore, Ledger]) -> None:
+    jobs, ledger = stores
+    preimage, payment_hash = _hash_pair()
+    await jobs.receive(
+        request_id="r2", buyer_pubkey="b", kind=5050, request_json="{}", price_msat=10_000
+    )
+    for stage in ("accepted", "running"):
+        await jobs.advance("r2", stage)  # type: ignore[arg-type]
+    await jobs.advance(
+        "r2", "delivered", payment_hash=payment_hash, bolt11="lnbc…", pay_deadline_at=9e9
+    )
+    await ledger.credit_in(payment_hash, 9_000, preimage, "")
+    job, new = await jobs.credit(payment_hash)
+    assert not new and job is not None and job.stage == "delivered"
+
+
+async def test_outbox_keeps_the_first_signed_event(stores: tuple[JobStore, Ledger]) -> None:
+    jobs, _ = stores
+    await jobs.receive(
+        request_id="r3", buyer_pubkey="b", kind=5050, request_json="{}", price_msat=1000
+    )
+    first = await jobs.stage_event("r3", "result", "e1", '{"id":"e1"}')
+    second = await jobs.stage_event("r3", "result", "e2", '{"id":"e2"}')
+    assert second.event_id == "e1" == first.event_id
+    assert [i.event_id for i in await jobs.unpublished()] == ["e1"]
+    assert await jobs.record_publish(first.id, {"ws://a": "rejected", "ws://b": "error"}) == 0
+    assert await jobs.record_publish(first.id, {"ws://a": "accepted"}) == 1
+    assert await jobs.record_publish(first.id, {"ws://a": "error", "ws://b": "accepted"}) == 2
+    assert await jobs.unpublished() == []
