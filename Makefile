@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export AUTOPILOTD_BUILD_CACHE ?= $(HOME)/.cache/autopilotd
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: setup native ldk-node btcd test lint typecheck pytest demo clean
+.PHONY: setup native ldk-node btcd test lint typecheck pytest demo soak clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,10 @@ pytest: setup native
 	$(BIN)/pytest
 
 test: lint typecheck pytest
+
+# The full crash figures (RELIABILITY T1): 25 kills at each named point of the pay path.
+soak: setup native
+	AUTOPILOTD_CRASH_ITERATIONS=25 $(BIN)/pytest tests/wallet -k kill
 
 demo: setup native
 	$(BIN)/autopilotd demo

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from concurrent.futures import ThreadPoolExecutor
 
@@ -138,6 +139,7 @@ async def test_fifty_concurrent_withdrawals_of_sixty_percent(
     assert _integrity_ok(provider)
 
 
+CRASH_ITERATIONS = int(os.environ.get("AUTOPILOTD_CRASH_ITERATIONS", "4"))
 CRASH_POINTS = [
     "pay.before_intent",
     "pay.after_intent",
@@ -151,9 +153,9 @@ CRASH_POINTS = [
 async def test_kill_at_named_points_of_the_pay_path(
     pair: tuple[WalletDaemon, WalletDaemon], point: str
 ) -> None:
-    """T1 (reduced): kill -9 at each point, 4 times; 0 doubled sends, 0 lost, integrity ok."""
+    """T1: kill -9 at each point (4 times in CI, more with `make soak`): 0 doubled, 0 lost."""
     provider, buyer = pair
-    for _ in range(4):
+    for _ in range(CRASH_ITERATIONS):
         p0 = _lightning(provider)
         inv = provider.ctl_json("wallet.receive", "--amount-sats", "500")
         buyer.stop()
