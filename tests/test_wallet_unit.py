@@ -26,6 +26,13 @@ from autopilotd.wallet.ledger import Ledger, preimage_matches
 from autopilotd.wallet.seed import import_seed, load_or_create_seed, seed_path
 
 
+def _const(value: int) -> Any:
+    async def spendable() -> int:
+        return value
+
+    return spendable
+
+
 @pytest.fixture
 def net() -> FakeNetwork:
     return FakeNetwork()
@@ -175,7 +182,7 @@ async def test_ledger_rules(tmp_path: Path) -> None:
         amount_msat=1000,
         max_fee_msat=100,
         description="",
-        spendable_msat=10_000,
+        spendable_msat=_const(10_000),
     )
     settled = await ledger.settle_out(out_hash, succeeded=True, preimage="22" * 32)
     assert settled is not None and settled.status == "unknown" and settled.reserved_msat == 1100
@@ -198,7 +205,7 @@ async def test_reconcile_after_a_crash(daemon_factory: DaemonFactory, net: FakeN
             amount_msat=inv["amount_sats"] * 1000,
             max_fee_msat=10_000,
             description="",
-            spendable_msat=1_000_000,
+            spendable_msat=_const(1_000_000),
         )
     await store.close()
     await node.pay(inv2["bolt11"], None, 10_000)  # the node took the second before the crash

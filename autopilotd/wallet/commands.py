@@ -1,4 +1,4 @@
-"""Wallet commands: balance, receive, pay and withdraw, history, address, mnemonic."""
+"""Wallet commands: balance, receive, decode, pay and withdraw, history, address, mnemonic."""
 
 from __future__ import annotations
 
@@ -63,6 +63,15 @@ def register(reg: Registry, rt: Runtime, wallet: Wallet) -> None:
     ) -> dict[str, Any]:
         """Withdraw: pay an invoice from your other wallet, with wallet.pay's guarantees."""
         return await wallet.pay(bolt11, amount_sats, max_fee_sats, description="withdrawal")
+
+    @reg.command("wallet.decode")
+    async def wallet_decode(bolt11: str) -> dict[str, Any]:
+        """Decode a BOLT11 invoice without paying it: amount, description, expiry, network.
+
+        Also shows max_fee_sats, the routing-fee cap wallet.pay applies when it is given none,
+        so a person sees what a payment can cost before confirming it.
+        """
+        return wallet.decode(bolt11)
 
     @reg.command("wallet.payment")
     async def wallet_payment(payment_hash: str) -> dict[str, Any]:

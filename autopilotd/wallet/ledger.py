@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -110,13 +111,13 @@ class Ledger:
         amount_msat: int,
         max_fee_msat: int,
         description: str,
-        spendable_msat: int,
+        spendable_msat: Callable[[], Awaitable[int]],
     ) -> tuple[PaymentRow, bool]:
         """Write the intent and reserve, or find the earlier attempt. Returns (row, is_new).
 
-        One `BEGIN IMMEDIATE` transaction checks the balance (the node's spendable amount minus
-        every open reservation) and reserves amount + max fee, so two sends can never both
-        pass the check with the same sats. A failed earlier attempt may be retried; any other
+        One `BEGIN IMMEDIATE` transaction reads the node's spendable amount, subtracts every open
+        reservation and reserves amount + max fee, so two sends can never both pass the check
+        with the same sats, and no settlement can slip in between the read and the reserve. A failed earlier attempt may be retried; any other
         earlier row is returned as it is.
         """
         need = amount_msat + max_fee_msat
@@ -135,7 +136,7 @@ class Ledger:
             ) as cur:
                 row = await cur.fetchone()
             reserved = int(row[0]) if row else 0
-            available = spendable_msat - reserved
+            available = await spendable_msat() - reserved
             if need > available:
                 raise InsufficientFunds(
                     f"not enough to send {amount_msat // 1000} sats with up to "

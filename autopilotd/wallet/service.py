@@ -262,9 +262,7 @@ class Wallet:
     ) -> dict[str, Any]:
         """Pay a BOLT11 invoice once, whatever the retries, double clicks or crashes (M1–M4)."""
         node = self.require_node()
-        bolt11 = bolt11.strip()
-        if bolt11.lower().startswith("lightning:"):
-            bolt11 = bolt11[len("lightning:") :]
+        bolt11 = _clean_bolt11(bolt11)
         try:
             inv = node.decode(bolt11)
         except NodeError:
@@ -286,19 +284,21 @@ class Wallet:
         if amount_msat <= 0:
             raise UserError("the amount must be positive")
         if max_fee_sats is None:
-            ppm = self.rt.config.wallet_default_max_fee_ppm
-            max_fee_sats = max(MIN_DEFAULT_FEE_SATS, math.ceil(amount_msat * ppm / 1e9))
+            max_fee_sats = self.default_max_fee_sats(amount_msat)
         if max_fee_sats < 0:
             raise UserError("max_fee_sats must not be negative")
         crash_point("pay.before_intent")
-        balances = await node.balances()
+
+        async def spendable() -> int:
+            return (await node.balances()).spendable_msat
+
         row, new = await self.ledger.begin_send(
             payment_hash=inv.payment_hash,
             bolt11=bolt11,
             amount_msat=amount_msat,
             max_fee_msat=max_fee_sats * 1000,
             description=description or inv.description,
-            spendable_msat=balances.spendable_msat,
+            spendable_msat=spendable,
         )
         wait_s = self.rt.config.wallet_pay_wait_s
         if not new:
@@ -327,11 +327,45 @@ class Wallet:
         settled = await self.wait_settled(inv.payment_hash, wait_s)
         return _result(settled or row, repeated=False)
 
+    def default_max_fee_sats(self, amount_msat: int) -> int:
+        """The fee cap of a send that names none: the configured ppm, at least 10 sats."""
+        ppm = self.rt.config.wallet_default_max_fee_ppm
+        return max(MIN_DEFAULT_FEE_SATS, math.ceil(amount_msat * ppm / 1e9))
+
+    def decode(self, bolt11: str) -> dict[str, Any]:
+        """What an invoice asks for, and the fee cap `pay` would apply to it; pays nothing."""
+        node = self.require_node()
+        bolt11 = _clean_bolt11(bolt11)
+        try:
+            inv = node.decode(bolt11)
+        except NodeError:
+            raise UserError("that is not a valid BOLT11 invoice") from None
+        amount = inv.amount_msat
+        return {
+            "bolt11": bolt11,
+            "payment_hash": inv.payment_hash,
+            "amount_sats": None if amount is None else amount // 1000,
+            "amount_msat": amount,
+            "description": inv.description,
+            "expires_at": inv.expires_at,
+            "expired": inv.expires_at <= time.time(),
+            "network": inv.network,
+            "network_matches": inv.network == node.network,
+            "max_fee_sats": None if amount is None else self.default_max_fee_sats(amount),
+        }
+
     async def payment(self, payment_hash: str) -> dict[str, Any]:
         row = await self.ledger.get(payment_hash.lower())
         if row is None:
             raise UserError(f"no payment with hash {payment_hash} in this wallet")
         return _result(row, repeated=False)
+
+
+def _clean_bolt11(bolt11: str) -> str:
+    bolt11 = bolt11.strip()
+    if bolt11.lower().startswith("lightning:"):
+        bolt11 = bolt11[len("lightning:") :]
+    return bolt11
 
 
 def _summary(row: PaymentRow) -> dict[str, Any]:
