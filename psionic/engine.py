@@ -1,0 +1,168 @@
+"""The generation engine: prefill then decode on token ids, plus text-level stopping.
+
+``Engine.generate_ids`` is the whole decode loop; ``Engine.complete`` wraps it with
+detokenisation, stop sequences and the finish reason the OpenAI API reports.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from psionic.model import KVCache, Transformer
+from psionic.quant import Int8Linear, quantize_linears
+from psionic.sampling import Sampler, SamplingParams
+from psionic.tokenizer import ChatTokenizer, StreamDecoder
+from psionic.weights import LlamaWeights
+
+logger = logging.getLogger(__name__)
+
+
+class Precision(enum.StrEnum):
+    """Weight precision. ``int8`` is weight-only, with bf16 activations."""
+
+    FP32 = "fp32"
+    BF16 = "bf16"
+    INT8 = "int8"
+
+    @property
+    def activation_dtype(self) -> torch.dtype:
+        return torch.float32 if self is Precision.FP32 else torch.bfloat16
+
+
+class ContextTooLong(ValueError):
+    """The prompt does not fit in the model's context window."""
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The last event of a completion. ``reason`` is ``stop``, ``length`` or ``cancelled``."""
+
+    reason: str
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def build_model(weights: LlamaWeights, device: torch.device, precision: Precision) -> Transformer:
+    """Instantiate the decoder on ``device`` with weights in ``precision``."""
+    with torch.device("meta"):
+        model = Transformer(weights.args)
+    state = dict(weights.state_dict)
+    if weights.args.tie_embeddings:
+        state["output.weight"] = state["tok_embeddings.weight"]
+    model.load_state_dict(state, strict=True, assign=True)
+    model.set_rope_tables(torch.device("cpu"))
+    model = model.to(device=device, dtype=precision.activation_dtype)
+    model.set_rope_tables(device)  # the tables stay fp32, like the weights' reference
+    if precision is Precision.INT8:
+        quantize_linears(model.layers, precision.activation_dtype)
+        model.output = Int8Linear(state["output.weight"].to(device), precision.activation_dtype)
+    return model.eval()
+
+
+class Engine:
+    """A loaded decoder and its tokenizer. Not thread-safe: one worker thread owns it."""
+
+    def __init__(self, weights: LlamaWeights, device: torch.device, precision: Precision) -> None:
+        self.args = weights.args
+        self.name = weights.name
+        self.tokenizer: ChatTokenizer = weights.tokenizer
+        self.device = device
+        self.precision = precision
+        self.model = build_model(weights, device, precision)
+
+    @torch.inference_mode()
+    def generate_ids(
+        self,
+        prompt: Sequence[int],
+        max_new_tokens: int,
+        sampler: Sampler,
+        stop_ids: frozenset[int] = frozenset(),
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Iterator[int]:
+        """Yield new token ids, ending after a stop id (yielded), the budget, or cancel."""
+        if not prompt:
+            raise ValueError("empty prompt")
+        if len(prompt) >= self.args.max_seq_len:
+            raise ContextTooLong(
+                f"prompt has {len(prompt)} tokens; the context is {self.args.max_seq_len}"
+            )
+        budget = min(max_new_tokens, self.args.max_seq_len - len(prompt))
+        cache = KVCache.allocate(
+            self.args, len(prompt) + budget, self.precision.activation_dtype, self.device
+        )
+        tokens = torch.tensor([list(prompt)], dtype=torch.long, device=self.device)
+        logits = self.model(tokens, 0, cache)
+        pos = len(prompt)
+        for i in range(budget):
+            if cancelled():
+                return
+            token = sampler(logits[0])
+            yield token
+            if token in stop_ids or i == budget - 1:
+                return
+            logits = self.model(
+                torch.tensor([[token]], dtype=torch.long, device=self.device), pos, cache
+            )
+            pos += 1
+
+    def complete(
+        self,
+        prompt: Sequence[int],
+        params: SamplingParams,
+        cancelled: Callable[[], bool] = lambda: False,
+    ) -> Iterator[TextDelta | Finished]:
+        """Stream text deltas for ``prompt``, honouring stop ids and stop sequences."""
+        sampler = Sampler(params, self.device)
+        decoder = StreamDecoder(self.tokenizer)
+        pending = ""
+        count = 0
+        reason = "length"
+        for token in self.generate_ids(
+            prompt, params.max_tokens, sampler, self.tokenizer.stop_ids, cancelled
+        ):
+            count += 1
+            if token in self.tokenizer.stop_ids:
+                reason = "stop"
+                break
+            pending += decoder.push(token)
+            cut = _first_stop(pending, params.stop)
+            if cut is not None:
+                pending = pending[:cut]
+                reason = "stop"
+                break
+            hold = _held_back(pending, params.stop)
+            if len(pending) > hold:
+                yield TextDelta(pending[: len(pending) - hold])
+                pending = pending[len(pending) - hold :]
+        else:
+            if cancelled():
+                reason = "cancelled"
+        if pending:
+            yield TextDelta(pending)
+        yield Finished(reason, len(prompt), count)
+
+
+def _first_stop(text: str, stops: Sequence[str]) -> int | None:
+    found = [i for i in (text.find(s) for s in stops if s) if i >= 0]
+    return min(found) if found else None
+
+
+def _held_back(text: str, stops: Sequence[str]) -> int:
+    """Length of the longest suffix of ``text`` that could still start a stop sequence."""
+    best = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), best, -1):
+            if text.endswith(stop[:n]):
+                best = n
+                break
+    return best
