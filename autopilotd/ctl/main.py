@@ -3,7 +3,7 @@
     autopilotctl [--home DIR | --manifest FILE | --rpc-url URL --token T] [--json] COMMAND …
 
 COMMAND is a dotted command name (`logs.mark --message hi`), the same words with spaces
-(`logs mark --message hi`), or a short form: status, commands, logs, events, wait, stop.
+(`logs mark --message hi`), or a short form: status, commands, logs, events, wait, stop, web.
 Options of a generic command come from `system.commands`, so new commands need no CLI change.
 
 Exit codes: 0 ok, 1 command error, 2 usage, 3 daemon not running, 4 wait timed out.
@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
+import webbrowser
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -35,7 +37,7 @@ def _global_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="autopilotctl",
         description="Control a running autopilotd over JSON-RPC.",
-        epilog="Commands: status, commands, logs, events, wait, stop, or any dotted command "
+        epilog="Commands: status, commands, logs, events, wait, stop, web, or any dotted command "
         "name from 'autopilotctl commands' with --param value options.",
         add_help=True,
     )
@@ -147,6 +149,30 @@ async def _cmd_stop(c: RpcClient, args: list[str], as_json: bool) -> int:
     return EXIT_OK
 
 
+def _has_display() -> bool:
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
+async def _cmd_web(c: RpcClient, args: list[str], as_json: bool) -> int:
+    p = argparse.ArgumentParser(prog="autopilotctl web", exit_on_error=False)
+    p.add_argument("--no-open", action="store_true", help="print the link, open no browser")
+    ns = _parse(p, args)
+    result = await c.call("web.login_url")
+    url = result["url"]
+    opened = False
+    if not ns.no_open and _has_display():
+        opened = await asyncio.to_thread(webbrowser.open, url)
+    if as_json:
+        _print({**result, "opened": opened}, True)
+        return EXIT_OK
+    print(url)
+    where = "opened in your browser" if opened else "open it in a browser on this computer"
+    print(f"{where}; the link works once, within five minutes", file=sys.stderr)
+    return EXIT_OK
+
+
 SHORT: dict[str, Callable[[RpcClient, list[str], bool], Coroutine[Any, Any, int]]] = {
     "status": _cmd_status,
     "commands": _cmd_commands,
@@ -154,6 +180,7 @@ SHORT: dict[str, Callable[[RpcClient, list[str], bool], Coroutine[Any, Any, int]
     "events": _cmd_events,
     "wait": _cmd_wait,
     "stop": _cmd_stop,
+    "web": _cmd_web,
 }
 
 

@@ -16,6 +16,8 @@ from aiohttp import web
 from autopilotd.rpc.jsonrpc import SCOPE_KEY, RpcDispatcher, http_status
 from autopilotd.rpc.security import allowed_hosts, bearer_token, security_middleware
 from autopilotd.runtime.context import Runtime
+from autopilotd.web import commands as web_commands
+from autopilotd.web.auth import WebAuth
 from autopilotd.web.views import add_web_routes
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ def url_host(host: str) -> str:
 
 def build_app(rt: Runtime, port: int) -> web.Application:
     cfg = rt.config
+    auth = WebAuth(port)
+    web_commands.register(rt.registry, auth, f"http://{url_host(cfg.listen_host)}:{port}/")
     app = web.Application(
         middlewares=[security_middleware(allowed_hosts(port))],
         client_max_size=cfg.max_body_bytes,
@@ -69,7 +73,7 @@ def build_app(rt: Runtime, port: int) -> web.Application:
         return web.json_response(text=text, status=http_status(codes))
 
     app.router.add_post("/rpc", handle_rpc)
-    add_web_routes(app, rt)
+    add_web_routes(app, rt, auth)
     return app
 
 
@@ -94,6 +98,7 @@ class ControlPlane:
             site = web.SockSite(runner, self._sock)
             await site.start()
             logger.info("control plane listening on %s", self.web_url)
+            logger.info("web UI: %s (log in with the link from `autopilotctl web`)", self.web_url)
             ready()
             await asyncio.Event().wait()
         finally:

@@ -1,55 +1,195 @@
-"""Web routes. Every pane renders the Snapshot; every page has a JSON twin (Accept: JSON)."""
+"""Web routes. Every pane renders the Snapshot; every page has a JSON twin (Accept: JSON).
+
+    GET  /                 the whole page (every pane), or the snapshot as JSON
+    GET  /pane/<name>      one pane's block alone (htmx), or its data as JSON
+    POST /do/<command>     run a registry command, answer the re-rendered pane (?pane=<name>)
+    GET  /events/stream    server-sent "something changed" signals for the open page
+    GET  /login?token=…    spend a one-time login token, set the session cookie, go to /
+    POST /logout           end the session
+
+Reading needs the session cookie; every POST also needs the session's CSRF token in the
+`X-CSRF-Token` header. Host and Origin are checked before any of this (rpc/security.py).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import secrets
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from aiohttp import web
 
+from autopilotd.errors import AutopilotError
 from autopilotd.runtime.context import Runtime
+from autopilotd.web.auth import CSRF_HEADER, WebAuth, WebSession
+from autopilotd.web.catalog import BY_NAME, DEFAULT_PANE, GROUPS, HUD, PANES
+from autopilotd.web.panes import Action, Pane, View
+from autopilotd.web.params import read_params
+from autopilotd.web.render import environment
+from autopilotd.web.stream import event_stream
 
-PANES = ("daemon", "services")
+logger = logging.getLogger(__name__)
 
-
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("autopilotd.web", "templates"),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
+LOGIN_HINT = "not logged in: run 'autopilotctl web' for a one-time login link"
 
 
 def wants_json(request: web.Request) -> bool:
     return "application/json" in request.headers.get("Accept", "")
 
 
-def add_web_routes(app: web.Application, rt: Runtime) -> None:
-    env = _environment()
-    page = env.get_template("index.html")
+class WebUI:
+    """The routes of the web UI over one runtime and one set of browser sessions."""
 
-    def context() -> dict[str, Any]:
-        return {"snapshot": rt.state.current.to_json(rt.clock())}
+    def __init__(self, rt: Runtime, auth: WebAuth) -> None:
+        self.rt = rt
+        self.auth = auth
+        self.env = environment()
 
-    async def index(request: web.Request) -> web.Response:
+    # -- sessions --------------------------------------------------------------------------
+
+    def session(self, request: web.Request) -> WebSession | None:
+        return self.auth.session(request.cookies.get(self.auth.cookie_name))
+
+    def mutating(self, request: web.Request) -> WebSession:
+        """The session of a POST that carries its CSRF token from a same-origin page."""
+        session = self.session(request)
+        if session is None:
+            raise web.HTTPUnauthorized(reason=LOGIN_HINT)
+        if not session.csrf_ok(request.headers.get(CSRF_HEADER)):
+            raise web.HTTPForbidden(reason="missing or wrong CSRF token")
+        if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+            raise web.HTTPForbidden(reason="cross-site request")
+        return session
+
+    def login_page(self, status: int, message: str) -> web.Response:
+        html = self.env.get_template("login.html").render(message=message)
+        return web.Response(text=html, content_type="text/html", status=status)
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def view(self, request: web.Request, action: Action | None = None) -> View:
+        snapshot = self.rt.state.current.to_json(self.rt.clock())
+        return View(self.rt, snapshot, dict(request.query), action)
+
+    async def load(self, pane: Pane, v: View) -> dict[str, Any]:
+        """The pane's data; a failure shows in the pane instead of breaking the page."""
+        try:
+            return await pane.load(v)
+        except AutopilotError as exc:
+            return {"failed": exc.message}
+        except Exception:
+            error_id = secrets.token_hex(6)
+            logger.exception("pane %s failed [error id %s]", pane.name, error_id)
+            return {"failed": f"internal error (error id {error_id})"}
+
+    def block(self, pane: Pane, data: dict[str, Any]) -> str:
+        """The pane's one block, rendered alone (the page places it; htmx swaps it in)."""
+        if "failed" in data:
+            return self.env.get_template("failed.html").render(d=data, pane=pane.describe())
+        template = self.env.get_template(pane.template)
+        ctx = template.new_context({"d": data, "pane": pane.describe()})
+        return "".join(template.blocks[pane.name](ctx))
+
+    # -- routes ----------------------------------------------------------------------------
+
+    async def index(self, request: web.Request) -> web.Response:
+        session = self.session(request)
+        if session is None:
+            if wants_json(request):
+                return web.json_response({"error": LOGIN_HINT}, status=401)
+            return self.login_page(401, "")
+        v = self.view(request)
         if wants_json(request):
-            return web.json_response(context()["snapshot"])
-        return web.Response(text=page.render(context()), content_type="text/html")
-
-    async def pane(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in PANES:
-            raise web.HTTPNotFound(reason="no such pane")
-        ctx = context()
-        if wants_json(request):
-            return web.json_response(ctx["snapshot"][name])
-        block = page.blocks[name]
-        html = "".join(block(page.new_context(ctx)))
+            return web.json_response(v.snapshot)
+        data = {p.name: await self.load(p, v) for p in (HUD, *PANES)}
+        html = self.env.get_template("index.html").render(
+            csrf=session.csrf,
+            hud=data.pop(HUD.name),
+            data=data,
+            panes=[p.describe() for p in PANES],
+            groups=GROUPS,
+            open=DEFAULT_PANE,
+            seq=v.snapshot["seq"],
+        )
         return web.Response(text=html, content_type="text/html")
 
-    app.router.add_get("/", index)
-    app.router.add_get("/pane/{name}", pane)
+    async def pane(self, request: web.Request) -> web.Response:
+        if self.session(request) is None:
+            raise web.HTTPUnauthorized(reason=LOGIN_HINT)
+        pane = BY_NAME.get(request.match_info["name"])
+        if pane is None:
+            raise web.HTTPNotFound(reason="no such pane")
+        data = await self.load(pane, self.view(request))
+        if wants_json(request):
+            return web.json_response(data)
+        return web.Response(text=self.block(pane, data), content_type="text/html")
+
+    async def do(self, request: web.Request) -> web.Response:
+        self.mutating(request)
+        name = request.match_info["command"]
+        pane = BY_NAME.get(request.query.get("pane", ""))
+        params: dict[str, Any] = {}
+        try:
+            cmd = self.rt.registry.get(name)
+            params = await read_params(request, cmd)
+            async with asyncio.timeout(self.rt.config.call_timeout_s):
+                result = await self.rt.registry.call(name, params, scope="owner")
+            action = Action(name, params, result=result)
+            status = 200
+        except AutopilotError as exc:
+            action = Action(name, params, error=exc.message)
+            status = exc.http_status if exc.http_status != 200 else 400
+        except TimeoutError:
+            action = Action(name, params, error=f"'{name}' did not finish in time")
+            status = 504
+        except Exception:
+            error_id = secrets.token_hex(6)
+            logger.exception("web action %s failed [error id %s]", name, error_id)
+            action = Action(name, params, error=f"internal error (error id {error_id})")
+            status = 500
+        if wants_json(request) or pane is None:
+            if action.error is not None:
+                return web.json_response({"error": action.error}, status=status)
+            return web.json_response({"command": name, "result": action.result})
+        data = await self.load(pane, self.view(request, action))
+        return web.Response(text=self.block(pane, data), content_type="text/html")
+
+    async def login(self, request: web.Request) -> web.Response:
+        token = request.query.get("token", "")
+        session_id = self.auth.redeem(token) if token else None
+        if session_id is None:
+            return self.login_page(403, "This login link was already used or has expired.")
+        resp = web.Response(status=303, headers={"Location": "/"})
+        resp.set_cookie(
+            self.auth.cookie_name, session_id, httponly=True, samesite="Strict", path="/"
+        )
+        logger.info("a browser logged in to the web UI")
+        return resp
+
+    async def logout(self, request: web.Request) -> web.Response:
+        self.mutating(request)
+        self.auth.end(request.cookies.get(self.auth.cookie_name))
+        resp = web.Response(status=204, headers={"HX-Redirect": "/"})
+        resp.del_cookie(self.auth.cookie_name, path="/")
+        return resp
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        cookie = request.cookies.get(self.auth.cookie_name)
+        if self.auth.session(cookie) is None:
+            raise web.HTTPUnauthorized(reason=LOGIN_HINT)
+        return await event_stream(request, self.rt, lambda: self.auth.session(cookie) is not None)
+
+
+def add_web_routes(app: web.Application, rt: Runtime, auth: WebAuth) -> None:
+    ui = WebUI(rt, auth)
+    app.router.add_get("/", ui.index)
+    app.router.add_get("/pane/{name}", ui.pane)
+    app.router.add_post("/do/{command}", ui.do)
+    app.router.add_get("/events/stream", ui.stream)
+    app.router.add_get("/login", ui.login)
+    app.router.add_post("/logout", ui.logout)
     static = Path(str(resources.files("autopilotd.web") / "static"))
     app.router.add_static("/static/", static, follow_symlinks=False)

@@ -1,0 +1,116 @@
+"""Every pane of the web UI, in palette order, with the snapshot section each one renders.
+
+Placeholders name the section their service will publish (`provider`, `jobs` …) and say in
+words what brings it; filling one in means publishing that section and writing its block.
+"""
+
+from __future__ import annotations
+
+from autopilotd.web import sources
+from autopilotd.web.panes import Pane, coming
+
+EARN = "the earn loop"
+NEXUS = "the Nexus"
+
+HUD = Pane("hud", "Scoreboard", "hud", sources.hud, live="snapshot", in_palette=False)
+
+PANES: tuple[Pane, ...] = (
+    Pane(
+        "autopilot_chat",
+        "Autopilot Chat",
+        "Autopilot",
+        coming("chat", "the chat issue", "threads with your Autopilot and a message box"),
+        placeholder=True,
+    ),
+    Pane(
+        "go_online",
+        "Go Online",
+        "Earn",
+        coming("provider", EARN, "the switch that puts this computer on the market"),
+        live="snapshot",
+        placeholder=True,
+    ),
+    Pane(
+        "provider_status",
+        "Provider Status",
+        "Earn",
+        coming("provider", EARN, "uptime, heartbeat, served kinds, model, degraded reasons"),
+        live="snapshot",
+        placeholder=True,
+    ),
+    Pane("tailnet_status", "Tailnet Status", "Network", sources.tailnet, live="open"),
+    Pane(
+        "job_inbox",
+        "Job Inbox",
+        "Earn",
+        coming("jobs", EARN, "incoming job requests and rejection counters"),
+        live="snapshot",
+        placeholder=True,
+    ),
+    Pane(
+        "active_job",
+        "Active Job",
+        "Earn",
+        coming("jobs", EARN, "the job in progress: received, accepted, running, delivered, paid"),
+        live="snapshot",
+        placeholder=True,
+    ),
+    Pane(
+        "job_history",
+        "Job History",
+        "Earn",
+        coming("jobs", EARN, "every job with its outcome, price, and paid or why not"),
+        live="snapshot",
+        placeholder=True,
+    ),
+    Pane(
+        "earnings_scoreboard",
+        "Earnings Scoreboard",
+        "Earn",
+        coming("earnings", EARN, "sats today and lifetime, jobs today, milestones"),
+        live="snapshot",
+        placeholder=True,
+    ),
+    Pane("wallet", "Wallet", "Wallet", sources.wallet, live="snapshot"),
+    Pane("pay_invoice", "Pay Lightning Invoice", "Wallet", sources.pay_invoice),
+    Pane("create_invoice", "Create Lightning Invoice", "Wallet", sources.create_invoice),
+    Pane("identity_keys", "Identity Keys", "Wallet", sources.identity_keys),
+    Pane(
+        "relay_connections",
+        "Relay Connections",
+        "Network",
+        coming("relays", EARN, "each Nostr relay's health, last error and last seen"),
+        live="snapshot",
+        placeholder=True,
+    ),
+    Pane("sync_health", "Sync Health", "System", sources.sync_health, live="open"),
+    Pane(
+        "network_requests",
+        "Network Requests",
+        "Network",
+        coming("buyer", EARN, "jobs you buy from the network, with budget and result"),
+        live="snapshot",
+        placeholder=True,
+    ),
+    Pane(
+        "starter_jobs",
+        "Starter Jobs",
+        "Earn",
+        coming("starter", NEXUS, "first paid jobs offered to new providers by the Nexus"),
+        live="snapshot",
+        placeholder=True,
+    ),
+    Pane("activity_feed", "Activity Feed", "System", sources.activity_feed, live="events"),
+    Pane(
+        "alerts_recovery",
+        "Alerts and Recovery",
+        "System",
+        sources.alerts_recovery,
+        live="snapshot",
+    ),
+    Pane("settings", "Settings", "System", sources.settings, live="open"),
+)
+
+BY_NAME: dict[str, Pane] = {p.name: p for p in (HUD, *PANES)}
+GROUPS: tuple[str, ...] = ("Earn", "Wallet", "Network", "Autopilot", "System")
+DEFAULT_PANE = "wallet"

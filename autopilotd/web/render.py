@@ -1,0 +1,63 @@
+"""The jinja2 environment: autoescape everywhere, undefined names are errors, a few filters.
+
+Text that comes from outside (payment descriptions, event fields, later Nostr content) is
+always escaped: no template uses `|safe`, and a test keeps it that way.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jinja2
+
+
+def environment() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("autopilotd.web", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["sats"] = sats
+    env.filters["clock"] = clock
+    env.filters["ago"] = ago
+    env.filters["duration"] = duration
+    env.filters["short"] = short
+    return env
+
+
+def sats(value: Any) -> str:
+    """1234567 → '1 234 567' (thin spaces); None → '—' (not known yet, never a made-up 0)."""
+    if value is None:
+        return "—"
+    return f"{int(value):,}".replace(",", "\u2009")
+
+
+def clock(ts: Any) -> str:
+    if ts is None:
+        return "—"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(ts)))
+
+
+def ago(ts: Any) -> str:
+    if ts is None:
+        return "—"
+    return duration(max(0.0, time.time() - float(ts))) + " ago"
+
+
+def duration(seconds: Any) -> str:
+    s = int(float(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+def short(value: Any, keep: int = 10) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= 2 * keep + 1 else f"{text[:keep]}…{text[-keep:]}"

@@ -1,0 +1,166 @@
+// The page's own behaviour: open panes, the command palette (Ctrl-K), live refresh over
+// server-sent events, copy buttons. No inline script anywhere (the CSP forbids it).
+"use strict";
+(() => {
+  const $ = (sel, root = document) => root.querySelector(sel);
+  const $$ = (sel, root = document) => Array.from(root.querySelectorAll(sel));
+  const hasHtmx = () => typeof window.htmx !== "undefined";
+
+  // -- panes ------------------------------------------------------------------------------
+  function refresh(el) {
+    if (hasHtmx() && el && el.dataset.live) window.htmx.trigger(el, "ap:refresh");
+  }
+
+  function refreshLive(kind) {
+    $$(`[data-live~="${kind}"]`).forEach((el) => {
+      if (el.id === "hud" || el.classList.contains("open")) refresh(el);
+    });
+  }
+
+  function openPane(name) {
+    const target = document.getElementById(`pane-${name}`);
+    if (!target) return false;
+    $$(".pane").forEach((p) => p.classList.toggle("open", p === target));
+    $$("[data-open]").forEach((b) => b.classList.toggle("active", b.dataset.open === name));
+    document.body.dataset.open = name;
+    if (location.hash !== `#${name}`) history.replaceState(null, "", `#${name}`);
+    refresh(target);
+    return true;
+  }
+
+  $$("[data-open]").forEach((b) => b.addEventListener("click", () => openPane(b.dataset.open)));
+
+  // -- command palette --------------------------------------------------------------------
+  const dialog = $("#palette");
+  const input = $("#palette-input");
+  const items = $$("#palette-list li");
+  let selected = 0;
+
+  const shown = () => items.filter((li) => !li.hidden);
+
+  function mark() {
+    const list = shown();
+    items.forEach((li) => li.classList.remove("selected"));
+    if (list[selected]) {
+      list[selected].classList.add("selected");
+      list[selected].scrollIntoView({ block: "nearest" });
+    }
+  }
+
+  function filter() {
+    const words = input.value.toLowerCase().trim().split(/\s+/).filter(Boolean);
+    items.forEach((li) => {
+      const text = `${li.dataset.command} ${li.textContent}`.toLowerCase();
+      li.hidden = !words.every((w) => text.includes(w));
+    });
+    const exact = items.findIndex((li) => li.dataset.command === input.value.trim());
+    selected = exact >= 0 ? shown().indexOf(items[exact]) : 0;
+    mark();
+  }
+
+  function openPalette() {
+    input.value = "";
+    filter();
+    dialog.showModal();
+    input.focus();
+  }
+
+  function run(li) {
+    dialog.close();
+    openPane(li.dataset.pane);
+  }
+
+  document.addEventListener("keydown", (e) => {
+    if ((e.ctrlKey || e.metaKey) && e.key.toLowerCase() === "k") {
+      e.preventDefault();
+      if (dialog.open) dialog.close();
+      else openPalette();
+    }
+  });
+  input.addEventListener("input", filter);
+  input.addEventListener("keydown", (e) => {
+    const list = shown();
+    if (e.key === "ArrowDown") {
+      selected = Math.min(selected + 1, list.length - 1);
+      mark();
+      e.preventDefault();
+    } else if (e.key === "ArrowUp") {
+      selected = Math.max(selected - 1, 0);
+      mark();
+      e.preventDefault();
+    } else if (e.key === "Enter" && list[selected]) {
+      e.preventDefault();
+      run(list[selected]);
+    }
+  });
+  items.forEach((li) => li.addEventListener("click", () => run(li)));
+  $("#palette-button").addEventListener("click", openPalette);
+
+  // -- copy buttons -----------------------------------------------------------------------
+  document.addEventListener("click", (e) => {
+    const button = e.target.closest("[data-copy]");
+    if (!button) return;
+    const source = document.getElementById(button.dataset.copy);
+    if (!source || !navigator.clipboard) return;
+    navigator.clipboard.writeText(source.value || source.textContent).then(() => {
+      button.textContent = "Copied ✓";
+    });
+  });
+
+  // -- live -------------------------------------------------------------------------------
+  const live = $("#live");
+  function setLive(state, seq) {
+    live.dataset.state = state;
+    $(".live-text", live).textContent =
+      { live: "LIVE", connecting: "CONNECTING", lost: "RECONNECTING" }[state] || state;
+    if (seq !== undefined) $(".live-seq", live).textContent = `seq ${seq}`;
+    live.title = `last signal ${new Date().toLocaleTimeString()}`;
+    live.classList.remove("pulse");
+    void live.offsetWidth; // restart the pulse animation
+    live.classList.add("pulse");
+  }
+
+  let source = null;
+  function connect() {
+    source = new EventSource("/events/stream");
+    const seqOf = (e) => JSON.parse(e.data).seq;
+    source.addEventListener("hello", (e) => setLive("live", seqOf(e)));
+    source.addEventListener("snapshot", (e) => {
+      setLive("live", seqOf(e));
+      refreshLive("snapshot");
+    });
+    source.addEventListener("activity", () => refreshLive("events"));
+    source.addEventListener("tick", (e) => {
+      setLive("live", seqOf(e));
+      refreshLive("tick");
+    });
+    source.onerror = () => {
+      setLive("lost");
+      if (source.readyState === EventSource.CLOSED) {
+        source.close();
+        setTimeout(checkSession, 2000);
+      }
+    };
+  }
+
+  async function checkSession() {
+    try {
+      const r = await fetch("/pane/hud", { headers: { Accept: "application/json" } });
+      if (r.status === 401) {
+        location.reload(); // logged out (or the daemon restarted): show the login page
+        return;
+      }
+    } catch (err) {
+      // the daemon is not answering; keep trying
+    }
+    connect();
+  }
+
+  document.body.addEventListener("htmx:responseError", (e) => {
+    if (e.detail.xhr && e.detail.xhr.status === 401) location.reload();
+  });
+
+  if (!hasHtmx()) $("#no-htmx").hidden = false;
+  openPane(location.hash.slice(1)) || openPane(document.body.dataset.open);
+  connect();
+})();
