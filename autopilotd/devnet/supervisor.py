@@ -21,7 +21,7 @@ from autopilotd.devnet.btcd import BtcdConfig, BtcdProcess
 from autopilotd.devnet.coins import Faucet, MinerKey
 from autopilotd.devnet.control import serve_control
 from autopilotd.devnet.hub import HubNode
-from autopilotd.devnet.ldk import ChainSource
+from autopilotd.devnet.ldk import ChainSource, ldk_node_module
 from autopilotd.devnet.operations import INITIAL_BLOCKS, DevnetOperations
 from autopilotd.devnet.ports import LOOPBACK, free_port
 from autopilotd.devnet.shim import BitcoindShim, serve_shim
@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 async def run(layout: DevnetLayout) -> None:
     """Run the devnet until SIGTERM or SIGINT."""
+    ldk_node_module()  # fail before starting anything when the bindings are missing
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
