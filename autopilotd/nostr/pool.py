@@ -1,0 +1,602 @@
+"""A relay pool over nostr-sdk: one health row per relay, catch-up, dedupe, per-relay publish.
+
+Each configured relay gets its own nostr-sdk `Client` (a *link*), so one relay's slowness,
+failure or misbehaviour is contained: every link has its own connection loop, notification
+reader and publish timeout. All long-lived tasks belong to the TaskGroup that `run()` owns
+(STYLE §4); run it under the daemon's TaskGroup, or use `running(pool)` in tests and scripts.
+
+Behaviour, per relay:
+
+- Connect, then subscribe with the current filters. On a reconnect the subscription is sent
+  again with `since` = (the last moment the relay was seen healthy) - `overlap_s`, never
+  earlier than the caller's own `since`: a catch-up query that covers what was published
+  while we were away, and some overlap for clock skew.
+- Reconnect on loss with exponential backoff (`backoff_initial_s` doubling up to
+  `backoff_max_s`); `reconnect(url)` forces one now.
+- Every event is checked against the filters of the subscription it arrived on (kinds,
+  authors, `#p`, `#e`, `since`). A relay that sends anything else is dropped: disconnected,
+  marked `dropped` with the reason in `last_error`, and not reconnected (RELIABILITY N6).
+- Events are deduplicated by id across relays and reconnects with a bounded LRU set. An id is
+  only remembered once its event passed the id/signature check, so a relay cannot poison the
+  set with a forged copy of a real event id.
+- `publish(event)` sends to every connected relay at once, each with its own timeout, and
+  returns each relay's answer: `accepted`, `rejected` (the relay said no, e.g. `blocked:`),
+  `error` (timeout, transport) or `skipped` (not connected).
+
+Outputs: `events()` is an async iterator of `IncomingEvent`s (bounded queue; when full, new
+events are dropped, counted in `stats()` and may arrive again from another relay);
+`on_health` is called with the new `RelayHealth` row whenever a row changes. `health()` is
+the current table. `RelayPoolPort` is the interface a service should depend on, so fast
+tests can pass a fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Protocol
+
+import nostr_sdk as sdk
+
+from autopilotd.nostr.events import EventCaps, RawEvent, ShapeError, parse_raw, verify
+
+logger = logging.getLogger(__name__)
+
+_REJECT_PREFIXES = (
+    "duplicate:",
+    "pow:",
+    "blocked:",
+    "rate-limited:",
+    "invalid:",
+    "restricted:",
+    "mute:",
+    "error:",
+    "auth-required:",
+)
+"""NIP-01 machine-readable prefixes of an `OK false` message: the relay answered no."""
+
+_LOST = frozenset(
+    {
+        sdk.RelayStatus.DISCONNECTED,
+        sdk.RelayStatus.TERMINATED,
+        sdk.RelayStatus.BANNED,
+        sdk.RelayStatus.SHUTDOWN,
+        sdk.RelayStatus.SLEEPING,
+    }
+)
+_CONNECTABLE = frozenset({sdk.RelayStatus.INITIALIZED, sdk.RelayStatus.TERMINATED})
+
+
+class LinkState(enum.StrEnum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+    DROPPED = "dropped"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class RelayHealth:
+    """One relay's row, as the snapshot shows it. Times are UNIX seconds."""
+
+    url: str
+    state: LinkState = LinkState.CONNECTING
+    connected: bool = False
+    last_seen: float | None = None
+    last_error: str | None = None
+    events_in: int = 0
+    events_out: int = 0
+    publish_accepted: int = 0
+    publish_rejected: int = 0
+    connects: int = 0
+    next_retry_at: float | None = None
+
+
+@dataclass(frozen=True)
+class SubscriptionFilter:
+    """A NIP-01 filter, the subset the earn loop needs: kinds, authors, `#p`, `#e`, since."""
+
+    kinds: tuple[int, ...] = ()
+    authors: tuple[str, ...] = ()
+    p: tuple[str, ...] = ()
+    e: tuple[str, ...] = ()
+    since: int | None = None
+    limit: int | None = None
+
+    def with_since(self, since: int | None) -> SubscriptionFilter:
+        return dataclasses.replace(self, since=since)
+
+    def to_sdk(self) -> sdk.Filter:
+        f = sdk.Filter()
+        if self.kinds:
+            f = f.kinds([sdk.Kind(k) for k in self.kinds])
+        if self.authors:
+            f = f.authors([sdk.PublicKey.parse(a) for a in self.authors])
+        if self.p:
+            f = f.pubkeys([sdk.PublicKey.parse(p) for p in self.p])
+        if self.e:
+            f = f.events([sdk.EventId.parse(e) for e in self.e])
+        if self.since is not None:
+            f = f.since(sdk.Timestamp.from_secs(self.since))
+        if self.limit is not None:
+            f = f.limit(self.limit)
+        return f
+
+    def matches(self, event: RawEvent) -> bool:
+        if self.kinds and event.kind not in self.kinds:
+            return False
+        if self.authors and event.pubkey not in self.authors:
+            return False
+        if self.since is not None and event.created_at < self.since:
+            return False
+        for name, wanted in (("p", self.p), ("e", self.e)):
+            if wanted and not any(len(t) > 1 and t[1] in wanted for t in event.all(name)):
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class IncomingEvent:
+    """An event seen for the first time, from `relay`; shape, id and signature checked."""
+
+    relay: str
+    event: RawEvent
+    received_at: float
+
+
+class PublishOutcome(enum.StrEnum):
+    ACCEPTED = "accepted"
+    REJECTED = "rejected"
+    ERROR = "error"
+    SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class RelayAnswer:
+    url: str
+    outcome: PublishOutcome
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class PublishReport:
+    """Each relay's answer to one publish (ARCHITECTURE §5.4: record every answer)."""
+
+    event_id: str
+    answers: tuple[RelayAnswer, ...]
+
+    @property
+    def accepted(self) -> tuple[str, ...]:
+        return tuple(a.url for a in self.answers if a.outcome == PublishOutcome.ACCEPTED)
+
+    @property
+    def any_accepted(self) -> bool:
+        return bool(self.accepted)
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    delivered: int
+    duplicates: int
+    invalid: int
+    queue_full_drops: int
+    seen_ids: int
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    relays: tuple[str, ...]
+    overlap_s: int = 120
+    connect_timeout_s: float = 5.0
+    publish_timeout_s: float = 5.0
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    status_poll_s: float = 1.0
+    """Fallback check of a link's status between SDK notifications."""
+    dedupe_capacity: int = 100_000
+    queue_size: int = 10_000
+    caps: EventCaps = field(default_factory=EventCaps)
+
+
+class RelayPoolPort(Protocol):
+    """What a service needs from a pool; `RelayPool` is the real one."""
+
+    def health(self) -> tuple[RelayHealth, ...]: ...
+
+    async def subscribe(self, filters: Sequence[SubscriptionFilter]) -> None: ...
+
+    def events(self) -> AsyncIterator[IncomingEvent]: ...
+
+    async def publish(self, event: sdk.Event) -> PublishReport: ...
+
+
+class SeenIds:
+    """A bounded set of event ids (least recently added forgotten first)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: OrderedDict[str, None] = OrderedDict()
+
+    def __contains__(self, event_id: object) -> bool:
+        return event_id in self._ids
+
+    def add(self, event_id: str) -> None:
+        self._ids[event_id] = None
+        self._ids.move_to_end(event_id)
+        while len(self._ids) > self.capacity:
+            self._ids.popitem(last=False)
+
+    def discard(self, event_id: str) -> None:
+        self._ids.pop(event_id, None)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
+class _Monitor(sdk.HandleMonitorNotification):  # type: ignore[misc]
+    def __init__(self, wake: asyncio.Event) -> None:
+        self._wake = wake
+
+    async def relay_status_changed(self, relay_url: sdk.RelayUrl, status: sdk.RelayStatus) -> None:
+        if status in _LOST:
+            self._wake.set()
+
+
+def _dropped(link: _Link) -> bool:
+    return link.row.state == LinkState.DROPPED
+
+
+@dataclass
+class _Link:
+    url: str
+    sdk_url: sdk.RelayUrl
+    client: sdk.Client
+    monitor: sdk.Monitor
+    row: RelayHealth
+    wake: asyncio.Event = field(default_factory=asyncio.Event)
+    retry_now: bool = False
+    generation: int = 0
+    subscriptions: dict[str, tuple[SubscriptionFilter, ...]] = field(default_factory=dict)
+    healthy_until: float | None = None
+
+
+class RelayPool:
+    """The pool; see the module docstring. Not shared between event loops."""
+
+    def __init__(
+        self,
+        config: PoolConfig,
+        *,
+        on_health: Callable[[RelayHealth], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not config.relays:
+            raise ValueError("a relay pool needs at least one relay")
+        self.config = config
+        self._on_health = on_health
+        self._clock = clock
+        self._filters: tuple[SubscriptionFilter, ...] = ()
+        self._queue: asyncio.Queue[IncomingEvent] = asyncio.Queue(config.queue_size)
+        self._seen = SeenIds(config.dedupe_capacity)
+        self._links: dict[str, _Link] = {}
+        self._delivered = self._duplicates = self._invalid = self._dropped = 0
+        for url in dict.fromkeys(config.relays):
+            monitor = sdk.Monitor()
+            client = sdk.ClientBuilder().monitor(monitor).build()
+            self._links[url] = _Link(
+                url=url,
+                sdk_url=sdk.RelayUrl.parse(url),
+                client=client,
+                monitor=monitor,
+                row=RelayHealth(url=url),
+            )
+
+    # -- the caller's view ---------------------------------------------------------------
+
+    def health(self) -> tuple[RelayHealth, ...]:
+        return tuple(link.row for link in self._links.values())
+
+    def stats(self) -> PoolStats:
+        return PoolStats(
+            self._delivered, self._duplicates, self._invalid, self._dropped, len(self._seen)
+        )
+
+    async def events(self) -> AsyncIterator[IncomingEvent]:
+        """New events, once each, in arrival order; runs until the consumer stops."""
+        while True:
+            yield await self._queue.get()
+
+    async def subscribe(self, filters: Sequence[SubscriptionFilter]) -> None:
+        """Replace the subscription on every relay (now on connected ones, later on others)."""
+        self._filters = tuple(filters)
+        for link in self._links.values():
+            if link.row.connected:
+                try:
+                    await self._subscribe_link(link, catch_up=False)
+                except Exception as exc:
+                    logger.warning("subscribe on %s failed: %s", link.url, exc)
+
+    async def reconnect(self, url: str) -> None:
+        """Drop the connection to `url` and connect again at once (not for dropped relays)."""
+        link = self._links[url]
+        if link.row.state == LinkState.DROPPED:
+            return
+        link.retry_now = True
+        with contextlib.suppress(Exception):
+            await link.client.disconnect_relay(link.sdk_url)
+        link.wake.set()
+
+    async def publish(self, event: sdk.Event) -> PublishReport:
+        """Send `event` to every connected relay at once; each answer within its timeout."""
+        answers: dict[str, RelayAnswer] = {}
+        async with asyncio.TaskGroup() as tg:
+            for link in self._links.values():
+                tg.create_task(self._publish_one(link, event, answers))
+        return PublishReport(
+            event_id=event.id().to_hex(),
+            answers=tuple(answers[url] for url in self._links),
+        )
+
+    async def run(self, ready: Callable[[], None] | None = None) -> None:
+        """Connect and serve every relay until cancelled; `ready()` once all tasks started."""
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for link in self._links.values():
+                    tg.create_task(link.monitor.handle_notifications(_Monitor(link.wake)))
+                    tg.create_task(self._read(link))
+                    tg.create_task(self._maintain(link))
+                if ready is not None:
+                    ready()
+        finally:
+            for link in self._links.values():
+                self._update(link, state=LinkState.STOPPED, connected=False, next_retry_at=None)
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(2.0):
+                        await link.client.shutdown()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _update(self, link: _Link, **changes: object) -> None:
+        row = dataclasses.replace(link.row, **changes)  # type: ignore[arg-type]
+        if row == link.row:
+            return
+        link.row = row
+        if self._on_health is not None:
+            try:
+                self._on_health(row)
+            except Exception:
+                logger.exception("on_health callback failed")
+
+    async def _connected(self, link: _Link) -> bool:
+        relay = await link.client.relay(link.sdk_url)
+        return relay is not None and relay.status() == sdk.RelayStatus.CONNECTED
+
+    async def _maintain(self, link: _Link) -> None:
+        cfg = self.config
+        await link.client.add_relay(
+            link.sdk_url, opts=sdk.RelayOptions().reconnect(False).verify_subscriptions(False)
+        )
+        delay = cfg.backoff_initial_s
+        while not _dropped(link):
+            self._update(link, state=LinkState.CONNECTING, next_retry_at=None)
+            if await self._connect(link):
+                delay = cfg.backoff_initial_s
+                await self._watch(link)
+                link.healthy_until = self._clock()
+            if _dropped(link):
+                break
+            wait = 0.0 if link.retry_now else delay
+            link.retry_now = False
+            self._update(
+                link,
+                state=LinkState.DISCONNECTED,
+                connected=False,
+                next_retry_at=self._clock() + wait,
+            )
+            link.wake.clear()
+            if wait > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(wait):
+                        await link.wake.wait()
+                delay = min(delay * 2, cfg.backoff_max_s)
+            link.retry_now = False
+
+    async def _settle(self, link: _Link) -> None:
+        """Bring the SDK relay to a state `try_connect` acts on (initialised or terminated).
+
+        A disconnect is asynchronous in the SDK: connecting before it has finished gets the
+        pending termination request, so wait (briefly) until it has.
+        """
+        relay = await link.client.relay(link.sdk_url)
+        if relay is None or relay.status() in _CONNECTABLE:
+            return
+        with contextlib.suppress(Exception):
+            await link.client.disconnect_relay(link.sdk_url)
+        deadline = asyncio.get_running_loop().time() + 2.0
+        while relay.status() not in _CONNECTABLE:  # the monitor wakes us on `terminated`
+            link.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(
+                    min(deadline, asyncio.get_running_loop().time() + 0.05)
+                ):
+                    await link.wake.wait()
+            if asyncio.get_running_loop().time() >= deadline:
+                return
+
+    async def _connect(self, link: _Link) -> bool:
+        client = link.client
+        with contextlib.suppress(Exception):
+            await client.unsubscribe_all()  # else the SDK replays the old REQ on connect
+        await self._settle(link)
+        try:
+            out = await client.try_connect(timedelta(seconds=self.config.connect_timeout_s))
+        except Exception as exc:
+            self._update(link, last_error=f"connect: {exc}")
+            return False
+        if link.sdk_url not in out.success:
+            error = next(iter(out.failed.values()), "not connected")
+            self._update(link, last_error=f"connect: {error}")
+            return False
+        link.wake.clear()
+        self._update(
+            link,
+            state=LinkState.CONNECTED,
+            connected=True,
+            connects=link.row.connects + 1,
+            last_seen=self._clock(),
+            next_retry_at=None,
+        )
+        if self._filters:
+            try:
+                await self._subscribe_link(link, catch_up=link.healthy_until is not None)
+            except Exception as exc:
+                self._update(link, last_error=f"subscribe: {exc}")
+                return False
+        logger.info("relay %s connected", link.url)
+        return True
+
+    async def _watch(self, link: _Link) -> None:
+        """Return when the link is lost (SDK status notification, forced, or dropped)."""
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.config.status_poll_s):
+                    await link.wake.wait()
+            link.wake.clear()
+            if link.retry_now or link.row.state == LinkState.DROPPED:
+                return
+            if not await self._connected(link):
+                self._update(link, last_error="connection lost")
+                logger.info("relay %s: connection lost", link.url)
+                return
+
+    async def _subscribe_link(self, link: _Link, *, catch_up: bool) -> None:
+        filters = self._filters
+        if catch_up and link.healthy_until is not None:
+            since = int(link.healthy_until) - self.config.overlap_s
+            filters = tuple(
+                f.with_since(max(since, f.since) if f.since is not None else since) for f in filters
+            )
+        link.generation += 1
+        sub_id = f"apd-{link.generation}"
+        link.subscriptions[sub_id] = filters
+        for old in list(link.subscriptions)[:-4]:  # late events of recent ones stay checkable
+            del link.subscriptions[old]
+        target = sdk.ReqTarget.single(link.sdk_url, [f.to_sdk() for f in filters])
+        await link.client.subscribe(target, id=sub_id)
+        for old in list(link.subscriptions):
+            if old != sub_id:
+                with contextlib.suppress(Exception):
+                    await link.client.unsubscribe(old)
+
+    async def _read(self, link: _Link) -> None:
+        stream = link.client.notifications()
+        while True:
+            item = await stream.next()
+            if item is None or item.is_shutdown():
+                return
+            if not item.is_message():
+                continue
+            message = item.message.as_enum()
+            if link.row.state == LinkState.DROPPED:
+                continue
+            now = self._clock()
+            if isinstance(message, sdk.RelayMessageEnum.EVENT_MSG):
+                self._update(link, last_seen=now, events_in=link.row.events_in + 1)
+                await self._on_event(link, message.subscription_id, message.event, now)
+            elif isinstance(message, sdk.RelayMessageEnum.CLOSED):
+                self._update(link, last_seen=now, last_error=f"closed: {message.message}"[:200])
+            elif isinstance(message, sdk.RelayMessageEnum.NOTICE):
+                self._update(link, last_seen=now, last_error=f"notice: {message.message}"[:200])
+            else:
+                self._update(link, last_seen=now)
+
+    async def _on_event(self, link: _Link, sub_id: str, event: sdk.Event, now: float) -> None:
+        raw = parse_raw(event.as_json(), self.config.caps)
+        if isinstance(raw, ShapeError):
+            self._invalid += 1
+            return
+        filters = link.subscriptions.get(sub_id)
+        if filters is None:
+            return  # a subscription we closed; the relay may still flush it
+        if not any(f.matches(raw) for f in filters):
+            await self._drop(link, f"sent an event outside its subscription (kind {raw.kind})")
+            return
+        if raw.id in self._seen:
+            self._duplicates += 1
+            return
+        if isinstance(verify(raw), str):
+            self._invalid += 1
+            return
+        self._seen.add(raw.id)
+        try:
+            self._queue.put_nowait(IncomingEvent(link.url, raw, now))
+        except asyncio.QueueFull:
+            self._seen.discard(raw.id)  # another copy may get through later
+            self._dropped += 1
+            return
+        self._delivered += 1
+
+    async def _drop(self, link: _Link, reason: str) -> None:
+        logger.warning("dropping relay %s: %s", link.url, reason)
+        self._update(
+            link, state=LinkState.DROPPED, connected=False, last_error=reason, next_retry_at=None
+        )
+        link.wake.set()
+        with contextlib.suppress(Exception):
+            await link.client.disconnect_relay(link.sdk_url)
+
+    async def _publish_one(
+        self, link: _Link, event: sdk.Event, answers: dict[str, RelayAnswer]
+    ) -> None:
+        if not link.row.connected:
+            answers[link.url] = RelayAnswer(link.url, PublishOutcome.SKIPPED, link.row.state)
+            return
+        self._update(link, events_out=link.row.events_out + 1)
+        timeout = self.config.publish_timeout_s
+        try:
+            async with asyncio.timeout(timeout + 0.5):
+                out = await link.client.send_event(
+                    event,
+                    target=sdk.SendEventTarget.to([link.sdk_url]),
+                    ok_timeout=timedelta(seconds=timeout),
+                )
+        except TimeoutError:
+            answers[link.url] = RelayAnswer(link.url, PublishOutcome.ERROR, "timeout")
+            self._update(link, last_error="publish: timeout")
+            return
+        except Exception as exc:
+            answers[link.url] = RelayAnswer(link.url, PublishOutcome.ERROR, str(exc)[:200])
+            self._update(link, last_error=f"publish: {exc}"[:200])
+            return
+        if link.sdk_url in out.success:
+            answers[link.url] = RelayAnswer(link.url, PublishOutcome.ACCEPTED)
+            self._update(link, publish_accepted=link.row.publish_accepted + 1)
+            return
+        message = str(next(iter(out.failed.values()), "no answer"))[:200]
+        if message.startswith(_REJECT_PREFIXES):
+            answers[link.url] = RelayAnswer(link.url, PublishOutcome.REJECTED, message)
+            self._update(link, publish_rejected=link.row.publish_rejected + 1)
+        else:
+            answers[link.url] = RelayAnswer(link.url, PublishOutcome.ERROR, message)
+            self._update(link, last_error=f"publish: {message}")
+
+
+@contextlib.asynccontextmanager
+async def running(pool: RelayPool) -> AsyncIterator[RelayPool]:
+    """`async with running(pool):` run the pool in a TaskGroup for the block (tests, demo)."""
+    started = asyncio.Event()
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(pool.run(started.set))
+        await started.wait()
+        try:
+            yield pool
+        finally:
+            task.cancel()
