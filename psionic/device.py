@@ -1,0 +1,44 @@
+"""Device and precision choice.
+
+Defaults are the fastest precision measured per device and model kind (figures in
+docs/benchmarks.md): on CUDA, bf16 tensor cores; on CPU, decode is bound by memory
+bandwidth, so the decoder uses bf16 weights where that beats fp32, and the encoder, which
+runs large batched matmuls, stays fp32 unless the CPU has native bf16 instructions.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from psionic.engine import Precision
+from psionic.registry import ModelKind
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → cuda when available, else cpu; anything else is taken as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device cuda requested but CUDA is not available")
+    return device
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when the CPU advertises AVX512-BF16 or AMX-BF16 (Linux only; else False)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def default_precision(device: torch.device, kind: ModelKind) -> Precision:
+    """The fastest precision for ``kind`` on ``device`` (see the module docstring)."""
+    if device.type == "cuda":
+        return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP32
+    if kind is ModelKind.CHAT:
+        return Precision.BF16
+    return Precision.BF16 if cpu_has_native_bf16() else Precision.FP32

@@ -1,0 +1,134 @@
+"""The served models: one ``ModelWorker`` each, plus the arbiter, and their status.
+
+This is what the HTTP layer talks to; it holds no HTTP types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from psionic import __version__
+from psionic.arbiter import ScheduleRegistry, SwapLock, SwapWebhook
+from psionic.device import default_precision
+from psionic.embeddings import Embedder
+from psionic.engine import Engine, Precision
+from psionic.registry import ModelKind, ModelSpec
+from psionic.weights import load_gguf, load_hf_folder
+from psionic.worker import ModelWorker
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Everything ``psionic serve`` is told; passed explicitly, never global."""
+
+    models: tuple[ModelSpec, ...]
+    device: torch.device
+    precision: Precision | None = None  # None: per-model default for the device
+    max_queue: int = 8
+    cache_dir: Path | None = None
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    api_key: str | None = None
+
+
+def load_model(
+    spec: ModelSpec, device: torch.device, precision: Precision, cache: Path | None
+) -> Any:
+    """Build the engine or embedder for ``spec`` (runs on its worker thread)."""
+    if spec.kind is ModelKind.EMBEDDINGS:
+        return Embedder(spec.path, device, precision)
+    weights = load_hf_folder(spec.path) if spec.path.is_dir() else load_gguf(spec.path, cache)
+    return Engine(weights, device, precision)
+
+
+@dataclass
+class ServedModel:
+    spec: ModelSpec
+    precision: Precision
+    worker: ModelWorker[Any]
+
+    def status(self) -> dict[str, Any]:
+        w = self.worker
+        return {
+            "id": self.spec.id,
+            "kind": str(self.spec.kind),
+            "path": str(self.spec.path),
+            "state": str(w.state),
+            "precision": str(self.precision),
+            "queue_depth": w.queue_depth,
+            "max_queue": w.max_queue,
+            "loaded_at": w.loaded_at,
+            "last_error": w.last_error,
+        }
+
+
+@dataclass
+class Runtime:
+    """Workers for every configured model, the swap arbiter, and the status they make."""
+
+    config: RuntimeConfig
+    clock: Callable[[], float] = time.time
+    models: dict[str, ServedModel] = field(init=False)
+    lock: SwapLock = field(init=False)
+    webhook: SwapWebhook = field(init=False)
+    schedule: ScheduleRegistry = field(init=False)
+    swap_mutex: asyncio.Lock = field(init=False)
+    last_swap: dict[str, Any] | None = field(init=False, default=None)
+    started_at: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        c = self.config
+        self.models = {}
+        for spec in c.models:
+            precision = c.precision or default_precision(c.device, spec.kind)
+
+            def loader(spec: ModelSpec = spec, precision: Precision = precision) -> Any:
+                return load_model(spec, c.device, precision, c.cache_dir)
+
+            worker: ModelWorker[Any] = ModelWorker(spec.id, loader, c.max_queue)
+            self.models[spec.id] = ServedModel(spec, precision, worker)
+        self.lock = SwapLock(self.clock)
+        self.webhook = SwapWebhook(c.webhook_url, c.webhook_secret, self.clock)
+        self.schedule = ScheduleRegistry(self.clock)
+        self.swap_mutex = asyncio.Lock()
+        self.started_at = self.clock()
+
+    def start(self) -> None:
+        for model in self.models.values():
+            model.worker.start()
+
+    def stop(self) -> None:
+        for model in self.models.values():
+            model.worker.stop()
+
+    def of_kind(self, kind: ModelKind) -> list[ServedModel]:
+        return [m for m in self.models.values() if m.spec.kind is kind]
+
+    def status(self) -> dict[str, Any]:
+        """The management status document (shape documented in docs/psionic.md)."""
+        lock = self.lock.current()
+        errors = [m.worker.last_error for m in self.models.values() if m.worker.last_error]
+        device = self.config.device
+        return {
+            "version": __version__,
+            "device": str(device),
+            "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
+            "threads": torch.get_num_threads(),
+            "ready": any(m.worker.state == "warm" for m in self.models.values()),
+            "models": [m.status() for m in self.models.values()],
+            "last_error": errors[-1] if errors else None,
+            "swap_lock": lock.public() if lock else None,
+            "last_swap": self.last_swap,
+            "schedule": self.schedule.list(),
+            "uptime_s": round(self.clock() - self.started_at, 3),
+        }
