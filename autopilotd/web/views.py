@@ -155,7 +155,12 @@ class WebUI:
                 return web.json_response({"error": action.error}, status=status)
             return web.json_response({"command": name, "result": action.result})
         data = await self.load(pane, self.view(request, action))
-        return web.Response(text=self.block(pane, data), content_type="text/html")
+        html = self.block(pane, data)
+        if action.error is not None and data.get("error") != action.error:
+            # a pane without a place for this command's errors still shows them, on top
+            notice = self.env.get_template("action_error.html")
+            html = notice.render(command=name, error=action.error) + html
+        return web.Response(text=html, content_type="text/html")
 
     async def login(self, request: web.Request) -> web.Response:
         token = request.query.get("token", "")

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 from support import DaemonFactory, InProcessDaemon
 
+from autopilotd.runtime.daemon import Adapters
 from autopilotd.wallet.fake import FakeNetwork, FakeNode
 
 CSRF_RE = re.compile(r"hx-headers='([^']*)'")
@@ -107,7 +108,7 @@ async def wallet_daemon(
 ) -> tuple[InProcessDaemon, FakeNode]:
     node = FakeNode(net, name, balance_msat)
     d = await factory(
-        node_factory=lambda mnemonic: node,
+        adapters=Adapters(node_factory=lambda mnemonic: node),
         wallet_network="regtest",
         wallet_bitcoind_rpc_url="http://u:p@127.0.0.1:1",
     )

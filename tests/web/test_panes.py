@@ -1,0 +1,113 @@
+"""Every pane renders inside the full page, alone as a fragment, and as JSON (its twin)."""
+
+from __future__ import annotations
+
+import html as html_lib
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import DaemonFactory
+
+from autopilotd.wallet.fake import FakeNetwork
+from autopilotd.web.catalog import BY_NAME, HUD, PANES
+
+from .conftest import WebClient, wallet_daemon
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "autopilotd" / "web" / "templates"
+TAG_RE = re.compile(r"<[^>]+>")
+
+
+async def _check_every_pane(web: WebClient) -> None:
+    status, page = await web.get("/")
+    assert status == 200
+    for pane in (HUD, *PANES):
+        if pane is not HUD:
+            assert f'id="pane-{pane.name}"' in page, pane.name
+        status, fragment = await web.get(f"/pane/{pane.name}", **{"HX-Request": "true"})
+        assert status == 200, (pane.name, fragment)
+        assert "<html" not in fragment and "<body" not in fragment, pane.name
+        assert "could not load" not in fragment, (pane.name, fragment)
+        if pane is not HUD:
+            assert f"<h2>{pane.title}</h2>" in fragment and pane.title in page, pane.name
+        status, data = await web.get_json(f"/pane/{pane.name}")
+        assert status == 200 and isinstance(data, dict) and "failed" not in data, pane.name
+
+
+async def test_every_pane_renders_with_the_wallet_off(web: WebClient) -> None:
+    await _check_every_pane(web)
+    _, data = await web.get_json("/pane/wallet")
+    assert data["wallet"]["state"] == "off" and data["history"] == []
+    _, hud = await web.get("/pane/hud")
+    assert "NOT YET" in hud and "arrives with the earn loop" in hud
+
+
+async def test_every_pane_renders_with_a_ready_wallet(
+    daemon_factory: DaemonFactory, net: FakeNetwork, web_login: Any
+) -> None:
+    provider, _ = await wallet_daemon(daemon_factory, net, "provider", 0)
+    buyer, _ = await wallet_daemon(daemon_factory, net, "buyer", 50_000_000)
+    inv = await provider.call("wallet.receive", {"amount_sats": 2100, "description": "first job"})
+    paid = await buyer.call("wallet.pay", {"bolt11": inv["bolt11"]})
+    assert paid["settled"]
+    web = await web_login(buyer)
+    await _check_every_pane(web)
+    _, data = await web.get_json("/pane/wallet")
+    assert data["wallet"]["state"] == "ready"
+    assert [p["amount_sats"] for p in data["history"]] == [2100]
+    _, html = await web.get("/pane/wallet")
+    assert "first job" in html and "2\u2009100" in html
+    _, alerts = await web.get_json("/pane/alerts_recovery")
+    assert alerts["alerts"] == [] and alerts["earning"]["wallet_ready"] is True
+
+
+async def test_placeholders_say_what_brings_them_and_show_no_numbers(web: WebClient) -> None:
+    placeholders = [p for p in PANES if p.placeholder]
+    assert {p.name for p in placeholders} == {
+        "autopilot_chat",
+        "go_online",
+        "provider_status",
+        "job_inbox",
+        "active_job",
+        "job_history",
+        "earnings_scoreboard",
+        "relay_connections",
+        "network_requests",
+        "starter_jobs",
+    }
+    for pane in placeholders:
+        _, html = await web.get(f"/pane/{pane.name}")
+        text = html_lib.unescape(TAG_RE.sub(" ", html))
+        assert "arrives with" in text and "coming" in text, pane.name
+        assert not re.search(r"\d", text), (pane.name, text)
+        _, data = await web.get_json(f"/pane/{pane.name}")
+        assert data["available"] is False and data["data"] is None
+
+
+def test_each_pane_is_one_block_named_after_it() -> None:
+    for name in BY_NAME:
+        text = (TEMPLATES / "panes" / f"{name}.html").read_text()
+        assert re.findall(r"{%\s*block\s+(\w+)", text) == [name], name
+    assert {p.stem for p in (TEMPLATES / "panes").glob("*.html")} == set(BY_NAME)
+
+
+def test_no_template_marks_anything_safe() -> None:
+    for path in TEMPLATES.rglob("*.html"):
+        text = path.read_text()
+        assert "|safe" not in text.replace(" ", ""), path
+        assert "autoescape false" not in text, path
+    for path in TEMPLATES.parent.glob("*.py"):
+        assert "Markup(" not in path.read_text(), path
+
+
+def test_the_palette_has_one_command_per_pane() -> None:
+    commands = [p.command for p in PANES]
+    assert len(commands) == len(set(commands)) == 19
+    assert all(c == f"pane.{p.name}" for c, p in zip(commands, PANES, strict=True))
+
+
+@pytest.mark.parametrize("missing", ["/pane/nope", "/pane/..%2Fwallet"])
+async def test_unknown_panes_are_404(web: WebClient, missing: str) -> None:
+    status, _ = await web.get(missing)
+    assert status == 404
