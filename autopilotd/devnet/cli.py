@@ -17,7 +17,7 @@ from typing import Any
 
 import platformdirs
 
-from autopilotd.devnet.client import DevnetError
+from autopilotd.devnet.client import DevnetClient, DevnetError
 from autopilotd.devnet.network import Devnet
 
 logger = logging.getLogger(__name__)
@@ -91,8 +91,10 @@ async def _run(args: argparse.Namespace) -> int:
     client = net.client
     actions: dict[str, Callable[[], Awaitable[Any]]] = {
         "status": client.status,
-        "mine": lambda: client.mine(args.blocks),
-        "fund": lambda: client.fund(args.address, args.sats, args.confirmations),
+        "mine": lambda: _with_height(client, "hashes", client.mine(args.blocks)),
+        "fund": lambda: _with_height(
+            client, "txid", client.fund(args.address, args.sats, args.confirmations)
+        ),
         "open-channel": lambda: _opened(
             client.open_channel(args.node_id, args.address, args.sats, args.push)
         ),
@@ -101,6 +103,11 @@ async def _run(args: argparse.Namespace) -> int:
     }
     _print(await actions[command](), args.json)
     return 0
+
+
+async def _with_height(client: DevnetClient, name: str, pending: Awaitable[Any]) -> Any:
+    result = await pending
+    return {name: result, "height": (await client.status())["height"]}
 
 
 async def _opened(pending: Awaitable[Any]) -> dict[str, Any]:

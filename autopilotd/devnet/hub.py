@@ -74,7 +74,13 @@ class HubNode:
     async def start(self) -> None:
         """Build and start the node (it syncs with the chain through the shim)."""
         self._node = await asyncio.to_thread(
-            build_regtest_node, self._storage_dir, self._listen_port, self._chain, alias="hub"
+            lambda: build_regtest_node(
+                self._storage_dir,
+                self._listen_port,
+                self._chain,
+                alias="hub",
+                forward_to_unannounced_channels=True,
+            )
         )
         await asyncio.to_thread(self._node.start)
         self.node_id = str(await asyncio.to_thread(self._node.node_id))

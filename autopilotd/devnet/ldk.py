@@ -42,11 +42,18 @@ def build_regtest_node(
     *,
     alias: str | None = None,
     trusted_peers_no_reserve: Sequence[str] = (),
+    forward_to_unannounced_channels: bool = False,
 ) -> Any:
     """A regtest ldk-node (not started) storing under `storage_dir`, listening on loopback.
 
     `trusted_peers_no_reserve` lists node ids whose inbound anchor channels the node accepts
     without keeping the on-chain reserve (about 25,000 sats per channel) it otherwise needs.
+
+    `forward_to_unannounced_channels` lets the node route payments into unannounced
+    channels, as an LSP does for its clients. LDK refuses that by default
+    (`accept_forwards_to_priv_channels`); ldk-node 0.7's bindings reach the switch only
+    through the async-payments server role, which also lets the node hold HTLCs that ask
+    for it (async payments) and serve static invoices; plain payments are unaffected.
     """
     ldk = ldk_node_module()
     storage_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -61,4 +68,6 @@ def build_regtest_node(
     builder.set_filesystem_logger(str(storage_dir / "ldk_node.log"), ldk.LogLevel.DEBUG)
     if alias:
         builder.set_node_alias(alias)
+    if forward_to_unannounced_channels:
+        builder.set_async_payments_role(ldk.AsyncPaymentsRole.SERVER)
     return builder.build()

@@ -35,10 +35,14 @@ class Participant:
             await asyncio.to_thread(self.node.event_handled)
 
     async def wait_event(
-        self, kind: str, match: Callable[[Any], bool] = lambda _: True, timeout_s: float = 60.0
+        self,
+        kind: str | tuple[str, ...],
+        match: Callable[[Any], bool] = lambda _: True,
+        timeout_s: float = 60.0,
     ) -> Any:
         """The first recorded event of `kind` (e.g. "PAYMENT_RECEIVED") that `match`es."""
-        event_type = getattr(ldk_node_module().Event, kind)
+        kinds = (kind,) if isinstance(kind, str) else kind
+        event_type = tuple(getattr(ldk_node_module().Event, k) for k in kinds)
 
         def found() -> Any:
             return next((e for e in self.events if isinstance(e, event_type) and match(e)), None)

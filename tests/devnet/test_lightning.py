@@ -1,6 +1,7 @@
 """End to end on the devnet: a buyer pays a provider's BOLT11 invoice through the hub."""
 
 import asyncio
+import hashlib
 import time
 from pathlib import Path
 
@@ -47,13 +48,18 @@ async def test_buyer_pays_provider_through_the_hub(tmp_path: Path) -> None:
         payment_hash = str(invoice.payment_hash())
         payment_id = await buyer.call(buyer.node.bolt11_payment().send, invoice, None)
 
-        sent = await buyer.wait_event(
-            "PAYMENT_SUCCESSFUL", lambda e: str(e.payment_id) == str(payment_id)
+        outcome = await buyer.wait_event(
+            ("PAYMENT_SUCCESSFUL", "PAYMENT_FAILED"),
+            lambda e: str(e.payment_id) == str(payment_id),
         )
+        assert isinstance(outcome, ldk.Event.PAYMENT_SUCCESSFUL), outcome
+        sent = outcome
         received = await provider.wait_event(
             "PAYMENT_RECEIVED", lambda e: str(e.payment_hash) == payment_hash
         )
         assert received.amount_msat == AMOUNT_SATS * 1000
+        preimage = bytes.fromhex(str(sent.payment_preimage))
+        assert hashlib.sha256(preimage).hexdigest() == payment_hash
         fee_msat = sent.fee_paid_msat
         assert fee_msat is not None and fee_msat > 0  # the hub charged for forwarding
 
@@ -69,8 +75,12 @@ async def test_buyer_pays_provider_through_the_hub(tmp_path: Path) -> None:
             p
             for p in await provider.call(provider.node.list_payments)
             if p.direction == ldk.PaymentDirection.INBOUND
+            and isinstance(p.kind, ldk.PaymentKind.BOLT11)
         ]
-        assert [p.status for p in inbound] == [ldk.PaymentStatus.SUCCEEDED]
+        assert [(p.status, p.amount_msat) for p in inbound] == [
+            (ldk.PaymentStatus.SUCCEEDED, AMOUNT_SATS * 1000)
+        ]
+        assert str(inbound[0].kind.hash) == payment_hash
 
         hub = await net.client.status()
         assert {c["counterparty_node_id"] for c in hub["hub"]["channels"]} == {
