@@ -78,6 +78,8 @@ class Runtime:
 
     config: RuntimeConfig
     clock: Callable[[], float] = time.time
+    # Builds a model for a spec; the default loads from disk. Tests pass already-built ones.
+    loader: Callable[[ModelSpec, Precision], Any] | None = None
     models: dict[str, ServedModel] = field(init=False)
     lock: SwapLock = field(init=False)
     webhook: SwapWebhook = field(init=False)
@@ -93,6 +95,8 @@ class Runtime:
             precision = c.precision or default_precision(c.device, spec.kind)
 
             def loader(spec: ModelSpec = spec, precision: Precision = precision) -> Any:
+                if self.loader is not None:
+                    return self.loader(spec, precision)
                 return load_model(spec, c.device, precision, c.cache_dir)
 
             worker: ModelWorker[Any] = ModelWorker(spec.id, loader, c.max_queue)

@@ -108,7 +108,7 @@ class ModelWorker(Generic[M]):
         """Ask the thread to finish after its current job and wait for it."""
         if not self._thread.is_alive():
             return
-        with contextlib.suppress(queue.Full):
+        with contextlib.suppress(queue.Empty):
             while True:  # drop waiting jobs; their clients get nothing more
                 job = self._queue.get_nowait()
                 if job is not None:

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# tests/ is on sys.path (the suite imports `support` from it) and holds this folder, which
+# is named like the package: put the repository root first so `import psionic` finds the
+# package rather than a namespace made of this folder.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
@@ -47,3 +53,18 @@ def smollm(psionic_cache: Path) -> LlamaWeights:
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     return minilm_folder()
+
+
+@pytest.fixture(scope="session")
+def chat_engine(smollm: LlamaWeights) -> object:
+    from psionic.engine import Engine, Precision
+
+    return Engine(smollm, torch.device("cpu"), Precision.BF16)
+
+
+@pytest.fixture(scope="session")
+def embedder(minilm_dir: Path) -> object:
+    from psionic.embeddings import Embedder
+    from psionic.engine import Precision
+
+    return Embedder(minilm_dir, torch.device("cpu"), Precision.FP32)
