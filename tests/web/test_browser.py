@@ -1,0 +1,220 @@
+"""The web UI in headless Chromium: the palette, live updates, inert content, the attack page.
+
+Screenshots of the main page and of every pane go to artifacts/web/ (not committed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web as aioweb
+from support import DaemonFactory, InProcessDaemon
+
+from autopilotd.wallet.fake import FakeNetwork
+from autopilotd.web.catalog import PANES
+
+from .browser import artifact, chromium
+from .conftest import wallet_daemon
+from .test_actions import PROBE
+
+pytestmark = pytest.mark.timeout(120)
+
+
+async def _login(page: Any, d: InProcessDaemon) -> None:
+    url = (await d.call("web.login_url"))["url"]
+    await page.goto(url)
+    await page.wait_for_selector("#live[data-state=live]", timeout=15_000)
+
+
+async def _events(d: InProcessDaemon) -> list[dict[str, Any]]:
+    result = await d.call("events.wait", {"after": 0, "timeout_s": 0, "limit": 1000})
+    events: list[dict[str, Any]] = result["events"]
+    return events
+
+
+async def test_the_palette_opens_each_pane(daemon_factory: DaemonFactory, net: FakeNetwork) -> None:
+    provider, _ = await wallet_daemon(daemon_factory, net, "provider", 0)
+    buyer, _ = await wallet_daemon(daemon_factory, net, "buyer", 80_000_000)
+    for amount, memo in ((2100, "translation job"), (500, "embedding batch")):
+        inv = await provider.call("wallet.receive", {"amount_sats": amount, "description": memo})
+        await buyer.call("wallet.pay", {"bolt11": inv["bolt11"]})
+    async with chromium() as ctx:
+        page = await ctx.new_page()
+        await _login(page, provider)
+        await page.wait_for_function(
+            "document.querySelector('#hud').innerText.includes('2\u2009600')", timeout=15_000
+        )
+        await page.screenshot(path=artifact("main.png"))
+        for pane in PANES:
+            await page.keyboard.press("Control+k")
+            await page.wait_for_selector("#palette[open]")
+            await page.fill("#palette-input", pane.command)
+            await page.keyboard.press("Enter")
+            target = page.locator(f"#pane-{pane.name}")
+            await target.wait_for(state="visible")
+            assert await page.locator(".pane:visible").count() == 1, pane.name
+            assert await target.locator("h2").inner_text() == pane.title.upper()
+            assert await page.evaluate("location.hash") == f"#{pane.name}"
+            await page.wait_for_timeout(150)  # let a refresh on open settle before the picture
+            await page.screenshot(path=artifact(f"pane-{pane.name}.png"))
+
+
+async def test_invoice_turns_paid_and_the_scoreboard_rises_live(
+    daemon_factory: DaemonFactory, net: FakeNetwork
+) -> None:
+    provider, _ = await wallet_daemon(daemon_factory, net, "provider", 0)
+    buyer, _ = await wallet_daemon(daemon_factory, net, "buyer", 80_000_000)
+    async with chromium() as ctx:
+        seller = await ctx.new_page()
+        await _login(seller, provider)
+        await seller.click("button[data-open=create_invoice]")
+        await seller.fill("#pane-create_invoice input[name=amount_sats]", "4200")
+        await seller.fill("#pane-create_invoice input[name=description]", "a paid job")
+        await seller.click("#pane-create_invoice button[type=submit]")
+        await seller.wait_for_selector("#pane-create_invoice svg.qr")
+        assert "WAITING" in await seller.inner_text("#invoice-receipt")
+        bolt11 = await seller.input_value("#invoice-bolt11")
+
+        payer = await ctx.new_page()
+        await _login(payer, buyer)
+        await payer.click("button[data-open=pay_invoice]")
+        await payer.fill("#pay-bolt11", bolt11)
+        await payer.click("#pane-pay_invoice button[type=submit]")
+        await payer.wait_for_selector("[data-testid=confirm-pay]")
+        assert "4\u2009200" in await payer.inner_text("#pane-pay_invoice")
+        await payer.screenshot(path=artifact("flow-pay-confirm.png"))
+        await payer.click("[data-testid=confirm-pay]")
+        await payer.wait_for_selector("[data-testid=pay-outcome]:has-text('PAID')")
+        await payer.screenshot(path=artifact("flow-pay-paid.png"))
+
+        await seller.bring_to_front()
+        await seller.wait_for_selector("#invoice-receipt.paid", timeout=10_000)
+        await seller.wait_for_function(
+            "document.querySelector('#hud').innerText.includes('4\u2009200')", timeout=15_000
+        )
+        await seller.screenshot(path=artifact("flow-invoice-paid.png"))
+
+
+async def test_payment_and_event_text_renders_inert(
+    daemon_factory: DaemonFactory, net: FakeNetwork
+) -> None:
+    provider, _ = await wallet_daemon(daemon_factory, net, "provider", 0)
+    buyer, _ = await wallet_daemon(daemon_factory, net, "buyer", 80_000_000)
+    inv = await provider.call("wallet.receive", {"amount_sats": 21, "description": PROBE})
+    await buyer.call("wallet.pay", {"bolt11": inv["bolt11"]})
+    await provider.call("logs.mark", {"message": PROBE})
+    async with chromium() as ctx:
+        page = await ctx.new_page()
+        posts: list[str] = []
+        page.on("request", lambda r: posts.append(r.url) if "/do/" in r.url else None)
+        await _login(page, provider)
+        await page.wait_for_selector("#pane-wallet td.desc")
+        await page.click("button[data-open=activity_feed]")
+        await page.wait_for_selector("#pane-activity_feed .ev-logs")
+        await page.wait_for_timeout(1500)  # time for any smuggled hx-trigger="load" to fire
+        assert await page.evaluate("window.__xss === undefined")
+        assert await page.evaluate("document.querySelectorAll('[hx-get*=pwned]').length") == 0
+        assert await page.evaluate("document.querySelectorAll('img[src=x]').length") == 0
+        assert "<script>window.__xss = 1</script>" in await page.inner_text("#pane-activity_feed")
+        await page.click("button[data-open=wallet]")
+        assert "<script>" in await page.inner_text("#pane-wallet td.desc")
+        await page.screenshot(path=artifact("xss-probe.png"))
+    assert posts == []
+    marks = [e for e in await _events(provider) if e["name"] == "logs.marked"]
+    assert len(marks) == 1  # only the probe's own, none from a smuggled hx-get
+
+
+ATTACK = """<!doctype html><html><body>
+<h1>an ordinary web page</h1>
+<iframe name="sink"></iframe>
+<form id="f" method="post" action="{ui}/do/logs.mark?pane=activity_feed" target="sink">
+  <input name="message" value="csrf-form"></form>
+<iframe id="framed" src="{ui}/"></iframe>
+<script>
+  const out = window.results = {{}};
+  document.getElementById("f").submit();
+  const body = () => new URLSearchParams({{message: "csrf-fetch"}});
+  const settle = (name, p) => p.then(r => out[name] = "status " + r.status + " " + r.type,
+                                     e => out[name] = "blocked: " + e);
+  Promise.all([
+    settle("no_cors", fetch("{ui}/do/logs.mark", {{method: "POST", mode: "no-cors",
+      credentials: "include", body: body()}})),
+    settle("cors", fetch("{ui}/do/logs.mark", {{method: "POST", credentials: "include",
+      headers: {{"X-CSRF-Token": "guess", "Content-Type": "application/json"}},
+      body: JSON.stringify({{message: "csrf-cors"}})}})),
+    settle("read", fetch("{ui}/pane/wallet", {{credentials: "include"}}).then(async r => {{
+      out.read_body = await r.text(); return r; }})),
+    settle("rebind", fetch("{rebind}/do/logs.mark", {{method: "POST", mode: "no-cors",
+      credentials: "include", body: body()}})),
+  ]).then(() => out.done = true);
+</script></body></html>"""
+
+
+@pytest.fixture
+async def attack_site() -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """Another loopback origin that serves whatever page the test puts in `pages`."""
+    pages: dict[str, str] = {}
+
+    async def serve(request: aioweb.Request) -> aioweb.Response:
+        name = request.match_info["name"]
+        if name not in pages:
+            raise aioweb.HTTPNotFound()
+        return aioweb.Response(text=pages[name], content_type="text/html")
+
+    app = aioweb.Application()
+    app.router.add_get("/{name}", serve)
+    runner = aioweb.AppRunner(app)
+    await runner.setup()
+    site = aioweb.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield f"http://127.0.0.1:{port}", pages
+    finally:
+        await runner.cleanup()
+
+
+async def test_attack_page_changes_nothing(
+    daemon: InProcessDaemon, attack_site: tuple[str, dict[str, str]]
+) -> None:
+    """RELIABILITY T11: form POST, fetch, iframe and a rebound host name, from a logged-in browser."""
+    attacker, pages = attack_site
+    ui = f"http://127.0.0.1:{daemon.port}"
+    rebind = f"http://rebind.test:{daemon.port}"
+    pages["attack.html"] = ATTACK.format(ui=ui, rebind=rebind)
+    before = (await daemon.call("status"))["seq"]
+    events_before = len(await _events(daemon))
+    async with chromium("--host-resolver-rules=MAP rebind.test 127.0.0.1") as ctx:
+        victim = await ctx.new_page()
+        await _login(victim, daemon)  # the browser holds a valid session cookie
+        page = await ctx.new_page()
+        await page.goto(f"{attacker}/attack.html")
+        await page.wait_for_function("window.results && window.results.done", timeout=15_000)
+        await page.wait_for_timeout(500)
+        results = await page.evaluate("window.results")
+        await page.screenshot(path=artifact("attack-page.png"))
+        # sent, refused, and unreadable (opaque, or blocked outright by CORP same-origin)
+        assert results["no_cors"].startswith(("status 0 opaque", "blocked"))
+        assert results["cors"].startswith("blocked")  # no CORS: the preflight fails
+        assert results["read"].startswith("blocked") and "read_body" not in results
+        for frame in page.frames[1:]:
+            text = ""
+            try:
+                text = await frame.evaluate("document.body ? document.body.innerText : ''")
+            except Exception:
+                text = ""  # an error page of another origin: refused
+            assert "AUTOPILOT" not in text and "Wallet" not in text, frame.url
+        rebound = await ctx.new_page()
+        for path in ("/", "/pane/wallet", "/events/stream"):
+            response = await rebound.goto(rebind + path)
+            assert response is not None and response.status == 403, path
+            assert "forbidden host" in await rebound.content()
+        assert "wallet" in (await victim.content()).lower()  # the real tab still works
+    await asyncio.sleep(0.2)
+    after = await _events(daemon)
+    assert len(after) == events_before, after[events_before:]
+    assert not [e for e in after if e["name"] == "logs.marked"]
+    assert (await daemon.call("status"))["seq"] == before
