@@ -44,9 +44,7 @@ async def test_the_palette_opens_each_pane(daemon_factory: DaemonFactory, net: F
     async with chromium() as ctx:
         page = await ctx.new_page()
         await _login(page, provider)
-        await page.wait_for_function(
-            "document.querySelector('#hud').innerText.includes('2\u2009600')", timeout=15_000
-        )
+        await page.wait_for_selector("[data-testid=hud-balance]:has-text('2\u2009600')")
         await page.screenshot(path=artifact("main.png"))
         for pane in PANES:
             await page.keyboard.press("Control+k")
@@ -92,9 +90,7 @@ async def test_invoice_turns_paid_and_the_scoreboard_rises_live(
 
         await seller.bring_to_front()
         await seller.wait_for_selector("#invoice-receipt.paid", timeout=10_000)
-        await seller.wait_for_function(
-            "document.querySelector('#hud').innerText.includes('4\u2009200')", timeout=15_000
-        )
+        await seller.wait_for_selector("[data-testid=hud-balance]:has-text('4\u2009200')")
         await seller.screenshot(path=artifact("flow-invoice-paid.png"))
 
 
@@ -218,3 +214,22 @@ async def test_attack_page_changes_nothing(
     assert len(after) == events_before, after[events_before:]
     assert not [e for e in after if e["name"] == "logs.marked"]
     assert (await daemon.call("status"))["seq"] == before
+
+
+async def test_activity_feed_filters_and_follows_new_events(daemon: InProcessDaemon) -> None:
+    async with chromium() as ctx:
+        page = await ctx.new_page()
+        await _login(page, daemon)
+        await page.keyboard.press("Control+k")
+        await page.fill("#palette-input", "activity")
+        await page.keyboard.press("Enter")
+        await page.fill("#activity-filter", "logs")
+        await page.wait_for_selector("#activity-list p:has-text('0 of')")
+        await daemon.call("logs.mark", {"message": "first live event"})
+        await page.wait_for_selector("#pane-activity_feed .ev-logs:has-text('first live event')")
+        await daemon.call("logs.mark", {"message": "second live event"})
+        await page.wait_for_selector("#pane-activity_feed .ev-logs:has-text('second live event')")
+        names = await page.locator("#pane-activity_feed .ev-name").all_inner_texts()
+        assert names == ["logs.marked", "logs.marked"]  # newest first, filter kept
+        assert await page.input_value("#activity-filter") == "logs"
+        await page.screenshot(path=artifact("flow-activity-live.png"))
