@@ -122,3 +122,22 @@ async def test_a_relay_sending_off_filter_events_is_dropped(
             assert rows(pool)[rogue].connects == 1
             report = await pool.publish(request)
             assert {a.url: a.outcome for a in report.answers}[rogue] == PublishOutcome.SKIPPED
+
+
+async def test_a_refusal_is_reported_as_rejected_and_counted(buyer: NostrIdentity) -> None:
+    async with local_relay(notes_per_minute=3) as strict:
+        pool = RelayPool(_config([strict.url]))
+        async with running(pool):
+            await until(lambda: pool.health()[0].connected)
+            answers = [
+                (
+                    await pool.publish(nip90.build_job_request(buyer, 5050, f"{n}", bid_msat=1))
+                ).answers[0]
+                for n in range(5)
+            ]
+    assert [a.outcome for a in answers] == [PublishOutcome.ACCEPTED] * 3 + [
+        PublishOutcome.REJECTED
+    ] * 2
+    assert answers[-1].message.startswith("rate-limited:")
+    row = pool.health()[0]
+    assert (row.events_out, row.publish_accepted, row.publish_rejected) == (5, 3, 2)
