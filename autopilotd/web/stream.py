@@ -44,7 +44,7 @@ async def event_stream(
     last_tick = last_signal = 0.0
     try:
         await resp.write(b"retry: 2000\n\n" + frame("hello", {"seq": seq}))
-        while still_allowed():
+        while still_allowed() and not rt.stop_requested.is_set():
             snapshot = await rt.state.wait_for_change(seq, timeout=WAIT_S)
             if snapshot.seq != seq:
                 gap = MIN_GAP_S - (time.monotonic() - last_signal)

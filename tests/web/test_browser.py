@@ -233,3 +233,18 @@ async def test_activity_feed_filters_and_follows_new_events(daemon: InProcessDae
         assert names == ["logs.marked", "logs.marked"]  # newest first, filter kept
         assert await page.input_value("#activity-filter") == "logs"
         await page.screenshot(path=artifact("flow-activity-live.png"))
+
+
+async def test_log_out_shows_the_login_page(daemon: InProcessDaemon) -> None:
+    async with chromium() as ctx:
+        page = await ctx.new_page()
+        await _login(page, daemon)
+        cookies = await ctx.cookies()
+        assert [(c["httpOnly"], c["sameSite"]) for c in cookies] == [(True, "Strict")]
+        assert await page.evaluate("document.cookie") == ""  # HttpOnly: scripts cannot read it
+        await page.click("button.logout")
+        await page.wait_for_selector("body.login")
+        assert "autopilotctl web" in await page.inner_text("main")
+        await page.screenshot(path=artifact("login.png"))
+        await page.reload()
+        assert await page.locator("#hud").count() == 0
