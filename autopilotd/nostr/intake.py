@@ -143,9 +143,13 @@ class RequestValidator:
         )
 
     def validate(
-        self, data: str | bytes | Mapping[str, Any], *, now: float | None = None
+        self, data: str | bytes | Mapping[str, Any] | RawEvent, *, now: float | None = None
     ) -> JobRequest | Rejection:
-        """One untrusted event in, a `JobRequest` or a `Rejection` out; never raises for input."""
+        """One untrusted event in, a `JobRequest` or a `Rejection` out; never raises for input.
+
+        `data` is the event's JSON (text, bytes or decoded), or the `RawEvent` a
+        `pool.IncomingEvent` carries (already shape-checked with the same caps).
+        """
         outcome = self._validate(data, self.clock() if now is None else now)
         if isinstance(outcome, Rejection):
             self.counters.add(outcome.reason)
@@ -157,10 +161,10 @@ class RequestValidator:
         return outcome
 
     def _validate(
-        self, data: str | bytes | Mapping[str, Any], now: float
+        self, data: str | bytes | Mapping[str, Any] | RawEvent, now: float
     ) -> JobRequest | Rejection:
         policy = self.policy
-        raw = parse_raw(data, policy.caps)
+        raw = data if isinstance(data, RawEvent) else parse_raw(data, policy.caps)
         if isinstance(raw, ShapeError):
             return Rejection(RejectReason(raw.reason), raw.detail)
 

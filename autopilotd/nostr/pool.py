@@ -289,11 +289,15 @@ class RelayPool:
         self._links: dict[str, _Link] = {}
         self._delivered = self._duplicates = self._invalid = self._dropped = 0
         for url in dict.fromkeys(config.relays):
+            try:
+                sdk_url = sdk.RelayUrl.parse(url)
+            except Exception as exc:
+                raise ValueError(f"not a relay URL: {url!r}") from exc
             monitor = sdk.Monitor()
             client = sdk.ClientBuilder().monitor(monitor).build()
             self._links[url] = _Link(
                 url=url,
-                sdk_url=sdk.RelayUrl.parse(url),
+                sdk_url=sdk_url,
                 client=client,
                 monitor=monitor,
                 row=RelayHealth(url=url),
