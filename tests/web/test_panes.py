@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import html as html_lib
 import re
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Any
 import pytest
 from support import DaemonFactory
 
+from autopilotd.errors import UserError
 from autopilotd.wallet.fake import FakeNetwork
 from autopilotd.web.catalog import BY_NAME, HUD, PANES
+from autopilotd.web.sources import alerts, earning
 
 from .conftest import WebClient, wallet_daemon
 
@@ -111,3 +114,50 @@ def test_the_palette_has_one_command_per_pane() -> None:
 async def test_unknown_panes_are_404(web: WebClient, missing: str) -> None:
     status, _ = await web.get(missing)
     assert status == 404
+
+
+class _Broken:
+    name = "broken"
+
+    async def run(self, ready: Any) -> None:
+        raise UserError("the broken service cannot reach its relay")
+
+
+async def test_alerts_list_failures_with_what_to_do(
+    daemon_factory: DaemonFactory, web_login: Any
+) -> None:
+    d = await daemon_factory(services=[lambda rt: _Broken()])
+    web = await web_login(d)
+    for _ in range(100):
+        _, data = await web.get_json("/pane/alerts_recovery")
+        if data["alerts"]:
+            break
+        await asyncio.sleep(0.02)
+    [alert] = data["alerts"]
+    assert alert["source"] == "service broken" and alert["state"] == "failed"
+    assert "cannot reach its relay" in alert["what"] and "autopilotctl logs" in alert["do"]
+    assert data["earning"]["possible"] is False
+    _, html = await web.get("/pane/alerts_recovery")
+    assert "cannot reach its relay" in html and "What to do:" in html
+    _, hud = await web.get_json("/pane/hud")
+    assert hud["alerts"] == 1
+
+
+def test_alerts_read_the_state_of_every_section() -> None:
+    snapshot: dict[str, Any] = {
+        "seq": 7,
+        "services": [],
+        "daemon": {"state": "ready"},
+        "wallet": {"state": "degraded", "reason": "the node does not answer", "next_step": "wait"},
+        "local_runtime": {"state": "error", "reason": "psionic exited", "next_step": None},
+        "provider": {"state": "online", "reason": "serving"},
+    }
+    found = alerts(snapshot)
+    assert [(a["source"], a["state"]) for a in found] == [
+        ("wallet", "degraded"),
+        ("local runtime", "error"),
+    ]
+    assert found[1]["do"] == "read 'autopilotctl logs'"
+    assert earning(snapshot) == {"possible": False, "why": "serving", "wallet_ready": False}
+    snapshot["wallet"]["state"] = "ready"
+    assert earning(snapshot)["possible"] is True
