@@ -8,7 +8,8 @@ Discovery is a NIP-89 handler (`build_handler`, kind 31990 with a `d` tag and on
 served kind), withdrawn with a NIP-09 deletion (`build_handler_deletion`).
 
 Buyer side: `build_job_request` signs a request (kind, inputs, params, bid, optional target
-providers and relays, optional NIP-44 encryption to one provider); `parse_response` checks a
+providers and relays, optional NIP-44 encryption to one provider); `build_lost_race` tells a
+late provider it lost (kind 7000 `error` / `lost-race`); `parse_response` checks a
 kind 7000 / 6xxx event that claims to answer it (shape caps, `e` tag = our request id, `p` tag
 = us when present, id hash and signature) and returns a `JobFeedback` or `JobResult`, or a
 `Rejection` from `intake` with a stable reason.
@@ -191,8 +192,8 @@ def build_feedback(
 ) -> sdk.Event:
     """Kind 7000 feedback on `request`: `status` (+ extra text), `e`, `p`, optional `amount`.
 
-    `payment-required` must carry `amount_msat` and `bolt11`. For a buyer's lost race use
-    status `error` with `extra="lost-race"`.
+    `payment-required` must carry `amount_msat` and `bolt11`. (A buyer telling a provider it
+    lost the race uses `build_lost_race`.)
     """
     if status == FeedbackStatus.PAYMENT_REQUIRED and (amount_msat is None or not bolt11):
         raise ValueError("payment-required feedback needs an amount and a bolt11 invoice")
@@ -206,6 +207,25 @@ def build_feedback(
         content = crypto.encrypt(identity, request.pubkey, content, request.scheme or "nip44")
         tags.append(["encrypted"])
     return _sign(identity, KIND_FEEDBACK, content, tags)
+
+
+def build_lost_race(
+    identity: NostrIdentity,
+    *,
+    request_id: str,
+    provider: str,
+    result_id: str | None = None,
+) -> sdk.Event:
+    """Buyer side: tell a provider whose result came too late that another one won.
+
+    Kind 7000, `["status", "error", "lost-race"]`, `e` = our request (and the late result,
+    when known), `p` = that provider.
+    """
+    tags: list[list[str]] = [["status", FeedbackStatus.ERROR.value, "lost-race"], ["e", request_id]]
+    if result_id is not None:
+        tags.append(["e", result_id])
+    tags.append(["p", provider])
+    return _sign(identity, KIND_FEEDBACK, "", tags)
 
 
 def build_result(

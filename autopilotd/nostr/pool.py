@@ -385,16 +385,21 @@ class RelayPool:
 
     async def _maintain(self, link: _Link) -> None:
         cfg = self.config
-        await link.client.add_relay(
-            link.sdk_url, opts=sdk.RelayOptions().reconnect(False).verify_subscriptions(False)
-        )
+        try:  # our own loop reconnects, and checks events against subscriptions itself
+            opts = sdk.RelayOptions().reconnect(False).verify_subscriptions(False)
+            await link.client.add_relay(link.sdk_url, opts=opts)
+        except Exception as exc:
+            self._update(link, state=LinkState.DROPPED, last_error=f"cannot use relay: {exc}")
+            return
         delay = cfg.backoff_initial_s
         while not _dropped(link):
             self._update(link, state=LinkState.CONNECTING, next_retry_at=None)
             if await self._connect(link):
-                delay = cfg.backoff_initial_s
+                since = self._clock()
                 await self._watch(link)
                 link.healthy_until = self._clock()
+                if link.healthy_until - since >= cfg.backoff_max_s:
+                    delay = cfg.backoff_initial_s  # a stable connection resets the backoff
             if _dropped(link):
                 break
             wait = 0.0 if link.retry_now else delay
@@ -514,7 +519,11 @@ class RelayPool:
             now = self._clock()
             if isinstance(message, sdk.RelayMessageEnum.EVENT_MSG):
                 self._update(link, last_seen=now, events_in=link.row.events_in + 1)
-                await self._on_event(link, message.subscription_id, message.event, now)
+                try:
+                    await self._on_event(link, message.subscription_id, message.event, now)
+                except Exception:  # one odd event must not take the pool down
+                    self._invalid += 1
+                    logger.exception("event from %s could not be handled", link.url)
             elif isinstance(message, sdk.RelayMessageEnum.CLOSED):
                 self._update(link, last_seen=now, last_error=f"closed: {message.message}"[:200])
             elif isinstance(message, sdk.RelayMessageEnum.NOTICE):

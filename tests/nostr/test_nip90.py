@@ -270,3 +270,15 @@ def test_embeddings_result_format() -> None:
     assert nip90.parse_embeddings_result(content) == [[0.25, -1.0], [3.0, 4.5]]
     assert nip90.parse_embeddings_result("nope") is None
     assert nip90.result_kind(nip90.KIND_EMBEDDINGS) == 6060
+
+
+def test_lost_race_feedback(provider: NostrIdentity, buyer: NostrIdentity) -> None:
+    raw = _raw(
+        nip90.build_lost_race(
+            buyer, request_id="a" * 64, provider=provider.pubkey_hex, result_id="b" * 64
+        )
+    )
+    assert raw.kind == 7000 and raw.pubkey == buyer.pubkey_hex
+    assert raw.first("status") == ("status", "error", "lost-race")
+    assert [t[1] for t in raw.all("e")] == ["a" * 64, "b" * 64]
+    assert raw.first("p") == ("p", provider.pubkey_hex)
