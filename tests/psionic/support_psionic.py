@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+import time
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,7 @@ class FakeEngine:
         while count < params.max_tokens:
             if self.gate is not None:
                 self.gate.wait(10)
+            time.sleep(0.002)  # a token takes time, as with a real model
             if cancelled():
                 self.cancel_seen = True
                 yield Finished("cancelled", len(prompt), count)
