@@ -32,8 +32,8 @@ async def test_client_disconnect_cancels_streaming_generation() -> None:
 
 async def test_client_disconnect_cancels_non_streaming_generation() -> None:
     engine = FakeEngine()
-    async with serve_models({CHAT: engine}) as (client, runtime):
-        request = asyncio.ensure_future(client.post("/v1/chat/completions", json=BODY))  # noqa: TID251
+    async with serve_models({CHAT: engine}) as (client, _runtime), asyncio.TaskGroup() as tg:
+        request = tg.create_task(client.post("/v1/chat/completions", json=BODY))
         await _until(lambda: engine.started == 1)
         request.cancel()  # closes the connection
         await _until(lambda: engine.cancel_seen)
@@ -42,11 +42,14 @@ async def test_client_disconnect_cancels_non_streaming_generation() -> None:
 async def test_full_queue_answers_429_with_retry_after() -> None:
     gate = threading.Event()
     engine = FakeEngine(gate)
-    async with serve_models({CHAT: engine}, max_queue=1) as (client, runtime):
-        body = {**BODY, "max_tokens": 1}
-        first = asyncio.ensure_future(client.post("/v1/chat/completions", json=body))  # noqa: TID251
+    body = {**BODY, "max_tokens": 1}
+    async with (
+        serve_models({CHAT: engine}, max_queue=1) as (client, runtime),
+        asyncio.TaskGroup() as tg,
+    ):
+        first = tg.create_task(client.post("/v1/chat/completions", json=body))
         await _until(lambda: engine.started == 1)  # running, so the queue is empty again
-        second = asyncio.ensure_future(client.post("/v1/chat/completions", json=body))  # noqa: TID251
+        second = tg.create_task(client.post("/v1/chat/completions", json=body))
         await _until(lambda: runtime.models[CHAT.id].worker.queue_depth == 2)
         third = await client.post("/v1/chat/completions", json=body)
         assert third.status == 429
