@@ -12,7 +12,7 @@ TIMEOUT_S = 3.0
 MAX_PEERS = 100
 
 
-async def tailnet_status(binary: str = "tailscale") -> dict[str, Any]:
+async def tailnet_status(binary: str = "tailscale", timeout_s: float = TIMEOUT_S) -> dict[str, Any]:
     """Devices on this machine's tailnet, or why there are none to show."""
     path = shutil.which(binary)
     if path is None:
@@ -26,13 +26,13 @@ async def tailnet_status(binary: str = "tailscale") -> dict[str, Any]:
         stderr=asyncio.subprocess.DEVNULL,
     )
     try:
-        async with asyncio.timeout(TIMEOUT_S):
+        async with asyncio.timeout(timeout_s):
             out, _ = await proc.communicate()
     except TimeoutError:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
-        return _failed(f"tailscale did not answer within {TIMEOUT_S:g} s")
+        return _failed(f"tailscale did not answer within {timeout_s:g} s")
     if proc.returncode != 0:
         return _failed(f"tailscale status exited with code {proc.returncode} (is tailscaled up?)")
     try:
