@@ -319,7 +319,15 @@ class RelayPool:
             yield await self._queue.get()
 
     async def subscribe(self, filters: Sequence[SubscriptionFilter]) -> None:
-        """Replace the subscription on every relay (now on connected ones, later on others)."""
+        """Replace the subscription on every relay (now on connected ones, later on others).
+
+        Raises ValueError for a filter nostr-sdk cannot express (e.g. a malformed pubkey).
+        """
+        for f in filters:
+            try:
+                f.to_sdk()
+            except Exception as exc:
+                raise ValueError(f"invalid subscription filter {f}: {exc}") from exc
         self._filters = tuple(filters)
         for link in self._links.values():
             if link.row.connected:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import nostr_sdk as sdk
+import pytest
 
 from autopilotd.nostr import nip90
 from autopilotd.nostr.events import event_json
@@ -81,12 +82,21 @@ async def test_publish_reports_a_dead_relay_without_waiting_for_it(
 async def test_reconnects_with_catch_up_after_the_relay_comes_back(buyer: NostrIdentity) -> None:
     async with local_relay() as first:
         port = first.port
-        pool = RelayPool(_config([first.url], overlap_s=30))
+        waits: list[float] = []
+
+        def note(row: RelayHealth) -> None:
+            if row.state == LinkState.DISCONNECTED and row.next_retry_at is not None:
+                waits.append(round(row.next_retry_at - time.time(), 1))
+
+        pool = RelayPool(_config([first.url], overlap_s=30), on_health=note)
         async with running(pool):
             await pool.subscribe([SubscriptionFilter(kinds=(5050,), since=int(time.time()) - 60)])
             await until(lambda: pool.health()[0].connected)
             first.shutdown()
             await until(lambda: not pool.health()[0].connected)
+            await until(lambda: len(waits) >= 5)  # capped exponential backoff while it is down
+            assert waits[:5] == [0.1, 0.2, 0.4, 0.5, 0.5]
+            assert pool.health()[0].last_error
             # published while the pool was away: the catch-up query must bring it
             async with local_relay(port=port) as second:
                 direct = RelayPool(_config([second.url]))
@@ -141,3 +151,15 @@ async def test_a_refusal_is_reported_as_rejected_and_counted(buyer: NostrIdentit
     assert answers[-1].message.startswith("rate-limited:")
     row = pool.health()[0]
     assert (row.events_out, row.publish_accepted, row.publish_rejected) == (5, 3, 2)
+
+
+async def test_bad_configuration_is_refused_up_front() -> None:
+    with pytest.raises(ValueError):
+        RelayPool(PoolConfig(relays=()))
+    with pytest.raises(ValueError):
+        RelayPool(PoolConfig(relays=("not a url",)))
+    pool = RelayPool(PoolConfig(relays=("ws://127.0.0.1:1",)))
+    with pytest.raises(ValueError):
+        await pool.subscribe([SubscriptionFilter(authors=("zz",))])
+    report = await pool.publish(sdk.EventBuilder(sdk.Kind(1), "x").finalize(sdk.Keys.generate()))
+    assert report.answers[0].outcome == PublishOutcome.SKIPPED and not report.any_accepted
