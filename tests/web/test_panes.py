@@ -13,8 +13,11 @@ from support import DaemonFactory
 
 from autopilotd.errors import UserError
 from autopilotd.wallet.fake import FakeNetwork
+from autopilotd.web.auth import WebAuth
 from autopilotd.web.catalog import BY_NAME, HUD, PANES
+from autopilotd.web.panes import View
 from autopilotd.web.sources import alerts, earning
+from autopilotd.web.views import WebUI
 
 from .conftest import WebClient, wallet_daemon
 
@@ -161,3 +164,14 @@ def test_alerts_read_the_state_of_every_section() -> None:
     assert earning(snapshot) == {"possible": False, "why": "serving", "wallet_ready": False}
     snapshot["wallet"]["state"] = "ready"
     assert earning(snapshot)["possible"] is True
+
+
+async def test_a_placeholder_shows_its_section_once_it_exists() -> None:
+    ui = WebUI(None, WebAuth(1))  # rendering needs no runtime
+    section = [{"url": "wss://relay.example", "state": "up", "tags": ["a", "<b>"]}]
+    pane = BY_NAME["relay_connections"]
+    data = await pane.load(View(None, {"seq": 1, "relays": section}))
+    assert data["available"] is True and data["data"] == section
+    html = ui.block(pane, data)
+    assert "wss://relay.example" in html and "&lt;b&gt;" in html
+    assert "Not in this build yet" not in html
