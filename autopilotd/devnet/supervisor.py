@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -31,12 +32,14 @@ logger = logging.getLogger(__name__)
 
 
 async def run(layout: DevnetLayout) -> None:
-    """Run the devnet until SIGTERM or SIGINT."""
+    """Run the devnet until SIGTERM or SIGINT (which cancel it, wherever it is)."""
     ldk_node_module()  # fail before starting anything when the bindings are missing
-    stop = asyncio.Event()
+    main = asyncio.current_task()
+    assert main is not None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, main.cancel)
+    forget_previous_chain(layout)
 
     key = MinerKey.load_or_create(layout.miner_key_file)
     btcd_config = BtcdConfig(
@@ -83,15 +86,29 @@ async def run(layout: DevnetLayout) -> None:
                             )
                             write_info(layout, info)
                             logger.info("devnet up: shim %s, control %s", info.shim_url, url)
-                            await stop.wait()
-                            logger.info("stopping the devnet")
-                            layout.info_file.unlink(missing_ok=True)
-                        events.cancel()
+                            try:
+                                await asyncio.Event().wait()  # until cancelled by a signal
+                            finally:
+                                logger.info("stopping the devnet")
+                                layout.info_file.unlink(missing_ok=True)
+                                events.cancel()
                 finally:
                     await hub.stop()
     finally:
         layout.info_file.unlink(missing_ok=True)
         layout.btcd_pid_file.unlink(missing_ok=True)
+
+
+def forget_previous_chain(layout: DevnetLayout) -> None:
+    """Start from an empty chain: btcd deletes its regtest database at every start anyway.
+
+    A hub that remembered blocks of the old chain would never sync with the new one, so its
+    storage goes too. The miner key stays.
+    """
+    for path in (layout.btcd_home / "data", layout.hub_storage):
+        if path.exists():
+            logger.info("removing %s from the previous run", path)
+            shutil.rmtree(path)
 
 
 def _detach() -> None:
@@ -122,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     write_pid(layout.supervisor_pid_file, os.getpid())
     try:
         asyncio.run(run(layout))
+    except asyncio.CancelledError:
+        pass
     except Exception:
         logger.exception("the devnet failed")
         return 1
