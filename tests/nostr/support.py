@@ -1,4 +1,4 @@
-"""Helpers for the Nostr tests: waiting on pools without sleeps that guess."""
+"""Shared pieces of the Nostr tests: waiting on pools without guessed sleeps, a rogue relay."""
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from autopilotd.nostr.pool import (
 )
 from autopilotd.nostr.relay import RunningRelay, local_relay
 
-from .helpers import quiet, rogue_relay, rows, take, until
+from .support import quiet, rogue_relay, rows, take, until
 
 
 def _config(urls: list[str], **kw: object) -> PoolConfig:

@@ -13,7 +13,7 @@ from autopilotd.nostr.identity import NostrIdentity
 from autopilotd.nostr.pool import PoolConfig, PublishOutcome, RelayPool, running
 from autopilotd.nostr.relay import RelayStartError, check_loopback, local_relay, main
 
-from .helpers import until
+from .support import until
 
 ENTRY = "import sys; from autopilotd.nostr.relay import main; sys.exit(main(sys.argv[1:]))"
 

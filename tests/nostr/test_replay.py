@@ -15,7 +15,7 @@ from autopilotd.nostr.identity import NostrIdentity, generate_identity
 from autopilotd.nostr.pool import PoolConfig, RelayPool, SubscriptionFilter, running
 from autopilotd.nostr.relay import RunningRelay
 
-from .helpers import quiet, take, until
+from .support import quiet, take, until
 
 REQUESTS = 200
 RECONNECTS = 3
