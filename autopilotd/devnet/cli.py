@@ -44,6 +44,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("status", help="height, hub node, balances, channels")
     mine = commands.add_parser("mine", help="mine N blocks")
     mine.add_argument("blocks", type=int)
+    reorg = commands.add_parser("reorg", help="replace the last DEPTH blocks with a longer branch")
+    reorg.add_argument("depth", type=int)
     fund = commands.add_parser("fund", help="send SATS on chain to ADDRESS and confirm")
     fund.add_argument("address")
     fund.add_argument("sats", type=int)
@@ -91,6 +93,7 @@ async def _run(args: argparse.Namespace) -> int:
     client = net.client
     actions: dict[str, Callable[[], Awaitable[Any]]] = {
         "status": client.status,
+        "reorg": lambda: client.reorg(args.depth),
         "mine": lambda: _with_height(client, "hashes", client.mine(args.blocks)),
         "fund": lambda: _with_height(
             client, "txid", client.fund(args.address, args.sats, args.confirmations)

@@ -57,6 +57,11 @@ class DevnetClient:
         hashes: list[str] = result["hashes"]
         return hashes
 
+    async def reorg(self, depth: int) -> dict[str, Any]:
+        """Replace the last `depth` blocks with a longer branch; returns old and new tip."""
+        result: dict[str, Any] = await self._call("reorg", {"depth": depth})
+        return result
+
     async def fund(self, address: str, sats: int, confirmations: int = 1) -> str:
         """Send `sats` on chain to `address` and mine `confirmations` blocks; returns the txid."""
         body = {"address": address, "sats": sats, "confirmations": confirmations}

@@ -83,6 +83,11 @@ class Faucet:
         # faucet remembers its own spends (the mempool does not survive a btcd restart).
         self._spent: set[tuple[str, int]] = set()
 
+    @property
+    def address(self) -> str:
+        """The faucet's own address (the miner key's)."""
+        return self._key.address
+
     async def spendable_coins(self, needed_sats: int) -> list[Coin]:
         """Mature, unspent coinbase outputs worth at least `needed_sats` in total."""
         tip: int = await self._rpc.call("getblockcount")

@@ -34,6 +34,10 @@ async def _mine(ops: DevnetOperations, body: dict[str, Any]) -> Any:
     return {"hashes": hashes, "height": await ops.height()}
 
 
+async def _reorg(ops: DevnetOperations, body: dict[str, Any]) -> Any:
+    return await ops.reorg(int(body["depth"]))
+
+
 async def _fund(ops: DevnetOperations, body: dict[str, Any]) -> Any:
     txid = await ops.fund(
         str(body["address"]), int(body["sats"]), int(body.get("confirmations", 1))
@@ -67,6 +71,7 @@ ROUTES: dict[str, Route] = {
     "status": _status,
     "mine": _mine,
     "fund": _fund,
+    "reorg": _reorg,
     "open_channel": _open_channel,
     "hub_invoice": _hub_invoice,
     "hub_pay": _hub_pay,

@@ -53,6 +53,24 @@ class DevnetOperations:
             await self.mine(confirmations)
         return txid
 
+    async def reorg(self, depth: int) -> dict[str, Any]:
+        """Replace the last `depth` blocks with a longer branch (`depth + 1` new blocks).
+
+        The new branch carries a fresh faucet transaction so its blocks differ from the
+        invalidated ones (btcd would otherwise mine the very same, now invalid, blocks).
+        Transactions confirmed only in the old branch may drop out of the chain.
+        """
+        tip_height = await self.height()
+        if not 1 <= depth <= min(tip_height, 100):
+            raise ValueError("depth must be between 1 and min(height, 100)")
+        old_tip: str = await self._rpc.call("getbestblockhash")
+        fork_child: str = await self._rpc.call("getblockhash", tip_height - depth + 1)
+        await self._rpc.call("invalidateblock", fork_child)
+        await self._faucet.pay([(self._faucet.address, 10_000)])
+        hashes = await self.mine(depth + 1)
+        logger.info("reorg: %d blocks replaced, new tip %s", depth, hashes[-1])
+        return {"old_tip": old_tip, "new_tip": hashes[-1], "height": await self.height()}
+
     async def ensure_hub_funds(self) -> None:
         """Give the hub on-chain coins to open channels with, if it is running low."""
         await self._hub.sync()
