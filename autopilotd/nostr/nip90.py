@@ -28,7 +28,14 @@ from typing import Any, Literal
 import nostr_sdk as sdk
 
 from autopilotd.nostr import crypto
-from autopilotd.nostr.events import EventCaps, ShapeError, compact_json, parse_raw, verify
+from autopilotd.nostr.events import (
+    EventCaps,
+    RawEvent,
+    ShapeError,
+    compact_json,
+    parse_raw,
+    verify,
+)
 from autopilotd.nostr.identity import NostrIdentity
 from autopilotd.nostr.reasons import Rejection, RejectReason
 
@@ -345,7 +352,7 @@ def _parse_amount(tag: tuple[str, ...] | None) -> tuple[int | None, str | None]:
 
 
 def parse_response(
-    data: str | bytes | Mapping[str, Any],
+    data: str | bytes | Mapping[str, Any] | RawEvent,
     *,
     request_id: str,
     buyer: NostrIdentity,
@@ -356,7 +363,7 @@ def parse_response(
     Accepted: kind 7000 or 6000-6999, an `e` tag naming `request_id`, a `p` tag (if any)
     naming us, a valid id and signature. Anything else is a `Rejection`, never an exception.
     """
-    raw = parse_raw(data, caps)
+    raw = data if isinstance(data, RawEvent) else parse_raw(data, caps)
     if isinstance(raw, ShapeError):
         return Rejection(RejectReason(raw.reason), raw.detail)
     if raw.kind != KIND_FEEDBACK and raw.kind not in RESULT_KINDS:

@@ -54,7 +54,7 @@ async def test_provider_and_buyer_over_the_fake_pool(
     stream = buyer_pool.events()
     for _ in range(3):
         item = await asyncio.wait_for(anext(stream), 1)
-        seen.append(nip90.parse_response(item.event.json, request_id=request_id, buyer=buyer))
+        seen.append(nip90.parse_response(item.event, request_id=request_id, buyer=buyer))
     assert [type(s) for s in seen] == [JobFeedback, JobResult, JobFeedback]
     assert isinstance(seen[1], JobResult) and seen[1].content == "4"
     assert isinstance(seen[2], JobFeedback) and seen[2].bolt11 == "lnbcrt40n1"
