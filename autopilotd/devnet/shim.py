@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from autopilotd.devnet.headers import NULL_HASH, HeaderIndex, chainwork_hex
@@ -28,6 +29,7 @@ from autopilotd.devnet.rpc import (
     RPC_INVALID_ADDRESS_OR_KEY,
     RPC_INVALID_REQUEST,
     RPC_METHOD_NOT_FOUND,
+    RPC_MISC_ERROR,
     RPC_PARSE_ERROR,
     BtcdRpc,
     RpcError,
@@ -114,6 +116,11 @@ class BitcoindShim:
             result = await handler(params)
         except RpcError as exc:
             return _error_reply(request_id, exc.code, exc.message)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            # btcd down, restarting or answering garbage: a JSON-RPC error that ldk-node
+            # treats as transient, instead of an HTML 500 page.
+            logger.warning("btcd did not answer %s: %r", method, exc)
+            return _error_reply(request_id, RPC_MISC_ERROR, "btcd is unreachable")
         return {"result": result, "error": None, "id": request_id}
 
     async def _getblockheader(self, params: list[Any]) -> Any:

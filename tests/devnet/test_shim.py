@@ -1,10 +1,15 @@
 """The bitcoind shim against a real btcd: chainwork, mempool entries, fees, reorgs."""
 
+from pathlib import Path
+
 import aiohttp
 
+from autopilotd.devnet.btcd import BtcdConfig, BtcdProcess
 from autopilotd.devnet.coins import COINBASE_MATURITY, MinerKey
 from autopilotd.devnet.headers import work_from_bits
+from autopilotd.devnet.ports import free_port
 from autopilotd.devnet.rpc import basic_auth_header
+from autopilotd.devnet.shim import BitcoindShim, serve_shim
 
 from .conftest import Chain, ShimClient
 
@@ -113,3 +118,21 @@ async def test_auth_is_required(shim: ShimClient) -> None:
         wrong = {"Authorization": basic_auth_header("ldk", "wrong")}
         async with anonymous.post(shim.url, json=body, headers=wrong) as response:
             assert response.status == 401
+
+
+async def test_btcd_unreachable_is_a_json_rpc_error(tmp_path: Path, btcd_binary: Path) -> None:
+    key = MinerKey.load_or_create(tmp_path / "miner.key")
+    config = BtcdConfig(tmp_path / "btcd", free_port(), "u", "p", key.address)
+    async with BtcdProcess(config) as btcd, config.rpc() as rpc:
+        await btcd.stop()  # the shim outlives its btcd
+        async with serve_shim(BitcoindShim(rpc, "ldk", "pw"), free_port()) as url:
+            headers = {"Authorization": basic_auth_header("ldk", "pw")}
+            body = {"jsonrpc": "1.0", "id": 7, "method": "getblockchaininfo", "params": []}
+            async with (
+                aiohttp.ClientSession(headers=headers) as session,
+                session.post(url, json=body) as response,
+            ):
+                reply = await response.json()
+    assert response.status == 500
+    assert reply["id"] == 7
+    assert reply["error"] == {"code": -1, "message": "btcd is unreachable"}
