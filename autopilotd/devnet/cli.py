@@ -31,33 +31,49 @@ def default_dir() -> Path:
     return Path(platformdirs.user_data_dir("autopilotd")) / "devnet"
 
 
+def _common_options(parser: argparse.ArgumentParser, defaults: bool) -> None:
+    """--dir, --json, -v: accepted before and after the subcommand."""
+    default: dict[str, Any] = {} if defaults else {"default": argparse.SUPPRESS}
+    parser.add_argument("--dir", type=Path, help="devnet directory", **default)
+    parser.add_argument("--json", action="store_true", help="print JSON", **default)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress", **default)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="autopilotd devnet", description="The offline regtest Bitcoin + Lightning network."
     )
-    parser.add_argument("--dir", type=Path, default=None, help="devnet directory")
-    parser.add_argument("--json", action="store_true", help="print JSON")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    _common_options(parser, defaults=True)
+    common = argparse.ArgumentParser(add_help=False)
+    _common_options(common, defaults=False)
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("up", help="start btcd, the shim and the hub (returns when ready)")
-    commands.add_parser("down", help="stop everything the devnet started")
-    commands.add_parser("status", help="height, hub node, balances, channels")
-    mine = commands.add_parser("mine", help="mine N blocks")
+    commands.add_parser(
+        "up", parents=[common], help="start btcd, the shim and the hub (returns when ready)"
+    )
+    commands.add_parser("down", parents=[common], help="stop everything the devnet started")
+    commands.add_parser("status", parents=[common], help="height, hub node, balances, channels")
+    mine = commands.add_parser("mine", parents=[common], help="mine N blocks")
     mine.add_argument("blocks", type=int)
-    reorg = commands.add_parser("reorg", help="replace the last DEPTH blocks with a longer branch")
+    reorg = commands.add_parser(
+        "reorg", parents=[common], help="replace the last DEPTH blocks with a longer branch"
+    )
     reorg.add_argument("depth", type=int)
-    fund = commands.add_parser("fund", help="send SATS on chain to ADDRESS and confirm")
+    fund = commands.add_parser(
+        "fund", parents=[common], help="send SATS on chain to ADDRESS and confirm"
+    )
     fund.add_argument("address")
     fund.add_argument("sats", type=int)
     fund.add_argument("--confirmations", type=int, default=1)
-    channel = commands.add_parser("open-channel", help="open a channel from the hub to a node")
+    channel = commands.add_parser(
+        "open-channel", parents=[common], help="open a channel from the hub to a node"
+    )
     channel.add_argument("node_id")
     channel.add_argument("address", help="the node's P2P address, host:port")
     channel.add_argument("sats", type=int, help="channel size")
     channel.add_argument("--push", type=int, default=0, help="sats that start on the node's side")
-    invoice = commands.add_parser("invoice", help="an invoice made by the hub")
+    invoice = commands.add_parser("invoice", parents=[common], help="an invoice made by the hub")
     invoice.add_argument("amount_msat", type=int)
-    pay = commands.add_parser("pay", help="the hub pays an invoice")
+    pay = commands.add_parser("pay", parents=[common], help="the hub pays an invoice")
     pay.add_argument("bolt11")
     return parser
 

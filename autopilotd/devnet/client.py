@@ -91,6 +91,14 @@ class DevnetClient:
         bolt11: str = result["bolt11"]
         return bolt11
 
+    async def hub_payment(self, payment_hash: str) -> dict[str, Any] | None:
+        """The hub's record of a payment: `status` PENDING | SUCCEEDED | FAILED, `direction`
+        INBOUND | OUTBOUND, `amount_msat`, `fee_paid_msat`; None when the hub has none."""
+        result: dict[str, Any] | None = await self._call(
+            "hub_payment", {"payment_hash": payment_hash}
+        )
+        return result
+
     async def hub_pay(self, bolt11: str) -> dict[str, Any]:
         """Have the hub pay a participant's invoice; returns payment id and fee."""
         result: dict[str, Any] = await self._call("hub_pay", {"bolt11": bolt11})

@@ -63,6 +63,10 @@ async def _hub_invoice(ops: DevnetOperations, body: dict[str, Any]) -> Any:
     return {"bolt11": bolt11}
 
 
+async def _hub_payment(ops: DevnetOperations, body: dict[str, Any]) -> Any:
+    return await ops.hub_payment(str(body["payment_hash"]))
+
+
 async def _hub_pay(ops: DevnetOperations, body: dict[str, Any]) -> Any:
     return await ops.hub_pay(str(body["bolt11"]))
 
@@ -75,6 +79,7 @@ ROUTES: dict[str, Route] = {
     "open_channel": _open_channel,
     "hub_invoice": _hub_invoice,
     "hub_pay": _hub_pay,
+    "hub_payment": _hub_payment,
 }
 
 

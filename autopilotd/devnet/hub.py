@@ -223,6 +223,19 @@ class HubNode:
         )
         return str(invoice)
 
+    async def payment(self, payment_id: str) -> dict[str, Any] | None:
+        """The hub's record of a payment (for a BOLT11 invoice, the id is its payment hash)."""
+        details = await asyncio.to_thread(self.node.payment, payment_id)
+        if details is None:
+            return None
+        return {
+            "payment_id": str(details.id),
+            "status": details.status.name,
+            "direction": details.direction.name,
+            "amount_msat": details.amount_msat,
+            "fee_paid_msat": details.fee_paid_msat,
+        }
+
     async def pay_invoice(self, bolt11: str, timeout_s: float) -> dict[str, Any]:
         """Pay `bolt11` from the hub and wait for the outcome."""
         ldk = ldk_node_module()

@@ -138,6 +138,10 @@ class DevnetOperations:
         """A BOLT11 invoice from the hub."""
         return await self._hub.create_invoice(amount_msat, description, expiry_s)
 
+    async def hub_payment(self, payment_hash: str) -> dict[str, Any] | None:
+        """The hub's record of the payment with this hash (e.g. whether its invoice is paid)."""
+        return await self._hub.payment(payment_hash)
+
     async def hub_pay(self, bolt11: str, timeout_s: float = 60.0) -> dict[str, Any]:
         """Pay an invoice from the hub and wait for the result."""
         result = await self._hub.pay_invoice(bolt11, timeout_s)

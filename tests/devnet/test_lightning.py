@@ -1,4 +1,4 @@
-"""End to end on the devnet: a buyer pays a provider's BOLT11 invoice through the hub."""
+"""End to end on the devnet: a buyer pays a provider through the hub; the provider withdraws."""
 
 import asyncio
 import hashlib
@@ -14,6 +14,7 @@ CHANNEL_SATS = 1_000_000
 BUYER_PUSH_SATS = 400_000
 ONCHAIN_RESERVE_SATS = 100_000
 AMOUNT_SATS = 21_000
+WITHDRAW_SATS = 5_000
 
 
 async def _fund_and_connect(net: Devnet, who: Participant, push_sats: int) -> None:
@@ -81,6 +82,25 @@ async def test_buyer_pays_provider_through_the_hub(tmp_path: Path) -> None:
             (ldk.PaymentStatus.SUCCEEDED, AMOUNT_SATS * 1000)
         ]
         assert str(inbound[0].kind.hash) == payment_hash
+
+        # The provider withdraws by paying an invoice made by another node (the hub).
+        bolt11 = await net.client.hub_invoice(WITHDRAW_SATS * 1000, "withdrawal")
+        withdrawal = ldk.Bolt11Invoice.from_str(bolt11)
+        withdrawal_id = await provider.call(provider.node.bolt11_payment().send, withdrawal, None)
+        done = await provider.wait_event(
+            ("PAYMENT_SUCCESSFUL", "PAYMENT_FAILED"),
+            lambda e: str(e.payment_id) == str(withdrawal_id),
+        )
+        assert isinstance(done, ldk.Event.PAYMENT_SUCCESSFUL), done
+        assert done.fee_paid_msat in (None, 0)  # a direct channel: no routing fee
+        settled = await net.client.hub_payment(str(withdrawal.payment_hash()))
+        assert settled is not None
+        assert (settled["status"], settled["direction"], settled["amount_msat"]) == (
+            "SUCCEEDED",
+            "INBOUND",
+            WITHDRAW_SATS * 1000,
+        )
+        assert await provider.lightning_sats() == AMOUNT_SATS - WITHDRAW_SATS
 
         hub = await net.client.status()
         assert {c["counterparty_node_id"] for c in hub["hub"]["channels"]} == {
