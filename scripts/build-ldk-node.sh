@@ -83,10 +83,16 @@ fi
 # Install into the interpreter's site-packages (a copy, so the venv does not depend on
 # the cache staying put). Skipped when the installed copy already matches.
 site="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-if cmp -s "$OUT/KEY" "$site/ldk_node.KEY" 2>/dev/null; then
+if cmp -s "$OUT/KEY" "$site/ldk_node.KEY" 2>/dev/null \
+    && [[ -f "$site/ldk_node.py" && -f "$site/libldk_node.so" ]]; then
     log "already installed in $site"
 else
-    cp "$OUT/ldk_node.py" "$OUT/libldk_node.so" "$site/"
+    # Copy, then rename over the old files: processes that have the old library mapped
+    # keep their inode instead of seeing it rewritten under them.
+    for name in ldk_node.py libldk_node.so; do
+        cp "$OUT/$name" "$site/.$name.tmp"
+        mv -f "$site/.$name.tmp" "$site/$name"
+    done
     cp "$OUT/KEY" "$site/ldk_node.KEY"
     log "installed ldk_node.py + libldk_node.so into $site"
 fi
