@@ -74,9 +74,14 @@ class BtcdConfig:
 class BtcdProcess:
     """btcd running as a child of this process, for as long as the context is open."""
 
-    def __init__(self, config: BtcdConfig, start_timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, config: BtcdConfig, start_timeout_s: float = 30.0, pid_file: Path | None = None
+    ) -> None:
+        """`pid_file`, if given, holds btcd's pid from spawn until it has stopped, so a
+        crashed parent's btcd can still be found and stopped."""
         self.config = config
         self._start_timeout_s = start_timeout_s
+        self._pid_file = pid_file
         self._process: asyncio.subprocess.Process | None = None
 
     @property
@@ -115,6 +120,8 @@ class BtcdProcess:
             )
         finally:
             output.close()
+        if self._pid_file is not None:
+            self._pid_file.write_text(f"{self._process.pid}\n")
         logger.info("btcd started (pid %d, rpc %s)", self._process.pid, self.config.rpc_url)
         try:
             await self._wait_ready()
@@ -155,4 +162,6 @@ class BtcdProcess:
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
+        if self._pid_file is not None:
+            self._pid_file.unlink(missing_ok=True)
         logger.info("btcd stopped")

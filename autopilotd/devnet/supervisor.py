@@ -52,8 +52,8 @@ async def run(layout: DevnetLayout) -> None:
     chain = ChainSource(LOOPBACK, free_port(), "ldk", secrets.token_hex(16))
     control_token = secrets.token_hex(32)
     try:
-        async with BtcdProcess(btcd_config) as btcd, btcd_config.rpc() as rpc:
-            write_pid(layout.btcd_pid_file, btcd.pid)
+        btcd_process = BtcdProcess(btcd_config, pid_file=layout.btcd_pid_file)
+        async with btcd_process as btcd, btcd_config.rpc() as rpc:
             height: int = await rpc.call("getblockcount")
             if height < INITIAL_BLOCKS:
                 await rpc.call("generate", INITIAL_BLOCKS - height)
