@@ -19,7 +19,9 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 torch = pytest.importorskip("torch")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One intra-op thread by default: on a shared 2-core runner a second spinning OpenMP thread
+# slows every step several-fold as soon as another process wants a core.
+torch.set_num_threads(int(os.environ.get("PSIONIC_TEST_THREADS", "1")))
 
 from psionic.registry import minilm_folder, smollm2_gguf  # noqa: E402
 from psionic.weights import LlamaWeights, load_gguf  # noqa: E402

@@ -1,0 +1,203 @@
+"""Decode benchmark: psionic vs transformers generate() vs llama.cpp on the same GGUF.
+
+Greedy, a fixed number of new tokens (end-of-turn ignored), the same thread count for all.
+Prints time to first token (prefill), prefill and decode tokens/s, and the ratios.
+
+    python bench/decode.py --threads 2 --new-tokens 128
+
+transformers runs on the very weights psionic dequantised from the GGUF; llama.cpp
+(llama-cpp-python, the `bench` extra) runs the GGUF itself and is skipped when missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+
+from psionic.engine import Engine, Precision
+from psionic.registry import smollm2_gguf
+from psionic.sampling import Sampler, SamplingParams
+from psionic.weights import LlamaWeights, load_gguf, to_hf_state_dict
+
+PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
+
+
+@dataclass
+class Result:
+    name: str
+    prompt_tokens: int
+    ttft_s: float
+    decode_tok_s: float
+
+    @property
+    def prefill_tok_s(self) -> float:
+        return self.prompt_tokens / self.ttft_s
+
+
+def _timed(generate: Callable[[], Any], new_tokens: int) -> tuple[float, float]:
+    """Run a token iterator; return (time to first token, decode tok/s after it)."""
+    started = time.perf_counter()
+    first = None
+    count = 0
+    for _ in generate():
+        count += 1
+        if first is None:
+            first = time.perf_counter()
+        if count == new_tokens:
+            break
+    end = time.perf_counter()
+    assert first is not None and count == new_tokens, count
+    return first - started, (count - 1) / (end - first)
+
+
+def bench_psionic(weights: LlamaWeights, prompt: list[int], precision: Precision, n: int) -> Result:
+    engine = Engine(weights, torch.device("cpu"), precision)
+    greedy = SamplingParams(temperature=0)
+
+    def run(tokens: int) -> Any:
+        return engine.generate_ids(prompt, tokens, Sampler(greedy, engine.device))
+
+    list(run(8))  # warm-up
+    ttft, rate = _timed(lambda: run(n), n)
+    return Result(f"psionic {precision}", len(prompt), ttft, rate)
+
+
+def _hf_model(weights: LlamaWeights, dtype: torch.dtype) -> Any:
+    import transformers
+
+    a = weights.args
+    config = transformers.LlamaConfig(
+        vocab_size=a.vocab_size,
+        hidden_size=a.dim,
+        intermediate_size=a.ffn_dim,
+        num_hidden_layers=a.n_layers,
+        num_attention_heads=a.n_heads,
+        num_key_value_heads=a.n_kv_heads,
+        rms_norm_eps=a.norm_eps,
+        rope_theta=a.rope_theta,
+        max_position_embeddings=a.max_seq_len,
+        tie_word_embeddings=a.tie_embeddings,
+        attn_implementation="sdpa",
+    )
+    model = transformers.LlamaForCausalLM(config)
+    state = to_hf_state_dict(weights.state_dict)
+    if a.tie_embeddings:
+        state["lm_head.weight"] = state["model.embed_tokens.weight"]
+    model.load_state_dict(state, strict=False)
+    model.tie_weights()
+    return model.to(dtype=dtype).eval()
+
+
+def bench_transformers(
+    weights: LlamaWeights, prompt: list[int], dtype: torch.dtype, n: int
+) -> Result:
+    model = _hf_model(weights, dtype)
+    ids = torch.tensor([prompt])
+    mask = torch.ones_like(ids)
+
+    def generate(tokens: int) -> Any:
+        return model.generate(
+            ids,
+            attention_mask=mask,
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+
+    with torch.inference_mode():
+        generate(8)  # warm-up
+        started = time.perf_counter()
+        model(ids, attention_mask=mask)  # prefill alone, for time to first token
+        ttft = time.perf_counter() - started
+        started = time.perf_counter()
+        generate(n)
+        total = time.perf_counter() - started
+    name = "transformers " + ("bf16" if dtype == torch.bfloat16 else "fp32")
+    return Result(name, len(prompt), ttft, (n - 1) / (total - ttft))
+
+
+def bench_llama_cpp(text: str, threads: int, n: int) -> Result | None:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        print("llama.cpp: llama-cpp-python is not installed (pip install '.[bench]'); skipped")
+        return None
+    llm = Llama(
+        model_path=str(smollm2_gguf()),
+        n_ctx=1024,
+        n_threads=threads,
+        n_threads_batch=threads,
+        verbose=False,
+    )
+    tokens = llm.tokenize(text.encode(), add_bos=False, special=True)
+
+    def run() -> Any:
+        return llm.generate(tokens, temp=0.0, top_k=1, reset=True)
+
+    _timed(run, 8)  # warm-up
+    ttft, rate = _timed(run, n)
+    return Result("llama.cpp (Q4_1 GGUF)", len(tokens), ttft, rate)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--precisions", default="fp32,bf16,int8")
+    parser.add_argument("--skip-transformers", action="store_true")
+    parser.add_argument("--skip-llama-cpp", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    weights = load_gguf(smollm2_gguf())
+    text = weights.tokenizer.render_chat([{"role": "user", "content": PROMPT}])
+    prompt = weights.tokenizer.encode(text)
+    n = args.new_tokens
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus; "
+        f"torch {torch.__version__} ({torch.backends.cpu.get_cpu_capability()}); "
+        f"threads {args.threads}; prompt {len(prompt)} tokens; {n} new tokens, greedy"
+    )
+    results: list[Result] = []
+    for name in args.precisions.split(","):
+        results.append(bench_psionic(weights, prompt, Precision(name), n))
+        print(_row(results[-1]), flush=True)
+    if not args.skip_transformers:
+        for dtype in (torch.float32, torch.bfloat16):
+            results.append(bench_transformers(weights, prompt, dtype, n))
+            print(_row(results[-1]), flush=True)
+    if not args.skip_llama_cpp:
+        llama = bench_llama_cpp(text, args.threads, n)
+        if llama:
+            results.append(llama)
+            print(_row(llama), flush=True)
+    by_name = {r.name: r for r in results}
+    ours = max((r for r in results if r.name.startswith("psionic")), key=lambda r: r.decode_tok_s)
+    print(f"best psionic: {ours.name} at {ours.decode_tok_s:.1f} tok/s")
+    for other in ("llama.cpp (Q4_1 GGUF)", "transformers bf16", "transformers fp32"):
+        if other in by_name:
+            ratio = ours.decode_tok_s / by_name[other].decode_tok_s
+            print(f"  decode ratio vs {other}: {ratio:.2f}x")
+    if "psionic bf16" in by_name and "transformers bf16" in by_name:
+        ratio = by_name["psionic bf16"].decode_tok_s / by_name["transformers bf16"].decode_tok_s
+        print(f"  psionic bf16 vs transformers bf16: {ratio:.2f}x")
+
+
+def _row(r: Result) -> str:
+    return (
+        f"{r.name:24s} ttft {r.ttft_s * 1000:7.1f} ms  prefill {r.prefill_tok_s:7.1f} tok/s  "
+        f"decode {r.decode_tok_s:6.1f} tok/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
