@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -95,11 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"psionic listening on {url}", flush=True)
 
     async def run() -> None:
+        # SIGTERM/SIGINT cancel the server task, so the runner and the workers shut down.
+        main_task = asyncio.current_task()
+        assert main_task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):  # not on Windows
+                loop.add_signal_handler(sig, main_task.cancel)
         runtime = Runtime(config)
         await serve(create_app(runtime, warm=not args.no_warm), args.host, args.port, announce)
 
-    with contextlib.suppress(KeyboardInterrupt):
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         asyncio.run(run())
+    logger.info("stopped")
     return 0
 
 

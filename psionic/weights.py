@@ -136,13 +136,18 @@ def _convert_gguf(path: Path) -> tuple[LlamaArgs, dict[str, Tensor], Tokenizer, 
     return args, state, tokenizer_from_gguf(meta), info
 
 
-def _stop_ids(tokenizer: Tokenizer, eos_id: int | None) -> frozenset[int]:
-    ids = {eos_id} if eos_id is not None else set()
+def _stop_ids(tokenizer: Tokenizer, eos: int | list[int] | None) -> frozenset[int]:
+    """End-of-turn ids: the declared EOS (one or several) plus the usual chat terminators."""
+    ids: set[int] = set()
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif isinstance(eos, list):
+        ids.update(i for i in eos if isinstance(i, int))
     for text in ("<|endoftext|>", "<|im_end|>", "<|eot_id|>", "</s>"):
         tid = tokenizer.token_to_id(text)
         if tid is not None:
             ids.add(tid)
-    return frozenset(i for i in ids if i is not None)
+    return frozenset(ids)
 
 
 def load_gguf(path: Path, cache: Path | None = None) -> LlamaWeights:

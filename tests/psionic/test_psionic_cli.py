@@ -83,7 +83,8 @@ def test_serve_starts_offline_and_answers(psionic_cache: Path, smollm: Any) -> N
         proc.terminate()
         proc.stdout.close()
         try:
-            proc.wait(timeout=30)
+            code = proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
             pytest.fail("psionic serve did not stop on SIGTERM")
+    assert code == 0  # SIGTERM is a clean shutdown
