@@ -21,6 +21,28 @@ async def _fund_and_connect(net: Devnet, who: Participant, push_sats: int) -> No
     await who.call(who.node.sync_wallets)
     await net.client.open_channel(who.node_id, who.address, CHANNEL_SATS, push_sats)
     await who.wait_event("CHANNEL_READY")
+    # Route hints in the participant's invoices need the hub's fee policy for the channel,
+    # which arrives in a channel_update just after channel_ready.
+    deadline = time.monotonic() + 10.0
+    while True:
+        channels = await who.call(who.node.list_channels)
+        if any(
+            c.is_usable and c.counterparty_forwarding_info_fee_base_msat is not None
+            for c in channels
+        ):
+            return
+        assert time.monotonic() < deadline, "no channel_update from the hub"
+        await asyncio.sleep(0.05)
+
+
+async def _wait_spendable(who: Participant, msat: int, timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        channels = await who.call(who.node.list_channels)
+        if any(c.is_usable and c.next_outbound_htlc_limit_msat >= msat for c in channels):
+            return
+        assert time.monotonic() < deadline, "the received sats never became spendable"
+        await asyncio.sleep(0.05)
 
 
 async def test_buyer_pays_provider_through_the_hub(tmp_path: Path) -> None:
@@ -83,7 +105,10 @@ async def test_buyer_pays_provider_through_the_hub(tmp_path: Path) -> None:
         ]
         assert str(inbound[0].kind.hash) == payment_hash
 
-        # The provider withdraws by paying an invoice made by another node (the hub).
+        # The provider withdraws by paying an invoice made by another node (the hub). The
+        # received sats become spendable only once the HTLC's commitment update is done,
+        # which can be a moment after PaymentReceived.
+        await _wait_spendable(provider, WITHDRAW_SATS * 1000)
         bolt11 = await net.client.hub_invoice(WITHDRAW_SATS * 1000, "withdrawal")
         withdrawal = ldk.Bolt11Invoice.from_str(bolt11)
         withdrawal_id = await provider.call(provider.node.bolt11_payment().send, withdrawal, None)
