@@ -26,6 +26,7 @@ from autopilotd.devnet.state import DevnetInfo, DevnetLayout, read_info, read_pi
 
 logger = logging.getLogger(__name__)
 
+SUPERVISOR_MODULE = "autopilotd.devnet.supervisor"
 UP_TIMEOUT_S = 180.0
 DOWN_TIMEOUT_S = 30.0
 
@@ -107,19 +108,10 @@ class Devnet:
         if existing is not None:
             self._info = existing
             return existing
-        await self._cleanup_leftovers()
-        self.layout.create()
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "autopilotd.devnet.supervisor",
-            "--dir",
-            str(self.layout.root),
-            "--detach",
-            stdin=asyncio.subprocess.DEVNULL,
-        )
-        if await process.wait() != 0:
-            raise DevnetError(f"the devnet supervisor did not start; see {self.layout.log_file}")
+        if not self._supervisor_running():
+            # Nothing is starting either: clear what a crashed run left, then start.
+            await self._cleanup_leftovers()
+            await self._spawn_supervisor()
         started = time.monotonic()
         while True:
             info = self.status()
@@ -137,11 +129,29 @@ class Devnet:
                 raise DevnetError(f"the devnet did not come up in {timeout_s:.0f} s")
             await asyncio.sleep(0.2)
 
+    def _supervisor_running(self) -> bool:
+        pid = read_pid(self.layout.supervisor_pid_file)
+        return pid is not None and _pid_runs(pid, SUPERVISOR_MODULE)
+
+    async def _spawn_supervisor(self) -> None:
+        self.layout.create()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            SUPERVISOR_MODULE,
+            "--dir",
+            str(self.layout.root),
+            "--detach",
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        if await process.wait() != 0:
+            raise DevnetError(f"the devnet supervisor did not start; see {self.layout.log_file}")
+
     async def down(self, timeout_s: float = DOWN_TIMEOUT_S) -> None:
         """Stop the devnet and everything it started; a no-op when it is not running."""
         self._info = None
         pid = read_pid(self.layout.supervisor_pid_file)
-        if pid is not None and _pid_runs(pid, "autopilotd.devnet.supervisor"):
+        if pid is not None and _pid_runs(pid, SUPERVISOR_MODULE):
             os.kill(pid, signal.SIGTERM)
             if not await _wait_gone(pid, timeout_s):
                 logger.warning("devnet supervisor %d ignored SIGTERM; killing it", pid)

@@ -36,6 +36,11 @@ class DevnetLayout:
         return self.root / "btcd.pid"
 
     @property
+    def lock_file(self) -> Path:
+        """Held (flock) by the running supervisor: one per directory."""
+        return self.root / "supervisor.lock"
+
+    @property
     def log_file(self) -> Path:
         """The supervisor's log."""
         return self.root / "supervisor.log"

@@ -10,6 +10,7 @@ on the way out.
 
 import argparse
 import asyncio
+import fcntl
 import logging
 import os
 import secrets
@@ -128,9 +129,20 @@ def main(argv: list[str] | None = None) -> int:
     layout.create()
     if args.detach:
         _detach()
-    log = layout.log_file.open("a")
-    os.dup2(log.fileno(), sys.stdout.fileno())
-    os.dup2(log.fileno(), sys.stderr.fileno())
+    # One supervisor per directory, for as long as this process lives.
+    with layout.lock_file.open("a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"a devnet supervisor already runs in {layout.root}", file=sys.stderr)
+            return 1
+        return _serve(layout)
+
+
+def _serve(layout: DevnetLayout) -> int:
+    with layout.log_file.open("a") as log:
+        os.dup2(log.fileno(), sys.stdout.fileno())
+        os.dup2(log.fileno(), sys.stderr.fileno())
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
