@@ -45,6 +45,7 @@ class Config:
     wallet_esplora_url: str = ""  # signet/bitcoin chain source
     wallet_listen_port: int = 0  # Lightning peer port on loopback; 0 picks a free one
     wallet_trusted_peers_no_reserve: str = ""  # comma-separated node ids (an LSP, the devnet hub)
+    wallet_peers: str = ""  # node_id@host:port, comma-separated: kept connected (LSP, devnet hub)
     wallet_default_max_fee_ppm: int = (
         10_000  # max fee when a send names none: 1 %, at least 10 sats
     )
@@ -146,6 +147,10 @@ def _validate(config: Config) -> None:
     if config.wallet_network in ("signet", "bitcoin") and not config.wallet_esplora_url:
         raise UserError(f"wallet_network = {config.wallet_network} needs wallet_esplora_url")
     wallet_on = config.wallet_network != "off"
+    for entry in filter(None, (e.strip() for e in config.wallet_peers.split(","))):
+        node_id, _, address = entry.partition("@")
+        if len(node_id) != 66 or ":" not in address:
+            raise UserError(f"wallet_peers entry '{entry}' must be node_id@host:port")
     if wallet_on and not 0 < config.wallet_pay_wait_s < config.call_timeout_s:
         raise UserError("wallet_pay_wait_s must be positive and below call_timeout_s")
     if config.runtime_mode not in ("off", "spawn", "url"):

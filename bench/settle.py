@@ -76,6 +76,7 @@ async def main() -> None:
                 f"http://{info.shim_user}:{info.shim_password}@{info.shim_host}:{info.shim_port}"
             ),
             "AUTOPILOTD_WALLET_TRUSTED_PEERS_NO_RESERVE": info.hub_node_id,
+            "AUTOPILOTD_WALLET_PEERS": f"{info.hub_node_id}@{info.hub_address}",
         }
         provider, buyer = root / "provider", root / "buyer"
         try:

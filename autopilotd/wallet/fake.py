@@ -64,6 +64,9 @@ class FakeNode:
     async def sync(self) -> None:
         return None
 
+    async def connect(self, node_id: str, address: str) -> None:
+        return None
+
     async def balances(self) -> Balances:
         return Balances(
             lightning_sats=self.balance_msat // 1000,

@@ -169,6 +169,9 @@ class LdkNode(LightningNode):
     async def sync(self) -> None:
         await self._call(self._node.sync_wallets)
 
+    async def connect(self, node_id: str, address: str) -> None:
+        await self._call(lambda: self._node.connect(node_id, address, True))
+
     async def balances(self) -> Balances:
         b = await self._call(self._node.list_balances)
         channels = await self._call(self._node.list_channels)

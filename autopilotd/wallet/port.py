@@ -95,6 +95,10 @@ class LightningNode(Protocol):
 
     async def sync(self) -> None: ...
 
+    async def connect(self, node_id: str, address: str) -> None:
+        """Connect to a peer and keep reconnecting to it after restarts."""
+        ...
+
     async def balances(self) -> Balances: ...
 
     async def create_invoice(

@@ -119,9 +119,24 @@ class Wallet:
             listening=node.listening(),
         )
         await node.sync()
+        await self._connect_peers(node)
         await self.reconcile()
         await self.refresh()
         self.set_state(WalletState.READY, "ready to receive and send")
+
+    async def _connect_peers(self, node: LightningNode) -> None:
+        """Reach the configured peers (an LSP, the devnet hub) so channels are usable at once.
+
+        A peer that cannot be reached now is logged, not fatal: the node keeps retrying it.
+        """
+        for entry in self.rt.config.wallet_peers.split(","):
+            node_id, _, address = entry.strip().partition("@")
+            if not node_id or not address:
+                continue
+            try:
+                await node.connect(node_id, address)
+            except NodeError as exc:
+                logger.warning("peer %s at %s: %s", node_id[:16], address, exc.reason)
 
     async def reconcile(self) -> None:
         """Settle every open send from the node's own store, and credit missed receipts (M2, M6)."""

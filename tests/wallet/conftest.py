@@ -44,6 +44,7 @@ class Net:
                 f"http://{info.shim_user}:{info.shim_password}@{info.shim_host}:{info.shim_port}"
             ),
             "AUTOPILOTD_WALLET_TRUSTED_PEERS_NO_RESERVE": info.hub_node_id,
+            "AUTOPILOTD_WALLET_PEERS": f"{info.hub_node_id}@{info.hub_address}",
         }
 
     def daemon(self, name: str) -> WalletDaemon:
@@ -88,7 +89,7 @@ class WalletDaemon:
         )
         log.close()
         deadline = time.monotonic() + 60
-        while not self.paths.manifest_file.exists():
+        while self._manifest_pid() != self.proc.pid:  # a killed daemon leaves a stale one
             assert self.proc.poll() is None, f"{self.home.name} exited: {self.stderr()[-2000:]}"
             assert time.monotonic() < deadline, "no manifest after 60 s"
             time.sleep(0.05)
@@ -96,6 +97,22 @@ class WalletDaemon:
             r = self.ctl("wait", "wallet-ready", "--timeout", "120")
             assert r.returncode == 0, r.stdout + r.stderr + self.stderr()[-2000:]
         return self
+
+    def _manifest_pid(self) -> int | None:
+        try:
+            return int(json.loads(self.paths.manifest_file.read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def wait_usable(self, timeout: float = 90) -> None:
+        """Wait until the node's channels are usable again (peer reconnected after a restart)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            balance = self.ctl_json("wallet.balance")
+            if balance["spendable_sats"] > 0 and balance["receivable_sats"] > 0:
+                return
+            time.sleep(0.25)
+        raise AssertionError(f"{self.home.name}: channels not usable after {timeout} s")
 
     def stderr(self) -> str:
         path = self.home.parent / f"{self.home.name}.stderr"
