@@ -11,9 +11,6 @@ import signal
 import sys
 from pathlib import Path
 
-import torch
-
-from psionic.engine import Precision
 from psionic.registry import ModelKind, ModelSpec, default_models
 
 logger = logging.getLogger(__name__)
@@ -37,6 +34,9 @@ def _model_arg(text: str) -> ModelSpec:
     return ModelSpec(model_id, kind, path)
 
 
+PRECISIONS = ("fp32", "bf16", "int8")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="psionic", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     serve.add_argument(
         "--precision",
-        choices=["auto", *[p.value for p in Precision]],
+        choices=["auto", *PRECISIONS],
         default="auto",
         help="weights precision; auto picks the fastest per device and model kind",
     )
@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Idle OpenMP threads sleep instead of spinning. On a machine shared with other work (the
+    # daemon, a build) spinning threads make every step several times slower; this must be
+    # set before torch loads. An explicit OMP_WAIT_POLICY in the environment wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    from psionic.engine import Precision
+
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     from psionic.device import resolve_device
     from psionic.runtime import Runtime, RuntimeConfig

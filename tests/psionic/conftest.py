@@ -17,11 +17,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `psionic serve` does; before torch
 
 torch = pytest.importorskip("torch")
-# One intra-op thread by default: on a shared 2-core runner a second spinning OpenMP thread
-# slows every step several-fold as soon as another process wants a core.
-torch.set_num_threads(int(os.environ.get("PSIONIC_TEST_THREADS", "1")))
+# Two threads at most (CI runners have two cores); PSIONIC_TEST_THREADS overrides.
+torch.set_num_threads(int(os.environ.get("PSIONIC_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
 from psionic.registry import minilm_folder, smollm2_gguf  # noqa: E402
 from psionic.weights import LlamaWeights, load_gguf  # noqa: E402
