@@ -59,15 +59,36 @@ def _parser() -> argparse.ArgumentParser:
     wallet.add_argument("action", choices=["import"], help="import: restore from a mnemonic")
     wallet.add_argument("--home")
 
-    devnet = sub.add_parser(
-        "devnet", help="the offline regtest Bitcoin + Lightning network", add_help=False
-    )
-    devnet.add_argument("args", nargs=argparse.REMAINDER)
+    # These two parse their own arguments (see PASSTHROUGH); listed here for --help.
+    sub.add_parser("devnet", help="the offline regtest network: up, down, status, mine, fund …")
+    sub.add_parser("relay", help="a local Nostr relay on loopback (for tests and the demo)")
     return p
 
 
+PASSTHROUGH = {
+    "devnet": ("autopilotd.devnet.cli", "the devnet"),
+    "relay": ("autopilotd.nostr.relay", "the local relay"),
+}
+
+
+def _passthrough(name: str, argv: list[str]) -> int:
+    """Hand the rest of the command line, untouched, to a sub-tool with its own parser."""
+    import importlib
+
+    module, what = PASSTHROUGH[name]
+    try:
+        entry = importlib.import_module(module).main
+    except ImportError as exc:
+        print(f"autopilotd: {what} is not available ({exc})", file=sys.stderr)
+        return EXIT_USAGE
+    return int(entry(argv))
+
+
 def main(argv: list[str] | None = None) -> None:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in PASSTHROUGH:
+        sys.exit(_passthrough(argv[0], argv[1:]))
+    args = _parser().parse_args(argv)
     try:
         code = _dispatch(args)
     except StartupCheckFailed as exc:
@@ -127,11 +148,4 @@ def _dispatch(args: argparse.Namespace) -> int:
         return service_main(args.action, home=args.home, dry_run=args.dry_run)
     if args.cmd == "wallet":
         return _wallet_import(Paths.resolve(args.home))
-    if args.cmd == "devnet":
-        try:
-            from autopilotd.devnet.cli import main as devnet_main
-        except ImportError:
-            print("autopilotd: the devnet is not available in this build", file=sys.stderr)
-            return EXIT_USAGE
-        return int(devnet_main(list(args.args)))
     return EXIT_USAGE

@@ -148,3 +148,15 @@ def test_refuses_to_start_on_a_damaged_database(tmp_path: Path) -> None:
     assert "refusing to start" in r.stderr and "backup" in r.stderr
     assert time.monotonic() - started < 30
     assert not paths.manifest_file.exists()
+
+
+def test_sub_tools_parse_their_own_arguments() -> None:
+    import subprocess
+
+    from support import BIN
+
+    for tool, expected in (("devnet", "open-channel"), ("relay", "--print-url")):
+        r = subprocess.run(
+            [str(BIN / "autopilotd"), tool, "--help"], capture_output=True, text=True, timeout=60
+        )
+        assert r.returncode == 0 and expected in r.stdout, r.stderr

@@ -16,8 +16,6 @@ from aiohttp import web
 from autopilotd.rpc.jsonrpc import SCOPE_KEY, RpcDispatcher, http_status
 from autopilotd.rpc.security import allowed_hosts, bearer_token, security_middleware
 from autopilotd.runtime.context import Runtime
-from autopilotd.web import commands as web_commands
-from autopilotd.web.auth import WebAuth
 from autopilotd.web.views import add_web_routes
 
 logger = logging.getLogger(__name__)
@@ -40,8 +38,8 @@ def url_host(host: str) -> str:
 
 def build_app(rt: Runtime, port: int) -> web.Application:
     cfg = rt.config
-    auth = WebAuth(port)
-    web_commands.register(rt.registry, auth, f"http://{url_host(cfg.listen_host)}:{port}/")
+    auth = rt.web_auth
+    auth.bind(port, f"http://{url_host(cfg.listen_host)}:{port}/")
     app = web.Application(
         middlewares=[security_middleware(allowed_hosts(port))],
         client_max_size=cfg.max_body_bytes,

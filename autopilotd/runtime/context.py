@@ -17,6 +17,7 @@ from autopilotd.runtime.state import StateStore
 from autopilotd.runtime.tokens import TokenBook
 from autopilotd.sessionlog import SessionLog
 from autopilotd.store import Store
+from autopilotd.web.auth import WebAuth
 
 if TYPE_CHECKING:
     from autopilotd.inference.service import LocalRuntime
@@ -48,6 +49,7 @@ class Runtime:
     conditions: Conditions
     wallet: Wallet = field(init=False)
     local_runtime: LocalRuntime = field(init=False)
+    web_auth: WebAuth = field(default_factory=WebAuth)
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     clock: Callable[[], float] = time.time
 

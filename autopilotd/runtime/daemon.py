@@ -52,6 +52,7 @@ from autopilotd.store import Store
 from autopilotd.wallet import commands as wallet_commands
 from autopilotd.wallet.ldk_adapter import ldk_node_factory
 from autopilotd.wallet.service import NodeFactory, Wallet, WalletService
+from autopilotd.web import commands as web_commands
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +171,7 @@ def make_runtime(
     wallet_commands.register(registry, rt, rt.wallet)
     rt.local_runtime = LocalRuntime(rt, adapters.inference)
     runtime_commands.register(registry, rt, rt.local_runtime)
+    web_commands.register(registry, rt.web_auth)
     if adapters.inference is not None:
         rt.local_runtime.publish(state=RuntimeState.STARTING, reason="checking the runtime")
     for register in (*BUILTINS, *registrars):

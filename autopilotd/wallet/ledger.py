@@ -117,8 +117,8 @@ class Ledger:
 
         One `BEGIN IMMEDIATE` transaction reads the node's spendable amount, subtracts every open
         reservation and reserves amount + max fee, so two sends can never both pass the check
-        with the same sats, and no settlement can slip in between the read and the reserve. A failed earlier attempt may be retried; any other
-        earlier row is returned as it is.
+        with the same sats, and no settlement can slip in between the read and the reserve.
+        A failed earlier attempt may be retried; any other earlier row is returned as it is.
         """
         need = amount_msat + max_fee_msat
         now = time.time()

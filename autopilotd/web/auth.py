@@ -40,11 +40,16 @@ class WebSession:
 class WebAuth:
     """One-time login tokens and the sessions they open."""
 
-    def __init__(self, port: int, clock: Callable[[], float] = time.time) -> None:
-        self.cookie_name = f"autopilotd_session_{port}"  # cookies ignore ports; names do not
+    def __init__(self, port: int = 0, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
+        self.bind(port, "")
         self._logins: OrderedDict[bytes, float] = OrderedDict()
         self._sessions: OrderedDict[bytes, WebSession] = OrderedDict()
+
+    def bind(self, port: int, base_url: str) -> None:
+        """Set the control plane's port and URL, known once its socket is bound."""
+        self.cookie_name = f"autopilotd_session_{port}"  # cookies ignore ports; names do not
+        self.base_url = base_url
 
     def new_login_token(self) -> str:
         """A fresh one-time token (256 bits), valid for LOGIN_TTL_S seconds."""
