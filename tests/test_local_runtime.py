@@ -18,15 +18,15 @@ async def _fake_psionic(models: list[dict[str, Any]]) -> tuple[web.AppRunner, st
     """A stand-in HTTP server speaking psionic's wire format (for this fast test only)."""
     calls: list[str] = []
 
-    async def health(request: web.Request) -> web.Response:
+    async def status(request: web.Request) -> web.Response:
+        ready = any(m["state"] == "warm" for m in models)
         return web.json_response(
-            {"status": "ok", "device": "cpu", "dtype": "bf16", "models": models, "queue_depth": 0}
+            {"device": "cpu", "ready": ready, "models": models, "last_error": None}
         )
 
     async def warm(request: web.Request) -> web.Response:
-        body = await request.json()
-        calls.append(f"warm {body['model']}")
-        return web.json_response({"ok": True})
+        calls.append(f"warm {request.match_info['id']}")
+        return web.json_response({"model": {}})
 
     async def chat(request: web.Request) -> web.Response:
         body = await request.json()
@@ -44,8 +44,8 @@ async def _fake_psionic(models: list[dict[str, Any]]) -> tuple[web.AppRunner, st
         )
 
     app = web.Application()
-    app.router.add_get("/health", health)
-    app.router.add_post("/api/models/warm", warm)
+    app.router.add_get("/api/status", status)
+    app.router.add_post("/api/models/{id}/warm", warm)
     app.router.add_post("/v1/chat/completions", chat)
     runner = web.AppRunner(app)
     await runner.setup()
@@ -57,7 +57,7 @@ async def _fake_psionic(models: list[dict[str, Any]]) -> tuple[web.AppRunner, st
 
 async def test_runtime_url_mode_reports_models(daemon_factory: DaemonFactory) -> None:
     runner, url, calls = await _fake_psionic(
-        [{"id": "smollm2", "kind": "text-generation", "warm": True}]
+        [{"id": "smollm2", "kind": "chat", "state": "warm", "precision": "bf16", "queue_depth": 0}]
     )
     try:
         d = await daemon_factory(runtime_mode="url", runtime_url=url)
@@ -67,7 +67,7 @@ async def test_runtime_url_mode_reports_models(daemon_factory: DaemonFactory) ->
         assert (
             status["state"] == "ready" and status["device"] == "cpu" and status["dtype"] == "bf16"
         )
-        assert status["models"] == [{"id": "smollm2", "kind": "text-generation", "warm": True}]
+        assert status["models"] == [{"id": "smollm2", "kind": "chat", "warm": True}]
         assert await d.call("runtime.warm", {"model": "smollm2"}) == {
             "model": "smollm2",
             "warm": True,
@@ -86,8 +86,7 @@ async def test_runtime_without_models_is_not_ready(daemon_factory: DaemonFactory
             if status["state"] != "starting":
                 break
             await asyncio.sleep(0.1)
-        assert status["state"] == "degraded" and "no model" in status["reason"]
-        assert "runtime.warm" in status["next_step"]
+        assert status["state"] == "degraded" and "no models" in status["reason"]
     finally:
         await runner.cleanup()
 
@@ -105,11 +104,15 @@ async def test_client_maps_errors(tmp_path: Path) -> None:
     client = PsionicClient(url)
     try:
         done = await client.chat(
-            [{"role": "user", "content": "x"}], model=None, max_tokens=5, temperature=0, top_p=1
+            [{"role": "user", "content": "x"}],
+            model="smollm2",
+            max_tokens=5,
+            temperature=0,
+            top_p=1,
         )
         assert done.text == "hi" and done.completion_tokens == 1
         try:
-            await client.chat([], model=None, max_tokens=10_000, temperature=0, top_p=1)
+            await client.chat([], model="smollm2", max_tokens=10_000, temperature=0, top_p=1)
         except InferenceError as exc:
             assert "max_tokens" in exc.reason and not exc.retryable
         else:

@@ -18,13 +18,19 @@ class InferenceError(Exception):
 @dataclass(frozen=True)
 class ModelInfo:
     id: str
-    kind: str  # "text-generation" | "embeddings"
-    warm: bool
+    kind: str  # psionic's kinds: "chat" | "embeddings"
+    state: str  # "cold" | "loading" | "warm" | "error"
+    precision: str | None = None
+
+    @property
+    def warm(self) -> bool:
+        return self.state == "warm"
 
 
 @dataclass(frozen=True)
 class RuntimeStatus:
     healthy: bool
+    ready: bool = False  # at least one model is warm
     device: str | None = None
     dtype: str | None = None
     models: tuple[ModelInfo, ...] = ()
@@ -32,8 +38,8 @@ class RuntimeStatus:
     last_error: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def ready_models(self, kind: str) -> list[ModelInfo]:
-        return [m for m in self.models if m.kind == kind]
+    def warm_model(self, kind: str) -> ModelInfo | None:
+        return next((m for m in self.models if m.kind == kind and m.warm), None)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -16,6 +17,7 @@ class PsionicClient:
         self.base_url = base_url.rstrip("/")
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._models: tuple[ModelInfo, ...] = ()
 
     async def close(self) -> None:
         if self._session is not None:
@@ -47,24 +49,36 @@ class PsionicClient:
             raise InferenceError("psionic did not answer in time", retryable=True) from None
 
     async def status(self) -> RuntimeStatus:
-        data = await self._request("GET", "/health")
+        """psionic's management status (GET /api/status), in our own types."""
+        data = await self._request("GET", "/api/status")
         models = tuple(
             ModelInfo(
                 id=str(m.get("id")),
-                kind=str(m.get("kind", "text-generation")),
-                warm=bool(m.get("warm", m.get("loaded", False))),
+                kind=str(m.get("kind", "chat")),
+                state=str(m.get("state", "cold")),
+                precision=m.get("precision"),
             )
             for m in data.get("models", [])
             if isinstance(m, dict)
         )
+        self._models = models
+        warm = [m for m in models if m.warm]
         return RuntimeStatus(
-            healthy=data.get("status", "ok") in ("ok", "ready"),
+            healthy=True,
+            ready=bool(data.get("ready", bool(warm))),
             device=data.get("device"),
-            dtype=data.get("dtype"),
+            dtype=warm[0].precision if warm else None,
             models=models,
-            queue_depth=int(data.get("queue_depth", 0) or 0),
+            queue_depth=sum(int(m.get("queue_depth", 0) or 0) for m in data.get("models", [])),
             last_error=data.get("last_error"),
         )
+
+    def _default_model(self, kind: str) -> str:
+        found = next((m.id for m in self._models if m.kind == kind and m.warm), None)
+        found = found or next((m.id for m in self._models if m.kind == kind), None)
+        if found is None:
+            raise InferenceError(f"no {kind} model is loaded in psionic")
+        return found
 
     async def chat(
         self,
@@ -77,13 +91,12 @@ class PsionicClient:
         seed: int | None = None,
     ) -> Completion:
         body: dict[str, Any] = {
+            "model": model or self._default_model("chat"),
             "messages": messages,
             "max_tokens": max_tokens,
             "temperature": temperature,
             "top_p": top_p,
         }
-        if model:
-            body["model"] = model
         if seed is not None:
             body["seed"] = seed
         data = await self._request("POST", "/v1/chat/completions", body)
@@ -101,9 +114,7 @@ class PsionicClient:
             raise InferenceError("psionic sent a malformed completion") from None
 
     async def embed(self, texts: list[str], *, model: str | None) -> list[list[float]]:
-        body: dict[str, Any] = {"input": texts}
-        if model:
-            body["model"] = model
+        body: dict[str, Any] = {"input": texts, "model": model or self._default_model("embeddings")}
         data = await self._request("POST", "/v1/embeddings", body)
         try:
             rows = sorted(data["data"], key=lambda d: int(d["index"]))
@@ -112,7 +123,7 @@ class PsionicClient:
             raise InferenceError("psionic sent malformed embeddings") from None
 
     async def warm(self, model: str) -> None:
-        await self._request("POST", "/api/models/warm", {"model": model})
+        await self._request("POST", f"/api/models/{quote(model, safe='')}/warm")
 
     async def unload(self, model: str) -> None:
-        await self._request("POST", "/api/models/unload", {"model": model})
+        await self._request("POST", f"/api/models/{quote(model, safe='')}/unload")

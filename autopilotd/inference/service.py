@@ -61,14 +61,18 @@ class LocalRuntime:
 
     def publish_status(self, status: RuntimeStatus) -> None:
         models = tuple(ModelView(m.id, m.kind, m.warm) for m in status.models)
-        if status.healthy and models:
+        loading = any(m.state == "loading" for m in status.models)
+        if status.ready:
             state, reason, step = RuntimeState.READY, "ready to run jobs", None
-        elif status.healthy:
-            state, reason = RuntimeState.DEGRADED, "psionic runs but has no model loaded"
+        elif loading:
+            state, reason, step = RuntimeState.STARTING, "loading models", None
+        elif status.models:
+            state = RuntimeState.DEGRADED
+            reason = status.last_error or "psionic runs but no model is warm"
             step = "warm a model: autopilotctl runtime.warm --model ID"
         else:
-            state, reason = RuntimeState.DEGRADED, status.last_error or "psionic reports a problem"
-            step = "see 'autopilotctl runtime.status'"
+            state, reason = RuntimeState.DEGRADED, "psionic has no models"
+            step = "check psionic's model packages (see docs/psionic.md)"
         self.publish(
             state=state,
             reason=reason,

@@ -115,7 +115,10 @@ class LocalRuntimeSection:
     updated_at: float | None = None
 
     def has_model(self, kind: str) -> bool:
-        return self.state is RuntimeState.READY and any(m.kind == kind for m in self.models)
+        """A warm model of this kind ("chat" or "embeddings") is ready to run jobs."""
+        return self.state is RuntimeState.READY and any(
+            m.kind == kind and m.warm for m in self.models
+        )
 
 
 @dataclass(frozen=True)
