@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from psionic.model import KVCache, Transformer
+from psionic.model import KVCache, Transformer, fuse_weights
 from psionic.quant import Int8Linear, quantize_linears
 from psionic.sampling import Sampler, SamplingParams
 from psionic.tokenizer import ChatTokenizer, StreamDecoder
@@ -59,10 +59,10 @@ def build_model(weights: LlamaWeights, device: torch.device, precision: Precisio
     state = dict(weights.state_dict)
     if weights.args.tie_embeddings:
         state["output.weight"] = state["tok_embeddings.weight"]
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict(fuse_weights(state, weights.args.n_layers), strict=True, assign=True)
     model.set_rope_tables(torch.device("cpu"))
     model = model.to(device=device, dtype=precision.activation_dtype)
-    model.set_rope_tables(device)  # the tables stay fp32, like the weights' reference
+    model.set_rope_tables(device, precision.activation_dtype)
     if precision is Precision.INT8:
         quantize_linears(model.layers, precision.activation_dtype)
         model.output = Int8Linear(state["output.weight"].to(device), precision.activation_dtype)

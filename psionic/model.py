@@ -64,6 +64,17 @@ def rope_tables(args: LlamaArgs, device: torch.device) -> tuple[Tensor, Tensor]:
     return emb.cos().to(device), emb.sin().to(device)
 
 
+def fuse_weights(state: dict[str, Tensor], n_layers: int) -> dict[str, Tensor]:
+    """Stack wq/wk/wv into wqkv and w1/w3 into w13 (file names stay the reference's)."""
+    out = dict(state)
+    for i in range(n_layers):
+        a, f = f"layers.{i}.attention", f"layers.{i}.feed_forward"
+        parts = [out.pop(f"{a}.{name}.weight") for name in ("wq", "wk", "wv")]
+        out[f"{a}.wqkv.weight"] = torch.cat(parts)
+        out[f"{f}.w13.weight"] = torch.cat([out.pop(f"{f}.w1.weight"), out.pop(f"{f}.w3.weight")])
+    return out
+
+
 def _rotate_half(x: Tensor) -> Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -77,9 +88,10 @@ class Attention(nn.Module):
         self.n_heads = args.n_heads
         self.n_kv_heads = args.n_kv_heads
         self.head_dim = args.head_dim
-        self.wq = nn.Linear(args.dim, args.n_heads * args.head_dim, bias=False)
-        self.wk = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
-        self.wv = nn.Linear(args.dim, args.n_kv_heads * args.head_dim, bias=False)
+        # Q, K and V in one matmul: one call per layer instead of three (see fuse_weights).
+        self.q_size = args.n_heads * args.head_dim
+        self.kv_size = args.n_kv_heads * args.head_dim
+        self.wqkv = nn.Linear(args.dim, self.q_size + 2 * self.kv_size, bias=False)
         self.wo = nn.Linear(args.n_heads * args.head_dim, args.dim, bias=False)
 
     def forward(
@@ -92,9 +104,10 @@ class Attention(nn.Module):
         start_pos: int,
     ) -> Tensor:
         bsz, seqlen, _ = x.shape
-        q = self.wq(x).view(bsz, seqlen, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.wk(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.wv(x).view(bsz, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.wqkv(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.view(bsz, seqlen, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(bsz, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(bsz, seqlen, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q = q * cos + _rotate_half(q) * sin
         k = k * cos + _rotate_half(k) * sin
         end = start_pos + seqlen
@@ -115,16 +128,17 @@ class Attention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """SwiGLU MLP: w2(silu(w1 x) * w3 x)."""
+    """SwiGLU MLP: w2(silu(w1 x) * w3 x), with w1 and w3 stacked into one matmul (w13)."""
 
     def __init__(self, args: LlamaArgs) -> None:
         super().__init__()
-        self.w1 = nn.Linear(args.dim, args.ffn_dim, bias=False)
+        self.ffn_dim = args.ffn_dim
+        self.w13 = nn.Linear(args.dim, 2 * args.ffn_dim, bias=False)
         self.w2 = nn.Linear(args.ffn_dim, args.dim, bias=False)
-        self.w3 = nn.Linear(args.dim, args.ffn_dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        return cast(Tensor, self.w2(F.silu(self.w1(x)) * self.w3(x)))
+        gate, up = self.w13(x).split(self.ffn_dim, dim=-1)
+        return cast(Tensor, self.w2(F.silu(gate) * up))
 
 
 class Block(nn.Module):
@@ -163,9 +177,13 @@ class Transformer(nn.Module):
         self.register_buffer("rope_cos", torch.empty(0), persistent=False)
         self.register_buffer("rope_sin", torch.empty(0), persistent=False)
 
-    def set_rope_tables(self, device: torch.device) -> None:
-        """(Re)compute the fp32 rotary tables on ``device``; they are never saved."""
+    def set_rope_tables(self, device: torch.device, dtype: torch.dtype = torch.float32) -> None:
+        """(Re)compute the rotary tables on ``device``; they are never saved.
+
+        Computed in fp32 and then cast to the activation dtype, as the reference does.
+        """
         cos, sin = rope_tables(self.args, device)
+        cos, sin = cos.to(dtype), sin.to(dtype)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
@@ -179,8 +197,8 @@ class Transformer(nn.Module):
         h = self.tok_embeddings(tokens)
         rope_cos = cast(Tensor, self.rope_cos)
         rope_sin = cast(Tensor, self.rope_sin)
-        cos = rope_cos[start_pos : start_pos + seqlen].to(h.dtype)
-        sin = rope_sin[start_pos : start_pos + seqlen].to(h.dtype)
+        cos = rope_cos[start_pos : start_pos + seqlen]
+        sin = rope_sin[start_pos : start_pos + seqlen]
         for i, layer in enumerate(self.layers):
             h = layer(h, cos, sin, cache.k[i], cache.v[i], start_pos)
         h = self.norm(h[:, -1, :])
