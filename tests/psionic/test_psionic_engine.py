@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from psionic import weights as weights_module
-from psionic.engine import Engine, Finished, TextDelta, _held_back
+from psionic.engine import Engine, Finished, Precision, TextDelta, _held_back
 from psionic.registry import smollm2_gguf
 from psionic.sampling import Sampler, SamplingParams
 from psionic.tokenizer import StreamDecoder
@@ -98,3 +98,45 @@ def test_gguf_conversion_is_cached_by_digest(
         again.state_dict["layers.0.attention.wq.weight"],
         smollm.state_dict["layers.0.attention.wq.weight"],
     )
+
+
+def test_hf_safetensors_folder_loads_the_same_model(smollm: LlamaWeights, tmp_path: Path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    from psionic.weights import load_hf_folder, to_hf_state_dict
+
+    a = smollm.args
+    state = {k: v.contiguous() for k, v in to_hf_state_dict(smollm.state_dict).items()}
+    save_file(state, str(tmp_path / "model.safetensors"))
+    config = {
+        "model_type": "llama",
+        "hidden_size": a.dim,
+        "num_hidden_layers": a.n_layers,
+        "num_attention_heads": a.n_heads,
+        "num_key_value_heads": a.n_kv_heads,
+        "vocab_size": a.vocab_size,
+        "intermediate_size": a.ffn_dim,
+        "rms_norm_eps": a.norm_eps,
+        "rope_theta": a.rope_theta,
+        "max_position_embeddings": a.max_seq_len,
+        "tie_word_embeddings": a.tie_embeddings,
+        "bos_token_id": 1,
+        "eos_token_id": [2],
+    }
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    smollm.tokenizer.tokenizer.save(str(tmp_path / "tokenizer.json"))
+    template = {"chat_template": smollm.tokenizer.chat_template}
+    (tmp_path / "tokenizer_config.json").write_text(json.dumps(template))
+    loaded = load_hf_folder(tmp_path)
+    assert loaded.args == a
+    assert loaded.tokenizer.stop_ids == smollm.tokenizer.stop_ids
+    prompt = loaded.tokenizer.encode(loaded.tokenizer.render_chat(MESSAGES))
+    assert prompt == smollm.tokenizer.encode(smollm.tokenizer.render_chat(MESSAGES))
+    greedy = SamplingParams(temperature=0)
+    runs = []
+    for weights in (smollm, loaded):
+        engine = Engine(weights, torch.device("cpu"), Precision.FP32)
+        runs.append(list(engine.generate_ids(prompt, 4, Sampler(greedy, engine.device))))
+    assert runs[0] == runs[1]
