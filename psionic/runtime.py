@@ -65,6 +65,7 @@ class ServedModel:
             "path": str(self.spec.path),
             "state": str(w.state),
             "precision": str(self.precision),
+            "dtype": str(self.precision.activation_dtype).removeprefix("torch."),
             "queue_depth": w.queue_depth,
             "max_queue": w.max_queue,
             "loaded_at": w.loaded_at,
