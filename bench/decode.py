@@ -143,6 +143,7 @@ def bench_llama_cpp(text: str, threads: int, n: int) -> Result | None:
     tokens = llm.tokenize(text.encode(), add_bos=False, special=True)
 
     def run() -> Any:
+        llm.reset()  # forget the previous run, or its prompt prefix is reused (no prefill)
         return llm.generate(tokens, temp=0.0, top_k=1, reset=True)
 
     _timed(run, 8)  # warm-up
