@@ -44,7 +44,12 @@ def _run_wallet_daemon(home: Path, crash_at: str | None) -> subprocess.Completed
     while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     proc.terminate()
-    _, err = proc.communicate(timeout=60)
+    try:
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
     return subprocess.CompletedProcess(proc.args, proc.returncode, "", err)
 
 

@@ -8,7 +8,6 @@ from `next_event_async`. This module is the only place that knows ldk-node's typ
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import logging
 import socket
@@ -19,6 +18,7 @@ from types import ModuleType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from autopilotd.blocking import in_daemon_thread
 from autopilotd.config import Config
 from autopilotd.errors import StartupCheckFailed
 from autopilotd.paths import private_dir
@@ -150,7 +150,7 @@ class LdkNode(LightningNode):
 
     async def _call(self, fn: Callable[[], T]) -> T:
         try:
-            return await asyncio.to_thread(fn)
+            return await in_daemon_thread(fn, name="ldk-node")
         except self._ldk.NodeError as exc:
             raise _reason(exc) from None
 

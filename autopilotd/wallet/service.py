@@ -38,6 +38,7 @@ NodeFactory = Callable[[str], LightningNode]
 """Builds the (not yet started) node from the mnemonic."""
 
 BALANCE_REFRESH_S = 5.0
+START_TIMEOUT_S = 120.0
 MIN_DEFAULT_FEE_SATS = 10
 
 
@@ -104,13 +105,19 @@ class Wallet:
         self.set_state(WalletState.STARTING, "opening the wallet", network=cfg.wallet_network)
         mnemonic, created = load_or_create_seed(cfg.paths.data_dir)
         if created:
-            self.rt.events.publish("wallet.seed_created")
             logger.warning(
                 "a new wallet seed was created; back it up: autopilotctl wallet.reveal_mnemonic"
             )
         node = self._node_factory(mnemonic)
         del mnemonic
-        await node.start()
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                await node.start()
+        except TimeoutError:
+            raise NodeError(
+                f"it did not start within {START_TIMEOUT_S:.0f} s; is the chain source "
+                "(wallet_bitcoind_rpc_url or wallet_esplora_url) reachable?"
+            ) from None
         self.node = node
         self.set_state(
             WalletState.SYNCING,
