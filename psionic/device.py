@@ -1,9 +1,9 @@
 """Device and precision choice.
 
 Defaults are the fastest precision measured per device and model kind (figures in
-docs/benchmarks.md): on CUDA, bf16 tensor cores; on CPU, decode is bound by memory
-bandwidth, so the decoder uses bf16 weights where that beats fp32, and the encoder, which
-runs large batched matmuls, stays fp32 unless the CPU has native bf16 instructions.
+docs/benchmarks.md): on CUDA, bf16; on CPU the decoder uses int8 weights (fbgemm's int8
+kernels beat bf16, which AVX2 CPUs only emulate, and fp32, which reads 4x the bytes), and
+the encoder stays fp32 unless the CPU has native bf16 instructions (int8 costs it accuracy).
 """
 
 from __future__ import annotations
@@ -40,5 +40,5 @@ def default_precision(device: torch.device, kind: ModelKind) -> Precision:
     if device.type == "cuda":
         return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP32
     if kind is ModelKind.CHAT:
-        return Precision.BF16
+        return Precision.INT8
     return Precision.BF16 if cpu_has_native_bf16() else Precision.FP32

@@ -10,7 +10,6 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +19,7 @@ from tokenizers import Tokenizer
 from psionic.args import BertArgs
 from psionic.bert import BertEncoder, from_hf_state_dict
 from psionic.engine import Precision
-from psionic.quant import Int8Linear
+from psionic.quant import quantize_linears
 
 
 @dataclass(frozen=True)
@@ -43,24 +42,6 @@ def _args_from_config(config: dict[str, object]) -> BertArgs:
         type_vocab_size=num("type_vocab_size"),
         norm_eps=float(str(config.get("layer_norm_eps", 1e-12))),
     )
-
-
-def _quantize_bert_linears(model: BertEncoder, dtype: torch.dtype) -> None:
-    """Int8 weights for the encoder's linears, keeping their fp32 biases."""
-    for layer in model.layers:
-        for name, child in list(layer.named_children()):
-            if isinstance(child, torch.nn.Linear):
-                quantized = _BiasedInt8Linear(child.weight.detach(), child.bias.detach(), dtype)
-                setattr(layer, name, quantized)
-
-
-class _BiasedInt8Linear(Int8Linear):
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, dtype: torch.dtype) -> None:
-        super().__init__(weight, dtype)
-        self.register_buffer("bias", bias.to(dtype))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x) + cast(torch.Tensor, self.bias)
 
 
 class Embedder:
@@ -91,9 +72,11 @@ class Embedder:
         with torch.device("meta"):
             model = BertEncoder(self.args)
         model.load_state_dict(state, strict=True, assign=True)
-        model = model.to(device=device, dtype=precision.activation_dtype)
+        dtype = precision.activation_dtype(device)
+        model = model.to(device=device, dtype=dtype)
         if precision is Precision.INT8:
-            _quantize_bert_linears(model, precision.activation_dtype)
+            for layer in model.layers:
+                quantize_linears(layer, dtype, dynamic=False)
         self.model = model.eval()
 
     @torch.inference_mode()

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from psionic.args import LlamaArgs
 from psionic.model import KVCache, Transformer, fuse_weights
 from psionic.quant import Int8Linear, quantize_linears
 from psionic.sampling import Sampler, SamplingParams
@@ -23,15 +24,32 @@ logger = logging.getLogger(__name__)
 
 
 class Precision(enum.StrEnum):
-    """Weight precision. ``int8`` is weight-only, with bf16 activations."""
+    """Weight precision. ``int8`` weights run with fp32 activations on CPU, bf16 on CUDA."""
 
     FP32 = "fp32"
     BF16 = "bf16"
     INT8 = "int8"
 
-    @property
-    def activation_dtype(self) -> torch.dtype:
-        return torch.float32 if self is Precision.FP32 else torch.bfloat16
+    def activation_dtype(self, device: torch.device) -> torch.dtype:
+        """fp32 and CPU int8 (fbgemm takes fp32 activations) compute in fp32; others in bf16."""
+        if self is Precision.FP32 or (self is Precision.INT8 and device.type == "cpu"):
+            return torch.float32
+        return torch.bfloat16
+
+
+def default_decode_threads(args: LlamaArgs) -> int | None:
+    """CPU threads for the decode steps of a model this size; None means all of them.
+
+    A decode step of a small model is a chain of tiny matrix-vector products, where waking
+    a second thread costs more than it saves: SmolLM2-135M decodes at ~42 tok/s on one thread
+    and ~31 on two (docs/benchmarks.md). Prefill stays on every thread.
+    """
+    params = args.vocab_size * args.dim + args.n_layers * (
+        args.dim * (args.n_heads + 2 * args.n_kv_heads) * args.head_dim
+        + args.n_heads * args.head_dim * args.dim
+        + 3 * args.dim * args.ffn_dim
+    )
+    return 1 if params < 500_000_000 else None
 
 
 class ContextTooLong(ValueError):
@@ -61,24 +79,34 @@ def build_model(weights: LlamaWeights, device: torch.device, precision: Precisio
         state["output.weight"] = state["tok_embeddings.weight"]
     model.load_state_dict(fuse_weights(state, weights.args.n_layers), strict=True, assign=True)
     model.set_rope_tables(torch.device("cpu"))
-    model = model.to(device=device, dtype=precision.activation_dtype)
-    model.set_rope_tables(device, precision.activation_dtype)
+    dtype = precision.activation_dtype(device)
+    model = model.to(device=device, dtype=dtype)
+    model.set_rope_tables(device, dtype)
     if precision is Precision.INT8:
-        quantize_linears(model.layers, precision.activation_dtype)
-        model.output = Int8Linear(state["output.weight"].to(device), precision.activation_dtype)
+        quantize_linears(model.layers, dtype)
+        model.output = Int8Linear(state["output.weight"].to(device), dtype)
     return model.eval()
 
 
 class Engine:
     """A loaded decoder and its tokenizer. Not thread-safe: one worker thread owns it."""
 
-    def __init__(self, weights: LlamaWeights, device: torch.device, precision: Precision) -> None:
+    def __init__(
+        self,
+        weights: LlamaWeights,
+        device: torch.device,
+        precision: Precision,
+        decode_threads: int | None = None,
+    ) -> None:
         self.args = weights.args
         self.name = weights.name
         self.tokenizer: ChatTokenizer = weights.tokenizer
         self.device = device
         self.precision = precision
         self.model = build_model(weights, device, precision)
+        if decode_threads is None and device.type == "cpu":
+            decode_threads = default_decode_threads(weights.args)
+        self.decode_threads = decode_threads
 
     @torch.inference_mode()
     def generate_ids(
@@ -98,22 +126,31 @@ class Engine:
             )
         budget = min(max_new_tokens, self.args.max_seq_len - len(prompt))
         cache = KVCache.allocate(
-            self.args, len(prompt) + budget, self.precision.activation_dtype, self.device
+            self.args,
+            len(prompt) + budget,
+            self.precision.activation_dtype(self.device),
+            self.device,
         )
         tokens = torch.tensor([list(prompt)], dtype=torch.long, device=self.device)
         logits = self.model(tokens, 0, cache)
         pos = len(prompt)
-        for i in range(budget):
-            if cancelled():
-                return
-            token = sampler(logits[0])
-            yield token
-            if token in stop_ids or i == budget - 1:
-                return
-            logits = self.model(
-                torch.tensor([[token]], dtype=torch.long, device=self.device), pos, cache
-            )
-            pos += 1
+        prefill_threads = torch.get_num_threads()
+        if self.decode_threads:
+            torch.set_num_threads(min(self.decode_threads, prefill_threads))
+        try:
+            for i in range(budget):
+                if cancelled():
+                    return
+                token = sampler(logits[0])
+                yield token
+                if token in stop_ids or i == budget - 1:
+                    return
+                logits = self.model(
+                    torch.tensor([[token]], dtype=torch.long, device=self.device), pos, cache
+                )
+                pos += 1
+        finally:
+            torch.set_num_threads(prefill_threads)
 
     def complete(
         self,

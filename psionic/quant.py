@@ -1,14 +1,19 @@
-"""Int8 weight-only quantisation: per-output-channel symmetric scales.
+"""Int8 weights: per-output-channel symmetric scales.
 
-On CPU the matmul runs in ``torch._weight_int8pack_mm`` (int8 weights, bf16 activations),
-which reads a quarter of the fp32 bytes per token; decode on a small model is bound by memory
-bandwidth, so this is the fastest CPU precision. Elsewhere the weights are dequantised on the
-fly, which is still correct, just not faster.
+On CPU the layer runs fbgemm's dynamic quantized linear: int8 weights packed once, fp32
+activations quantised per call, int8 dot products. Decode of a small model is bound by the
+matmuls, and on AVX2 this kernel is the fastest torch has (bf16 GEMV is emulated there and
+``_weight_int8pack_mm`` is slower still; figures in docs/benchmarks.md). On CUDA the weights
+are dequantised on the fly under bf16 activations: correct, saves memory, not faster.
+Dynamic activation quantisation costs accuracy: fine for the decoder (greedy output matches
+fp32 on the test prompts' first tokens), too much for the sentence encoder, which therefore
+uses the weight-only path (``dynamic=False``).
 """
 
 from __future__ import annotations
 
-from typing import cast
+import warnings
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -23,31 +28,57 @@ def quantize_per_channel(weight: Tensor) -> tuple[Tensor, Tensor]:
     return q, scales
 
 
-class Int8Linear(nn.Module):
-    """A bias-free linear layer holding int8 weights and per-channel scales."""
+def _fbgemm_pack(q: Tensor, scales: Tensor, bias: Tensor | None) -> Any:
+    zero_points = torch.zeros(q.shape[0], dtype=torch.long)
+    with warnings.catch_warnings():
+        # Creating quantized tensors warns that the quantized-tensor API is deprecated; the
+        # packed weight below is all that is kept.
+        warnings.simplefilter("ignore", UserWarning)
+        qweight = torch._make_per_channel_quantized_tensor(q, scales.double(), zero_points, 0)
+        return torch.ops.quantized.linear_prepack(qweight, bias)
 
-    def __init__(self, weight: Tensor, dtype: torch.dtype) -> None:
+
+class Int8Linear(nn.Module):
+    """A linear layer holding int8 weights and per-channel scales (and an optional bias)."""
+
+    def __init__(
+        self,
+        weight: Tensor,
+        dtype: torch.dtype,
+        bias: Tensor | None = None,
+        dynamic: bool = True,
+    ) -> None:
         super().__init__()
         q, scales = quantize_per_channel(weight)
         self.in_features = int(weight.shape[1])
         self.out_features = int(weight.shape[0])
+        self._packed: Any = None
+        if dynamic and weight.device.type == "cpu" and dtype == torch.float32:
+            self._packed = _fbgemm_pack(q, scales, None if bias is None else bias.float())
+            self.bias = None
+            return
         self.register_buffer("weight", q.to(weight.device))
         self.register_buffer("scales", scales.to(device=weight.device, dtype=dtype))
+        self.bias = None if bias is None else nn.Parameter(bias.to(dtype), requires_grad=False)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self._packed is not None:
+            return cast(Tensor, torch.ops.quantized.linear_dynamic(x, self._packed, True))
         weight = cast(Tensor, self.weight)
         scales = cast(Tensor, self.scales)
-        if x.device.type == "cpu" and x.dtype == torch.bfloat16:
-            flat = x.reshape(-1, self.in_features)
-            out = torch._weight_int8pack_mm(flat, weight, scales)
-            return out.reshape(*x.shape[:-1], self.out_features)
-        return F.linear(x, weight.to(x.dtype)) * scales.to(x.dtype)
+        out = F.linear(x, weight.to(x.dtype)) * scales.to(x.dtype)
+        return out if self.bias is None else out + self.bias
 
 
-def quantize_linears(module: nn.Module, dtype: torch.dtype) -> None:
-    """Replace every bias-free ``nn.Linear`` under ``module`` by an ``Int8Linear``, in place."""
+def quantize_linears(module: nn.Module, dtype: torch.dtype, dynamic: bool = True) -> None:
+    """Replace every ``nn.Linear`` under ``module`` by an ``Int8Linear``, in place.
+
+    ``dynamic=False`` keeps activations unquantised (weight-only) even on CPU: slower, but
+    the right trade for encoders, whose outputs are compared by cosine.
+    """
     for name, child in list(module.named_children()):
-        if isinstance(child, nn.Linear) and child.bias is None:
-            setattr(module, name, Int8Linear(child.weight.detach(), dtype))
+        if isinstance(child, nn.Linear):
+            bias = None if child.bias is None else child.bias.detach()
+            setattr(module, name, Int8Linear(child.weight.detach(), dtype, bias, dynamic))
         else:
-            quantize_linears(child, dtype)
+            quantize_linears(child, dtype, dynamic)

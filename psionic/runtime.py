@@ -55,6 +55,7 @@ def load_model(
 class ServedModel:
     spec: ModelSpec
     precision: Precision
+    device: torch.device
     worker: ModelWorker[Any]
 
     def status(self) -> dict[str, Any]:
@@ -65,7 +66,7 @@ class ServedModel:
             "path": str(self.spec.path),
             "state": str(w.state),
             "precision": str(self.precision),
-            "dtype": str(self.precision.activation_dtype).removeprefix("torch."),
+            "dtype": str(self.precision.activation_dtype(self.device)).removeprefix("torch."),
             "queue_depth": w.queue_depth,
             "max_queue": w.max_queue,
             "loaded_at": w.loaded_at,
@@ -101,7 +102,7 @@ class Runtime:
                 return load_model(spec, c.device, precision, c.cache_dir)
 
             worker: ModelWorker[Any] = ModelWorker(spec.id, loader, c.max_queue)
-            self.models[spec.id] = ServedModel(spec, precision, worker)
+            self.models[spec.id] = ServedModel(spec, precision, c.device, worker)
         self.lock = SwapLock(self.clock)
         self.webhook = SwapWebhook(c.webhook_url, c.webhook_secret, self.clock)
         self.schedule = ScheduleRegistry(self.clock)

@@ -66,7 +66,7 @@ def _hf_model(weights: LlamaWeights, dtype: torch.dtype, device: str) -> Any:
 def test_greedy_matches_transformers(
     smollm: LlamaWeights, device: str, precision: Precision
 ) -> None:
-    dtype = precision.activation_dtype
+    dtype = precision.activation_dtype(torch.device(device))
     hf = _hf_model(smollm, dtype, device)
     engine = Engine(smollm, torch.device(device), precision)
     for messages in PROMPTS:
@@ -110,7 +110,8 @@ TEXTS = [
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
-    ("precision", "floor"), [(Precision.FP32, 0.9999), (Precision.BF16, 0.999)]
+    ("precision", "floor"),
+    [(Precision.FP32, 0.9999), (Precision.BF16, 0.999), (Precision.INT8, 0.998)],
 )
 def test_embeddings_match_sentence_transformers(
     minilm_dir: Path, device: str, precision: Precision, floor: float
