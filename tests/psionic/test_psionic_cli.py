@@ -88,3 +88,18 @@ def test_serve_starts_offline_and_answers(psionic_cache: Path, smollm: Any) -> N
             proc.kill()
             pytest.fail("psionic serve did not stop on SIGTERM")
     assert code == 0  # SIGTERM is a clean shutdown
+
+
+def test_model_arguments_pick_the_kind_from_the_files(minilm_dir: Path) -> None:
+    import argparse
+
+    from psionic.cli import _model_arg
+    from psionic.registry import ModelKind, smollm2_gguf
+
+    chat = _model_arg(f"mine={smollm2_gguf()}")
+    assert (chat.id, chat.kind) == ("mine", ModelKind.CHAT)
+    embed = _model_arg(f"enc={minilm_dir}")
+    assert embed.kind is ModelKind.EMBEDDINGS
+    for bad in ("no-equals-sign", "x=/does/not/exist"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            _model_arg(bad)
