@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         webhook_url=args.webhook_url,
         webhook_secret=os.environ.get("PSIONIC_WEBHOOK_SECRET"),
         api_key=os.environ.get("PSIONIC_API_KEY"),
+        threads=torch.get_num_threads(),
     )
 
     def announce(url: str) -> None:

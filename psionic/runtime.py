@@ -39,6 +39,7 @@ class RuntimeConfig:
     webhook_url: str | None = None
     webhook_secret: str | None = None
     api_key: str | None = None
+    threads: int | None = None  # torch CPU threads, as set at start (None: torch's default)
 
 
 def load_model(
@@ -129,7 +130,7 @@ class Runtime:
             "version": __version__,
             "device": str(device),
             "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"),
-            "threads": torch.get_num_threads(),
+            "threads": self.config.threads or torch.get_num_threads(),
             "ready": any(m.worker.state == "warm" for m in self.models.values()),
             "models": [m.status() for m in self.models.values()],
             "last_error": errors[-1] if errors else None,
