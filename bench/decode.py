@@ -24,7 +24,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as `psionic serve` sets i
 
 import torch
 
-from psionic.engine import Engine, Precision
+from psionic.engine import Engine
+from psionic.precision import Precision
 from psionic.registry import smollm2_gguf
 from psionic.sampling import Sampler, SamplingParams
 from psionic.weights import LlamaWeights, load_gguf, to_hf_state_dict

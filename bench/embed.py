@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from psionic.embeddings import Embedder
-from psionic.engine import Precision
+from psionic.precision import Precision
 from psionic.registry import minilm_folder
 
 WORDS = [

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from psionic.engine import Precision
+from psionic.precision import Precision
 from psionic.registry import ModelKind
 
 

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 
 from psionic.args import BertArgs
 from psionic.bert import BertEncoder, from_hf_state_dict
-from psionic.engine import Precision
+from psionic.precision import Precision
 from psionic.quant import quantize_linears
 
 

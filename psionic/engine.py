@@ -6,7 +6,6 @@ detokenisation, stop sequences and the finish reason the OpenAI API reports.
 
 from __future__ import annotations
 
-import enum
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -15,26 +14,13 @@ import torch
 
 from psionic.args import LlamaArgs
 from psionic.model import KVCache, Transformer, fuse_weights
+from psionic.precision import Precision
 from psionic.quant import Int8Linear, quantize_linears
 from psionic.sampling import Sampler, SamplingParams
 from psionic.tokenizer import ChatTokenizer, StreamDecoder
 from psionic.weights import LlamaWeights
 
 logger = logging.getLogger(__name__)
-
-
-class Precision(enum.StrEnum):
-    """Weight precision. ``int8`` weights run with fp32 activations on CPU, bf16 on CUDA."""
-
-    FP32 = "fp32"
-    BF16 = "bf16"
-    INT8 = "int8"
-
-    def activation_dtype(self, device: torch.device) -> torch.dtype:
-        """fp32 and CPU int8 (fbgemm takes fp32 activations) compute in fp32; others in bf16."""
-        if self is Precision.FP32 or (self is Precision.INT8 and device.type == "cpu"):
-            return torch.float32
-        return torch.bfloat16
 
 
 def default_decode_threads(args: LlamaArgs) -> int | None:

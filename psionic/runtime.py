@@ -19,7 +19,8 @@ from psionic import __version__
 from psionic.arbiter import ScheduleRegistry, SwapLock, SwapWebhook
 from psionic.device import default_precision
 from psionic.embeddings import Embedder
-from psionic.engine import Engine, Precision
+from psionic.engine import Engine
+from psionic.precision import Precision
 from psionic.registry import ModelKind, ModelSpec
 from psionic.weights import load_gguf, load_hf_folder
 from psionic.worker import ModelWorker

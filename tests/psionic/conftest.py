@@ -59,7 +59,8 @@ def minilm_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def chat_engine(smollm: LlamaWeights) -> object:
-    from psionic.engine import Engine, Precision
+    from psionic.engine import Engine
+    from psionic.precision import Precision
 
     return Engine(smollm, torch.device("cpu"), Precision.BF16)
 
@@ -67,6 +68,6 @@ def chat_engine(smollm: LlamaWeights) -> object:
 @pytest.fixture(scope="session")
 def embedder(minilm_dir: Path) -> object:
     from psionic.embeddings import Embedder
-    from psionic.engine import Precision
+    from psionic.precision import Precision
 
     return Embedder(minilm_dir, torch.device("cpu"), Precision.FP32)

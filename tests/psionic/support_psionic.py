@@ -11,7 +11,8 @@ from typing import Any
 import torch
 from aiohttp.test_utils import TestClient, TestServer
 
-from psionic.engine import Finished, Precision, TextDelta
+from psionic.engine import Finished, TextDelta
+from psionic.precision import Precision
 from psionic.registry import ModelKind, ModelSpec
 from psionic.runtime import Runtime, RuntimeConfig
 from psionic.sampling import SamplingParams

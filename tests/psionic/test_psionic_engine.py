@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from psionic import weights as weights_module
-from psionic.engine import Engine, Finished, Precision, TextDelta, _held_back
+from psionic.engine import Engine, Finished, TextDelta, _held_back
+from psionic.precision import Precision
 from psionic.registry import smollm2_gguf
 from psionic.sampling import Sampler, SamplingParams
 from psionic.tokenizer import StreamDecoder

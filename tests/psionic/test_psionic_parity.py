@@ -11,7 +11,8 @@ import torch
 from conftest import DEVICES
 
 from psionic.embeddings import Embedder
-from psionic.engine import Engine, Precision
+from psionic.engine import Engine
+from psionic.precision import Precision
 from psionic.sampling import Sampler, SamplingParams
 from psionic.weights import LlamaWeights, to_hf_state_dict
 
