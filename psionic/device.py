@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from psionic.precision import Precision
+from psionic.quant import has_fbgemm
 from psionic.registry import ModelKind
 
 
@@ -40,5 +41,5 @@ def default_precision(device: torch.device, kind: ModelKind) -> Precision:
     if device.type == "cuda":
         return Precision.BF16 if torch.cuda.is_bf16_supported() else Precision.FP32
     if kind is ModelKind.CHAT:
-        return Precision.INT8
+        return Precision.INT8 if has_fbgemm() else Precision.BF16
     return Precision.BF16 if cpu_has_native_bf16() else Precision.FP32

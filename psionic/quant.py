@@ -28,6 +28,11 @@ def quantize_per_channel(weight: Tensor) -> tuple[Tensor, Tensor]:
     return q, scales
 
 
+def has_fbgemm() -> bool:
+    """True where torch ships the x86 quantized engine (fbgemm); not on ARM builds."""
+    return bool({"fbgemm", "x86"} & set(torch.backends.quantized.supported_engines))
+
+
 def _fbgemm_pack(q: Tensor, scales: Tensor, bias: Tensor | None) -> Any:
     zero_points = torch.zeros(q.shape[0], dtype=torch.long)
     with warnings.catch_warnings():
@@ -53,7 +58,7 @@ class Int8Linear(nn.Module):
         self.in_features = int(weight.shape[1])
         self.out_features = int(weight.shape[0])
         self._packed: Any = None
-        if dynamic and weight.device.type == "cpu" and dtype == torch.float32:
+        if dynamic and weight.device.type == "cpu" and dtype == torch.float32 and has_fbgemm():
             self._packed = _fbgemm_pack(q, scales, None if bias is None else bias.float())
             self.bias = None
             return
