@@ -1,8 +1,9 @@
 """Device and precision choice.
 
 Defaults are the fastest precision measured per device and model kind (figures in
-docs/benchmarks.md): on CUDA, bf16; on CPU the decoder uses int8 weights (fbgemm's int8
-kernels beat bf16, which AVX2 CPUs only emulate, and fp32, which reads 4x the bytes), and
+docs/benchmarks.md): on CUDA, bf16; on x86 CPUs the decoder uses int8 weights (fbgemm's
+int8 kernels beat bf16, which AVX2 CPUs only emulate, and fp32, which reads 4x the bytes;
+CPUs without fbgemm get bf16), and
 the encoder stays fp32 unless the CPU has native bf16 instructions (int8 costs it accuracy).
 """
 
