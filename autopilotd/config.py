@@ -50,6 +50,13 @@ class Config:
         10_000  # max fee when a send names none: 1 %, at least 10 sats
     )
     wallet_pay_wait_s: float = 20.0  # how long wallet.pay waits for the outcome before answering
+    # The earn loop: relays, price and capacity.
+    relays: str = ""  # ws:// URLs, comma-separated
+    provider_price_sats: int = 10  # the ask per job; bids below it are refused
+    provider_max_inflight: int = 1  # jobs run at once
+    provider_queue_size: int = 8  # accepted jobs waiting to run; more are refused as busy
+    provider_max_tokens: int = 256  # cap on a text-generation job's max_tokens
+    provider_payment_timeout_s: float = 300.0  # after this a delivered job ends delivered_unpaid
     # Local inference (psionic): "off", "spawn" (the daemon runs and supervises it) or "url".
     runtime_mode: str = "off"
     runtime_url: str = ""  # with runtime_mode = "url": where psionic answers (loopback)
@@ -157,5 +164,10 @@ def _validate(config: Config) -> None:
         raise UserError("runtime_mode must be one of off, spawn, url")
     if config.runtime_mode == "url" and not config.runtime_url.startswith("http://"):
         raise UserError("runtime_mode = url needs runtime_url = http://127.0.0.1:PORT")
+    for url in filter(None, (u.strip() for u in config.relays.split(","))):
+        if not url.startswith(("ws://", "wss://")):
+            raise UserError(f"relay '{url}' must be a ws:// or wss:// URL")
+    if config.provider_price_sats < 1 or config.provider_max_inflight < 1:
+        raise UserError("provider_price_sats and provider_max_inflight must be at least 1")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UserError("log_level must be one of DEBUG, INFO, WARNING, ERROR")

@@ -6,7 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from autopilotd.errors import InvalidParams
-from autopilotd.runtime.snapshot import DaemonState, RuntimeState, Snapshot, WalletState
+from autopilotd.runtime.snapshot import (
+    DaemonState,
+    ProviderState,
+    RuntimeState,
+    Snapshot,
+    WalletState,
+)
 
 Predicate = Callable[[Snapshot], bool]
 
@@ -54,5 +60,30 @@ def builtin_conditions() -> Conditions:
         "runtime-ready",
         "the local inference runtime answers and has a model",
         lambda s: s.local_runtime.state is RuntimeState.READY,
+    )
+    conditions.add(
+        "provider-online",
+        "the provider is online and accepting jobs",
+        lambda s: s.provider.state is ProviderState.ONLINE,
+    )
+    conditions.add(
+        "provider-offline",
+        "the provider is offline",
+        lambda s: s.provider.state is ProviderState.OFFLINE,
+    )
+    conditions.add(
+        "job-received",
+        "a job request is in the inbox",
+        lambda s: bool(s.jobs.inbox),
+    )
+    conditions.add(
+        "buy-paid",
+        "at least one of our own requests was delivered and paid",
+        lambda s: s.buyer.paid_requests > 0,
+    )
+    conditions.add(
+        "job-paid",
+        "at least one job was paid, as the wallet confirmed",
+        lambda s: s.earnings.lifetime_jobs > 0,
     )
     return conditions

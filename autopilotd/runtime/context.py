@@ -20,7 +20,10 @@ from autopilotd.store import Store
 from autopilotd.web.auth import WebAuth
 
 if TYPE_CHECKING:
+    from autopilotd.buyer.service import Buyer
     from autopilotd.inference.service import LocalRuntime
+    from autopilotd.nostr.identity import NostrIdentity
+    from autopilotd.provider.service import Provider
     from autopilotd.wallet.service import Wallet
 
 
@@ -50,6 +53,9 @@ class Runtime:
     wallet: Wallet = field(init=False)
     local_runtime: LocalRuntime = field(init=False)
     web_auth: WebAuth = field(default_factory=WebAuth)
+    provider: Provider = field(init=False)
+    buyer: Buyer = field(init=False)
+    identity: NostrIdentity | None = None
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     clock: Callable[[], float] = time.time
 

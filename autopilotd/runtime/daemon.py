@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from autopilotd import __version__
+from autopilotd.buyer import commands as buyer_commands
+from autopilotd.buyer.service import Buyer, BuyerService
 from autopilotd.commands import BUILTINS, Registrar
 from autopilotd.config import Config
 from autopilotd.errors import StartupCheckFailed
@@ -29,7 +31,10 @@ from autopilotd.inference import commands as runtime_commands
 from autopilotd.inference.port import Inference
 from autopilotd.inference.service import LocalRuntime, LocalRuntimeService
 from autopilotd.manifest import SCHEMA_VERSION, Manifest, remove_manifest, write_manifest
+from autopilotd.nostr.identity import identity_from_mnemonic
 from autopilotd.paths import private_dir
+from autopilotd.provider import commands as provider_commands
+from autopilotd.provider.service import Provider, ProviderService
 from autopilotd.registry import Registry
 from autopilotd.rpc.server import ControlPlane, bind_loopback
 from autopilotd.runtime.approvals import Approvals
@@ -51,6 +56,7 @@ from autopilotd.sessionlog import SessionLog, new_session_id
 from autopilotd.store import Store
 from autopilotd.wallet import commands as wallet_commands
 from autopilotd.wallet.ldk_adapter import ldk_node_factory
+from autopilotd.wallet.seed import load_or_create_seed
 from autopilotd.wallet.service import NodeFactory, Wallet, WalletService
 from autopilotd.web import commands as web_commands
 
@@ -172,6 +178,10 @@ def make_runtime(
     rt.local_runtime = LocalRuntime(rt, adapters.inference)
     runtime_commands.register(registry, rt, rt.local_runtime)
     web_commands.register(registry, rt.web_auth)
+    rt.provider = Provider(rt)
+    provider_commands.register(registry, rt, rt.provider)
+    rt.buyer = Buyer(rt)
+    buyer_commands.register(registry, rt, rt.buyer)
     if adapters.inference is not None:
         rt.local_runtime.publish(state=RuntimeState.STARTING, reason="checking the runtime")
     for register in (*BUILTINS, *registrars):
@@ -191,11 +201,19 @@ async def _run(
     started_at = time.time()
     await _record_session(store, log.session_id, started_at)
     rt = make_runtime(config, log, store, registrars, started_at, adapters)
+    mnemonic, created = load_or_create_seed(paths.data_dir)  # one seed: wallet and identity
+    rt.identity = identity_from_mnemonic(mnemonic)
+    del mnemonic
+    if created:
+        rt.events.publish("wallet.seed_created")
     extra: list[ServiceFactory] = []
     if config.wallet_network != "off":
         extra.append(lambda rt: WalletService(rt.wallet))
     if config.runtime_mode != "off" and (adapters is None or adapters.inference is None):
         extra.append(lambda rt: LocalRuntimeService(rt.local_runtime))
+    if config.relays:
+        extra.append(lambda rt: ProviderService(rt.provider))
+        extra.append(lambda rt: BuyerService(rt.buyer))
     service_factories = [*extra, *service_factories]
     try:
         sock = bind_loopback(config.listen_host, config.listen_port)

@@ -121,6 +121,77 @@ class LocalRuntimeSection:
         )
 
 
+class ProviderState(enum.StrEnum):
+    OFFLINE = "offline"
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    DEGRADED = "degraded"
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """Something that keeps the provider from earning, with what the user can do about it."""
+
+    id: str
+    reason: str
+    next_step: str
+
+
+@dataclass(frozen=True)
+class ProviderSection:
+    state: ProviderState = ProviderState.OFFLINE
+    reason: str = "offline: click Go Online (or run 'autopilotctl provider online')"
+    blockers: tuple[Blocker, ...] = ()
+    npub: str | None = None
+    served_kinds: tuple[int, ...] = ()
+    price_sats: int = 0
+    max_inflight: int = 1
+    online_since: float | None = None
+    heartbeat_at: float | None = None
+
+
+@dataclass(frozen=True)
+class RelayRow:
+    url: str
+    state: str
+    connected: bool
+    last_seen: float | None = None
+    last_error: str | None = None
+    events_in: int = 0
+    events_out: int = 0
+    publish_accepted: int = 0
+    publish_rejected: int = 0
+
+
+@dataclass(frozen=True)
+class JobsSection:
+    """The job inbox and active jobs, from the provider's own records."""
+
+    inbox: tuple[dict[str, Any], ...] = ()  # newest first; offline rows are previews
+    active: tuple[dict[str, Any], ...] = ()
+    rejections: dict[str, int] = field(default_factory=dict)
+    queue_depth: int = 0
+
+
+@dataclass(frozen=True)
+class EarningsSection:
+    """Counted only from wallet-confirmed payments bound to jobs."""
+
+    sats_today: int = 0
+    lifetime_sats: int = 0
+    jobs_today: int = 0
+    lifetime_jobs: int = 0
+    last_job: dict[str, Any] | None = None
+    last_payment: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class BuyerSection:
+    open_requests: int = 0
+    paid_requests: int = 0
+    last_request: dict[str, Any] | None = None
+
+
 @dataclass(frozen=True)
 class Snapshot:
     seq: int
@@ -128,6 +199,11 @@ class Snapshot:
     services: tuple[ServiceStatus, ...] = field(default_factory=tuple)
     wallet: WalletSection = field(default_factory=WalletSection)
     local_runtime: LocalRuntimeSection = field(default_factory=LocalRuntimeSection)
+    provider: ProviderSection = field(default_factory=ProviderSection)
+    relays: tuple[RelayRow, ...] = ()
+    jobs: JobsSection = field(default_factory=JobsSection)
+    earnings: EarningsSection = field(default_factory=EarningsSection)
+    buyer: BuyerSection = field(default_factory=BuyerSection)
 
     def service(self, name: str) -> ServiceStatus | None:
         return next((s for s in self.services if s.name == name), None)

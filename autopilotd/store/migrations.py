@@ -102,4 +102,25 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        4,
+        "buy requests",
+        """
+        CREATE TABLE buy_requests (
+            request_id    TEXT PRIMARY KEY,
+            kind          INTEGER NOT NULL,
+            prompt        TEXT NOT NULL,
+            budget_msat   INTEGER NOT NULL CHECK (budget_msat > 0),
+            status        TEXT NOT NULL CHECK (status IN ('open', 'paying', 'paid', 'done',
+                              'failed', 'expired')),
+            provider      TEXT,
+            result        TEXT,
+            payment_hash  TEXT UNIQUE,
+            reason        TEXT,
+            created_at    REAL NOT NULL,
+            updated_at    REAL NOT NULL,
+            deadline_at   REAL NOT NULL
+        );
+        """,
+    ),
 ]

@@ -13,8 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import pytest_asyncio
-
-from .conftest import Net, WalletDaemon
+from harness import Net, WalletDaemon
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 

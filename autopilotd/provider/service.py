@@ -1,0 +1,570 @@
+"""The provider service: intake, admission, the persisted job flow, settlement, presence.
+
+Flow per job (result first, then invoice, then success):
+    received → accepted (kind 7000 processing) → running (psionic) → delivered (result
+    published to the relays, then the invoice in a kind 7000 payment-required) → paid when
+    the wallet reports that invoice settled (kind 7000 success), or delivered_unpaid after
+    the deadline.
+Every event is signed once and kept in the outbox before it is published, so a crash
+re-publishes the same event. Open jobs resume at start. Going online never happens by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import nostr_sdk as sdk
+
+from autopilotd.crashpoints import crash_point
+from autopilotd.errors import Conflict, UserError
+from autopilotd.inference.port import InferenceError
+from autopilotd.jobs.store import Job, JobStore, Purpose
+from autopilotd.nostr.identity import NostrIdentity
+from autopilotd.nostr.intake import IntakePolicy, RequestValidator
+from autopilotd.nostr.nip90 import (
+    KIND_EMBEDDINGS,
+    KIND_TEXT_GENERATION,
+    FeedbackStatus,
+    JobRequest,
+    build_feedback,
+    build_handler,
+    build_handler_deletion,
+    build_result,
+    embeddings_result,
+)
+from autopilotd.nostr.pool import RelayPool
+from autopilotd.nostr.port import PoolConfig, PublishReport, RelayHealth, SubscriptionFilter
+from autopilotd.nostr.reasons import Rejection
+from autopilotd.runtime.context import Runtime
+from autopilotd.runtime.snapshot import (
+    Blocker,
+    EarningsSection,
+    ProviderSection,
+    ProviderState,
+    RelayRow,
+)
+from autopilotd.wallet.ledger import PaymentRow
+
+logger = logging.getLogger(__name__)
+
+HANDLER_D_TAG = "autopilotd"
+SERVED = (KIND_TEXT_GENERATION, KIND_EMBEDDINGS)
+MODEL_KIND = {KIND_TEXT_GENERATION: "chat", KIND_EMBEDDINGS: "embeddings"}
+INBOX_ROWS = 20
+TICK_S = 2.0
+HEARTBEAT_S = 30.0
+HANDLER_REFRESH_S = 600.0
+
+
+def _outcomes(report: PublishReport) -> dict[str, str]:
+    return {a.url: str(getattr(a.outcome, "value", a.outcome)) for a in report.answers}
+
+
+def _relays(config_relays: str) -> tuple[str, ...]:
+    return tuple(u.strip() for u in config_relays.split(",") if u.strip())
+
+
+class Provider:
+    """The provider's state and its commands' logic; the service drives its loops."""
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.jobs = JobStore(rt.store)
+        self.pool: RelayPool | None = None
+        self.validator: RequestValidator | None = None
+        self.want_online = False
+        self._queue: asyncio.Queue[str] = asyncio.Queue(maxsize=rt.config.provider_queue_size)
+        self._requests: dict[str, JobRequest] = {}
+        self._previews: deque[dict[str, Any]] = deque(maxlen=INBOX_ROWS)
+        self._settlements: asyncio.Queue[str] = asyncio.Queue()
+        self._handler_ids: list[str] = []
+        self._active: dict[str, str] = {}
+
+    # -- identity and state ------------------------------------------------------------------
+
+    @property
+    def identity(self) -> NostrIdentity:
+        identity = self.rt.identity
+        if identity is None:
+            raise UserError("no Nostr identity yet (the wallet seed is missing)")
+        return identity
+
+    def section(self) -> ProviderSection:
+        return self.rt.state.current.provider
+
+    def _publish_section(self, **changes: Any) -> None:
+        old = self.section()
+        new = dataclasses.replace(old, **changes)
+        if new != old:
+            self.rt.state.replace(provider=new)
+            if new.state is not old.state:
+                self.rt.events.publish(
+                    "provider.mode_changed", state=new.state.value, reason=new.reason
+                )
+
+    def blockers(self) -> tuple[Blocker, ...]:
+        """What keeps the provider from earning now, each with what to do."""
+        s = self.rt.state.current
+        out: list[Blocker] = []
+        if self.rt.identity is None:
+            out.append(Blocker("identity", "no Nostr identity", "restart autopilotd"))
+        if s.wallet.state.value != "ready":
+            out.append(
+                Blocker(
+                    "wallet",
+                    f"the wallet is {s.wallet.state.value}: {s.wallet.reason}",
+                    s.wallet.next_step or "wait until the wallet is ready",
+                )
+            )
+        if not any(s.local_runtime.has_model(MODEL_KIND[k]) for k in SERVED):
+            out.append(
+                Blocker(
+                    "model",
+                    f"no model ready ({s.local_runtime.state.value}: {s.local_runtime.reason})",
+                    s.local_runtime.next_step or "wait for psionic to load its models",
+                )
+            )
+        if not _relays(self.rt.config.relays):
+            out.append(Blocker("relays", "no relays configured", "set relays in config.toml"))
+        elif not any(r.connected for r in s.relays):
+            out.append(
+                Blocker("relays", "no relay is connected", "check the relays in Relay Connections")
+            )
+        return tuple(out)
+
+    def refresh_state(self) -> None:
+        """Recompute blockers and the online state from the snapshot (one place)."""
+        blockers = self.blockers()
+        section = self.section()
+        if not self.want_online:
+            state = ProviderState.OFFLINE
+            reason = "offline: requests are shown as previews only"
+        elif blockers:
+            state = ProviderState.DEGRADED if section.online_since else ProviderState.CONNECTING
+            reason = "not earning: " + "; ".join(b.reason for b in blockers)
+        else:
+            state = ProviderState.ONLINE
+            reason = "online: accepting jobs"
+        online_since = section.online_since if self.want_online else None
+        if state is ProviderState.ONLINE and online_since is None:
+            online_since = time.time()
+        self._publish_section(
+            state=state, reason=reason, blockers=blockers, online_since=online_since
+        )
+
+    def accepting(self) -> bool:
+        return self.section().state is ProviderState.ONLINE
+
+    async def go_online(self) -> dict[str, Any]:
+        blockers = self.blockers()
+        if blockers:
+            self.refresh_state()
+            raise UserError(
+                "cannot go online: " + "; ".join(f"{b.reason} ({b.next_step})" for b in blockers),
+                data={"blockers": [dataclasses.asdict(b) for b in blockers]},
+            )
+        self.want_online = True
+        self.refresh_state()
+        await self._announce()
+        return {"state": self.section().state.value}
+
+    async def go_offline(self) -> dict[str, Any]:
+        was = self.want_online
+        self.want_online = False
+        self.refresh_state()
+        if was and self.pool is not None and self._handler_ids:
+            deletion = build_handler_deletion(
+                self.identity, d_tag=HANDLER_D_TAG, handler_event_ids=self._handler_ids
+            )
+            await self.pool.publish(deletion)
+            self._handler_ids.clear()
+        return {"state": self.section().state.value, "active_jobs": len(self._active)}
+
+    async def _announce(self) -> None:
+        """Publish (or refresh) the NIP-89 handler for the served kinds."""
+        if self.pool is None:
+            return
+        event = build_handler(
+            self.identity,
+            SERVED,
+            d_tag=HANDLER_D_TAG,
+            metadata={
+                "name": "autopilotd",
+                "about": "local compute, paid over Lightning",
+                "price_sats": self.rt.config.provider_price_sats,
+            },
+        )
+        report = await self.pool.publish(event)
+        if report.any_accepted:
+            self._handler_ids = [event.id().to_hex()]
+
+    # -- relays ----------------------------------------------------------------------------
+
+    def on_health(self, row: RelayHealth) -> None:
+        new_row = RelayRow(
+            url=row.url,
+            state=str(row.state.value if hasattr(row.state, "value") else row.state),
+            connected=row.connected,
+            last_seen=row.last_seen,
+            last_error=row.last_error,
+            events_in=row.events_in,
+            events_out=row.events_out,
+            publish_accepted=row.publish_accepted,
+            publish_rejected=row.publish_rejected,
+        )
+        rows = {r.url: r for r in self.rt.state.current.relays}
+        old = rows.get(row.url)
+        only_seen = (
+            old is not None and dataclasses.replace(old, last_seen=new_row.last_seen) == new_row
+        )
+        if only_seen and old is not None and (new_row.last_seen or 0) - (old.last_seen or 0) < 5:
+            return  # debounce: last_seen alone changes on every event
+        rows[row.url] = new_row
+        self.rt.state.replace(relays=tuple(rows[u] for u in sorted(rows)))
+
+    # -- intake ----------------------------------------------------------------------------
+
+    async def intake(self, pool: RelayPool) -> None:
+        assert self.validator is not None
+        async for incoming in pool.events():
+            outcome = self.validator.validate(incoming.event)
+            if isinstance(outcome, Rejection):
+                self._publish_jobs()
+                continue
+            await self.admit(outcome)
+
+    async def admit(self, request: JobRequest) -> None:
+        row = {
+            "request_id": request.id,
+            "kind": request.kind,
+            "buyer": request.pubkey,
+            "bid_sats": request.bid_msat // 1000,
+            "prompt": (request.prompt or "")[:200],
+            "received_at": time.time(),
+        }
+        self.rt.events.publish(
+            "provider.request_received", request_id=request.id, kind=request.kind
+        )
+        if not self.accepting():
+            self._previews.appendleft({**row, "stage": "preview", "claimable": False})
+            self._publish_jobs()
+            return
+        if self._queue.full():
+            self.validator_count("busy")
+            return
+        price_msat = self.rt.config.provider_price_sats * 1000
+        _, new = await self.jobs.receive(
+            request_id=request.id,
+            buyer_pubkey=request.pubkey,
+            kind=request.kind,
+            request_json=request.json,
+            price_msat=price_msat,
+        )
+        if not new:
+            return
+        self._requests[request.id] = request
+        self._queue.put_nowait(request.id)
+        await self._publish_jobs_async()
+
+    def validator_count(self, reason: str) -> None:
+        counts = dict(self.rt.state.current.jobs.rejections)
+        counts[reason] = counts.get(reason, 0) + 1
+        self.rt.state.replace(
+            jobs=dataclasses.replace(self.rt.state.current.jobs, rejections=counts)
+        )
+
+    # -- the job flow ----------------------------------------------------------------------
+
+    def _request(self, job: Job) -> JobRequest:
+        request = self._requests.get(job.request_id)
+        if request is not None:
+            return request
+        # A request stored earlier is parsed again as of when it arrived, by a validator of its
+        # own, so resuming never touches the live counters or the buyers' rate limits.
+        reloader = RequestValidator(
+            self.identity, IntakePolicy(min_bid_msat=0, buyer_burst=1 << 30, max_tokens_cap=1 << 30)
+        )
+        parsed = reloader.validate(job.request_json, now=job.received_at)
+        if isinstance(parsed, Rejection):
+            raise Conflict(f"stored request {job.request_id} no longer parses: {parsed.reason}")
+        self._requests[job.request_id] = parsed
+        return parsed
+
+    async def _send(self, job: Job, purpose: Purpose, make: Callable[[], sdk.Event]) -> bool:
+        """Sign once (or reuse the stored event), publish to every relay, record each answer."""
+        item = await self.jobs.outbox_item(job.request_id, purpose)
+        if item is None:
+            event = make()
+            item = await self.jobs.stage_event(
+                job.request_id, purpose, event.id().to_hex(), event.as_json()
+            )
+        assert self.pool is not None
+        report = await self.pool.publish(sdk.Event.from_json(item.event_json))
+        accepted = await self.jobs.record_publish(item.id, _outcomes(report))
+        return accepted > 0
+
+    async def work(self) -> None:
+        while True:
+            request_id = await self._queue.get()
+            self._active[request_id] = "accepted"
+            try:
+                await self.run_job(request_id)
+            except Exception:
+                logger.exception("job %s failed unexpectedly", request_id)
+                job = await self.jobs.get(request_id)
+                if job is not None and job.stage in ("received", "accepted", "running"):
+                    await self.jobs.advance(request_id, "failed", reason="internal error")
+            finally:
+                self._active.pop(request_id, None)
+                self._requests.pop(request_id, None)
+                await self._publish_jobs_async()
+
+    async def run_job(self, request_id: str) -> None:
+        job = await self.jobs.get(request_id)
+        if job is None:
+            return
+        request = self._request(job)
+        rid = job.request_id
+        if job.stage == "received":
+            job = await self.jobs.advance(rid, "accepted")
+            self.rt.events.publish("provider.accepted", request_id=rid, kind=job.kind)
+            crash_point("job.after_accept")
+        if job.stage == "accepted":
+            await self._send(
+                job,
+                "processing",
+                lambda: build_feedback(self.identity, request, FeedbackStatus.PROCESSING),
+            )
+            job = await self.jobs.advance(rid, "running")
+            self._active[rid] = "running"
+            self.rt.events.publish("provider.running", request_id=rid)
+            await self._publish_jobs_async()
+        if job.stage == "running":
+            result = await self.jobs.outbox_item(rid, "result")
+            if result is None:
+                try:
+                    content = await self._execute(request)
+                except InferenceError as exc:
+                    await self._fail(job, request, f"inference failed: {exc.reason}")
+                    return
+                make = lambda: build_result(  # noqa: E731 - signed once, inside _send
+                    self.identity, request, content, amount_msat=job.price_msat
+                )
+            else:
+                make = lambda: sdk.Event.from_json(result.event_json)  # noqa: E731
+            published = await self._send(job, "result", make)
+            if not published:
+                await self._fail(job, request, "no relay accepted the result")
+                return
+            self.rt.events.publish("provider.result_published", request_id=rid)
+            crash_point("job.after_result_published")
+            invoice = await self.rt.wallet.receive(
+                job.price_msat // 1000,
+                f"autopilotd job {rid[:16]}",
+                int(self.rt.config.provider_payment_timeout_s) + 60,
+            )
+            job = await self.jobs.advance(
+                rid,
+                "delivered",
+                payment_hash=invoice["payment_hash"],
+                bolt11=invoice["bolt11"],
+                pay_deadline_at=time.time() + self.rt.config.provider_payment_timeout_s,
+            )
+            self._active[rid] = "delivered"
+        if job.stage == "delivered" and job.bolt11:
+            bolt11 = job.bolt11
+            await self._send(
+                job,
+                "payment_required",
+                lambda: build_feedback(
+                    self.identity,
+                    request,
+                    FeedbackStatus.PAYMENT_REQUIRED,
+                    amount_msat=job.price_msat,
+                    bolt11=bolt11,
+                ),
+            )
+            self.rt.events.publish(
+                "provider.payment_requested", request_id=rid, payment_hash=job.payment_hash
+            )
+            crash_point("job.after_invoice_published")
+            if job.payment_hash:
+                await self._settlements.put(job.payment_hash)  # it may have settled already
+
+    async def _execute(self, request: JobRequest) -> str:
+        runtime = self.rt.local_runtime.require()
+        if request.kind == KIND_EMBEDDINGS:
+            texts = [i.data for i in request.inputs if i.type == "text"]
+            vectors = await runtime.embed(texts, model=request.model)
+            return embeddings_result(vectors, request.model or "default")
+        completion = await runtime.chat(
+            [{"role": "user", "content": request.prompt or ""}],
+            model=request.model,
+            max_tokens=min(request.max_tokens or 128, self.rt.config.provider_max_tokens),
+            temperature=request.temperature if request.temperature is not None else 0.7,
+            top_p=request.top_p if request.top_p is not None else 1.0,
+        )
+        return completion.text
+
+    async def _fail(self, job: Job, request: JobRequest, reason: str) -> None:
+        await self.jobs.advance(job.request_id, "failed", reason=reason)
+        self.rt.events.publish("provider.failed", request_id=job.request_id, reason=reason)
+        await self._send(
+            job,
+            "error",
+            lambda: build_feedback(self.identity, request, FeedbackStatus.ERROR, extra=reason),
+        )
+
+    # -- settlement and deadlines ------------------------------------------------------------
+
+    def on_wallet_receipt(self, row: PaymentRow) -> None:
+        """Wallet listener: a settled inbound payment (the only proof of payment there is)."""
+        self._settlements.put_nowait(row.payment_hash)
+
+    async def settle(self) -> None:
+        while True:
+            payment_hash = await self._settlements.get()
+            crash_point("job.after_settlement_before_credit")
+            job, credited = await self.jobs.credit(payment_hash)
+            if job is None or not credited:
+                continue
+            self.rt.events.publish(
+                "provider.settlement_confirmed",
+                request_id=job.request_id,
+                payment_hash=payment_hash,
+                amount_sats=job.price_msat // 1000,
+            )
+            try:
+                paid_request = self._request(job)
+                await self._send(
+                    job,
+                    "success",
+                    lambda r=paid_request: build_feedback(self.identity, r, FeedbackStatus.SUCCESS),  # type: ignore[misc]
+                )
+            except Conflict as exc:
+                logger.warning("success feedback for %s: %s", job.request_id, exc.message)
+            await self._publish_jobs_async()
+
+    async def tick(self) -> None:
+        """Deadlines, outbox retries, heartbeat and handler refresh, every few seconds."""
+        last_handler = 0.0
+        while True:
+            now = time.time()
+            for job in await self.jobs.overdue(now):
+                await self.jobs.advance(
+                    job.request_id, "delivered_unpaid", reason="not paid in time"
+                )
+                self.rt.events.publish("provider.delivered_unpaid", request_id=job.request_id)
+            for item in await self.jobs.unpublished():
+                if self.pool is not None:
+                    report = await self.pool.publish(sdk.Event.from_json(item.event_json))
+                    await self.jobs.record_publish(item.id, _outcomes(report))
+            self.refresh_state()
+            if self.accepting():
+                self._publish_section(heartbeat_at=now)
+                if now - last_handler > HANDLER_REFRESH_S:
+                    await self._announce()
+                    last_handler = now
+            await self._publish_jobs_async()
+            await asyncio.sleep(TICK_S)
+
+    async def resume(self) -> None:
+        """Continue open jobs after a restart (M10) and credit payments that settled meanwhile."""
+        for job in await self.jobs.open_jobs():
+            if job.stage in ("received", "accepted", "running"):
+                await self._queue.put(job.request_id)
+            elif job.stage == "delivered" and job.payment_hash:
+                await self._settlements.put(job.payment_hash)
+
+    # -- snapshot ----------------------------------------------------------------------------
+
+    def _publish_jobs(self) -> None:
+        assert self.validator is not None
+        counts = {k: v for k, v in self.validator.counters.snapshot().items() if v}
+        busy = self.rt.state.current.jobs.rejections.get("busy")
+        if busy:
+            counts["busy"] = busy
+        jobs = dataclasses.replace(
+            self.rt.state.current.jobs, rejections=counts, queue_depth=self._queue.qsize()
+        )
+        if jobs != self.rt.state.current.jobs:
+            self.rt.state.replace(jobs=jobs)
+
+    async def _publish_jobs_async(self) -> None:
+        recent = await self.jobs.history(limit=INBOX_ROWS, before=None)
+        rows = [
+            {**j.to_json(), "claimable": False, "active_stage": self._active.get(j.request_id)}
+            for j in recent
+        ]
+        inbox = tuple(
+            sorted([*rows, *self._previews], key=lambda r: -float(r.get("received_at", 0)))[
+                :INBOX_ROWS
+            ]
+        )
+        active = tuple(
+            r for r in rows if r["stage"] in ("received", "accepted", "running", "delivered")
+        )
+        self._publish_jobs()
+        jobs = dataclasses.replace(self.rt.state.current.jobs, inbox=inbox, active=active)
+        day_start = time.time() - (time.time() % 86400)
+        summary = await self.jobs.earnings_summary(day_start)
+        last = recent[0] if recent else None
+        earnings = EarningsSection(
+            sats_today=summary["sats_today"],
+            lifetime_sats=summary["lifetime_sats"],
+            jobs_today=summary["jobs_today"],
+            lifetime_jobs=summary["lifetime_jobs"],
+            last_job=None
+            if last is None
+            else {"request_id": last.request_id, "stage": last.stage, "reason": last.reason},
+            last_payment=summary["last_payment"],
+        )
+        current = self.rt.state.current
+        if current.jobs != jobs or current.earnings != earnings:
+            self.rt.state.replace(jobs=jobs, earnings=earnings)
+
+
+class ProviderService:
+    name = "provider"
+
+    def __init__(self, provider: Provider) -> None:
+        self.provider = provider
+
+    async def run(self, ready: Callable[[], None]) -> None:
+        p = self.provider
+        cfg = p.rt.config
+        p.validator = RequestValidator(
+            p.identity,
+            IntakePolicy(min_bid_msat=cfg.provider_price_sats * 1000, max_tokens_cap=1_000_000),
+        )
+        p._publish_section(
+            npub=p.identity.public().npub,
+            served_kinds=SERVED,
+            price_sats=cfg.provider_price_sats,
+            max_inflight=cfg.provider_max_inflight,
+        )
+        p.rt.wallet.receive_listeners.append(p.on_wallet_receipt)
+        pool = RelayPool(PoolConfig(relays=_relays(cfg.relays)), on_health=p.on_health)
+        p.pool = pool
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(pool.run())
+                await pool.subscribe(
+                    [SubscriptionFilter(kinds=SERVED, since=int(time.time()) - 600)]
+                )
+                ready()
+                await p.resume()
+                tg.create_task(p.intake(pool))
+                tg.create_task(p.settle())
+                tg.create_task(p.tick())
+                for _ in range(cfg.provider_max_inflight):
+                    tg.create_task(p.work())
+        finally:
+            p.pool = None
+            p.rt.wallet.receive_listeners.remove(p.on_wallet_receipt)

@@ -1,0 +1,134 @@
+"""Go Online → paid jobs → balance rises: real devnet, real relay, real psionic, real wallets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import pytest
+from harness import WalletDaemon
+
+from .conftest import PRICE_SATS, Market
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+CONTRACT = [
+    "provider.request_received",
+    "provider.accepted",
+    "provider.running",
+    "provider.result_published",
+    "provider.payment_requested",
+    "provider.settlement_confirmed",
+]
+
+
+def _lightning(d: WalletDaemon) -> int:
+    return int(d.ctl_json("wallet.balance")["lightning_sats"])
+
+
+async def _go_online(provider: WalletDaemon) -> dict[str, Any]:
+    deadline = time.monotonic() + 240
+    last = ""
+    while time.monotonic() < deadline:
+        r = provider.ctl("--json", "provider.online")
+        if r.returncode == 0:
+            provider.ctl("wait", "provider-online", "--timeout", "30")
+            return provider.ctl_json("provider.status")
+        last = r.stderr
+        await asyncio.sleep(1)
+    raise AssertionError(f"could not go online: {last}")
+
+
+async def _buy(buyer: WalletDaemon, prompt: str, timeout_s: int = 120) -> dict[str, Any]:
+    req = buyer.ctl_json(
+        "buy.submit",
+        "--prompt",
+        prompt,
+        "--budget-sats",
+        str(PRICE_SATS + 9),
+        "--max-tokens",
+        "8",
+        "--timeout-s",
+        str(timeout_s),
+    )
+    rid = req["request_id"]
+    deadline = time.monotonic() + timeout_s + 30
+    while time.monotonic() < deadline:
+        row = buyer.ctl_json("buy.wait", "--request-id", rid, "--timeout-s", "20")
+        if row["status"] in ("done", "failed", "expired"):
+            return row
+    raise AssertionError(f"request {rid} never finished")
+
+
+def _domain_events(d: WalletDaemon) -> list[dict[str, Any]]:
+    lines = (d.paths.log_dir / "latest.jsonl").read_text().splitlines()
+    records = [json.loads(line) for line in lines]
+    return [r for r in records if "domain_event" in r]
+
+
+async def test_offline_requests_are_previews_only(market: Market) -> None:
+    provider, buyer = market.provider, market.buyer
+    assert provider.ctl_json("provider.status")["provider"]["state"] == "offline"
+    row = await _buy(buyer, "Are you there?", timeout_s=8)
+    assert row["status"] == "expired"
+    jobs = provider.ctl_json("provider.status")["jobs"]
+    previews = [r for r in jobs["inbox"] if r.get("stage") == "preview"]
+    assert previews and previews[0]["request_id"] == row["request_id"]
+    assert previews[0]["claimable"] is False
+    assert provider.ctl_json("jobs.history")["jobs"] == []  # no job row, no invoice
+
+
+async def test_five_paid_jobs(market: Market) -> None:
+    provider, buyer = market.provider, market.buyer
+    status = await _go_online(provider)
+    assert status["provider"]["state"] == "online" and status["provider"]["blockers"] == []
+    p0, b0 = _lightning(provider), _lightning(buyer)
+    rows = [await _buy(buyer, f"Say the number {i}.") for i in range(5)]
+    assert [r["status"] for r in rows] == ["done"] * 5, rows
+    assert all(r["result"] for r in rows)
+    for _ in range(40):
+        if _lightning(provider) == p0 + 5 * PRICE_SATS:
+            break
+        await asyncio.sleep(0.5)
+    assert _lightning(provider) == p0 + 5 * PRICE_SATS
+    hashes = {r["payment_hash"] for r in rows}
+    sent = [
+        p
+        for p in buyer.ctl_json("wallet.history", "--limit", "500")["payments"]
+        if p["payment_hash"] in hashes
+    ]
+    fees = sum(p["fee_sats"] for p in sent)
+    assert len(sent) == 5 and all(p["status"] == "succeeded" for p in sent)
+    assert b0 - _lightning(buyer) == 5 * PRICE_SATS + fees
+    earnings = provider.ctl_json("provider.status")["earnings"]
+    assert earnings["lifetime_jobs"] == 5 and earnings["lifetime_sats"] == 5 * PRICE_SATS
+    report = buyer.ctl_json(
+        "reports.nip90_payments", "--start", "0", "--end", str(time.time() + 60)
+    )
+    assert report["count"] == 5 and report["total_sats"] == 5 * PRICE_SATS
+    events = _domain_events(provider)
+    for r in rows:
+        names = [e["domain_event"] for e in events if e.get("request_id") == r["request_id"]]
+        ordered = [n for n in names if n in CONTRACT]
+        assert ordered == CONTRACT, (r["request_id"], names)
+    assert provider.ctl("wait", "job-paid", "--timeout", "5").returncode == 0
+    assert buyer.ctl("wait", "buy-paid", "--timeout", "5").returncode == 0
+
+
+async def test_after_a_restart_the_provider_is_offline(market: Market) -> None:
+    provider = market.provider
+    before = (
+        provider.ctl_json("jobs.history"),
+        provider.ctl_json("provider.status")["earnings"],
+        _lightning(provider),
+    )
+    provider.stop()
+    assert provider.wait_exit() == 0
+    provider.start()
+    provider.wait_usable()
+    status = provider.ctl_json("provider.status")
+    assert status["provider"]["state"] == "offline"
+    after = (provider.ctl_json("jobs.history"), status["earnings"], _lightning(provider))
+    assert after == before
