@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export AUTOPILOTD_BUILD_CACHE ?= $(HOME)/.cache/autopilotd
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: setup native ldk-node btcd test lint typecheck pytest demo soak clean web-assets chromium
+.PHONY: setup native ldk-node btcd test lint typecheck pytest demo smoke soak clean web-assets chromium
 
 setup: $(STAMP) web-assets
 
@@ -63,6 +63,11 @@ test: lint typecheck pytest
 # The full crash figures (RELIABILITY T1): 25 kills at each named point of the pay path.
 soak: setup native
 	AUTOPILOTD_CRASH_ITERATIONS=25 $(BIN)/pytest tests/wallet -k kill
+
+# One provider and one buyer on the embedded default; exits 0 only if all N jobs were paid.
+SMOKE_JOBS ?= 5
+smoke: setup native
+	$(BIN)/autopilotd demo --home .demo-smoke --smoke $(SMOKE_JOBS)
 
 demo: setup native
 	$(BIN)/autopilotd demo

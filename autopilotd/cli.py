@@ -36,7 +36,13 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="the embedded default: start everything, print the web URL")
     demo.add_argument("--home", default=".demo", help="demo directory (default: ./.demo)")
-    demo.add_argument("--once", action="store_true", help="print the addresses, then stop")
+    demo.add_argument(
+        "--smoke",
+        type=int,
+        default=0,
+        metavar="N",
+        help="go online, have the buyer pay N jobs, exit 0 only if all N were paid",
+    )
 
     mcp = sub.add_parser("mcp", help="an MCP stdio server over the command registry")
     mcp.add_argument("--home")
@@ -62,12 +68,14 @@ def _parser() -> argparse.ArgumentParser:
     # These two parse their own arguments (see PASSTHROUGH); listed here for --help.
     sub.add_parser("devnet", help="the offline regtest network: up, down, status, mine, fund …")
     sub.add_parser("relay", help="a local Nostr relay on loopback (for tests and the demo)")
+    sub.add_parser("buyer", help="a headless loop that buys jobs with a running daemon's wallet")
     return p
 
 
 PASSTHROUGH = {
     "devnet": ("autopilotd.devnet.cli", "the devnet"),
     "relay": ("autopilotd.nostr.relay", "the local relay"),
+    "buyer": ("autopilotd.buyer.loop", "the buying loop"),
 }
 
 
@@ -129,7 +137,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         _configure_logging("INFO")
         from autopilotd.demo import run_demo
 
-        return asyncio.run(run_demo(Path(args.home), once=args.once))
+        return asyncio.run(run_demo(Path(args.home), smoke=args.smoke))
     if args.cmd == "mcp":
         _configure_logging("WARNING")
         from autopilotd.mcp.server import serve_stdio

@@ -1,82 +1,221 @@
-"""`autopilotd demo`: the embedded default, started in an isolated home.
+"""`autopilotd demo`: the embedded default, everything real, on this machine only.
 
-For now it runs one user daemon and prints its web and RPC addresses and a status line; the
-wallet, psionic and earn-loop issues extend it with the devnet, a local relay, a Nexus and a
-buyer. Every part is a real process that `autopilotctl --home DIR` can talk to.
+It starts, in a fresh demo folder: the offline regtest network (btcd, the shim, a hub
+Lightning node), a local Nostr relay, your provider daemon (ldk-node wallet, psionic with the
+packaged models) and a buyer daemon that sends a paid job every few seconds. Channels are
+opened through the hub. It prints the web UI's login link: click Go Online and watch the sats
+arrive. `--smoke N` goes online by itself and exits 0 only if N jobs were paid.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
+import os
+import shutil
 import signal
 import sys
 import time
 from pathlib import Path
+from typing import IO, Any
 
-from autopilotd.ctl.client import RpcClient, locate
-from autopilotd.ctl.render import render_status
+from autopilotd.buyer import loop as buyer_loop
+from autopilotd.ctl.client import RpcClient, RpcError, locate
+from autopilotd.devnet import Devnet
 from autopilotd.errors import AutopilotError, DaemonNotRunning, UserError
 
-READY_TIMEOUT_S = 60.0
+BIN = Path(sys.executable).parent
+PRICE_SATS = 10
+READY_TIMEOUT_S = 300.0
 
 
-async def _wait_ready(home: Path, proc: asyncio.subprocess.Process) -> None:
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.returncode is not None:
-            raise UserError(f"the daemon exited during start-up (code {proc.returncode})")
-        try:
-            endpoint = locate(home=str(home))
-            async with RpcClient(endpoint) as client:
-                result = await client.call(
-                    "wait.until", {"condition": "daemon-ready", "timeout_s": 5}
-                )
-                if result["met"]:
-                    return
-        except DaemonNotRunning:
-            await asyncio.sleep(0.2)
-    raise UserError(f"the daemon did not become ready within {READY_TIMEOUT_S:g} s")
+class Processes:
+    """The demo's child processes, each logging to a file in the demo folder."""
 
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.procs: list[asyncio.subprocess.Process] = []
+        self.logs: list[IO[bytes]] = []
 
-async def run_demo(home: Path, *, once: bool) -> int:
-    home = home.expanduser().resolve()
-    daemon_home = home / "user"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "autopilotd", "run", "--home", str(daemon_home)
-    )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await _wait_ready(daemon_home, proc)
-        endpoint = locate(home=str(daemon_home))
-        async with RpcClient(endpoint) as client:
-            snapshot = await client.call("status")
-        print()
-        print("autopilotd demo is running")
-        print(f"  web UI    {endpoint.web_url}")
-        print(f"  JSON-RPC  {endpoint.rpc_url}")
-        print(f"  try       autopilotctl --home {daemon_home} status")
-        print()
-        print(render_status(snapshot))
-        print("\nPress Ctrl-C to stop.", flush=True)
-        if not once:
-            async with asyncio.TaskGroup() as tg:
-                waiters = [tg.create_task(stop.wait()), tg.create_task(proc.wait())]
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-                for waiter in waiters:
-                    waiter.cancel()
-        return 0
-    except AutopilotError as exc:
-        print(f"autopilotd demo: {exc.message}", file=sys.stderr)
-        return 1
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(proc.wait(), 20)
+    async def start(
+        self, name: str, *args: str, env: dict[str, str] | None = None, pipe: bool = False
+    ) -> asyncio.subprocess.Process:
+        log = (self.root / f"{name}.log").open("ab")
+        self.logs.append(log)
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE if pipe else log,
+            stderr=log,
+            env={**os.environ, **(env or {})},
+        )
+        self.procs.append(proc)
+        return proc
+
+    async def stop(self) -> None:
+        for proc in reversed(self.procs):
             if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                await asyncio.wait_for(proc.wait(), 30)
+            except TimeoutError:
                 proc.kill()
                 await proc.wait()
+        for log in self.logs:
+            log.close()
+
+
+async def _call(home: Path, method: str, params: dict[str, Any] | None = None) -> Any:
+    async with RpcClient(locate(home=str(home))) as client:
+        return await client.call(method, params or {})
+
+
+async def _wait_condition(home: Path, condition: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if (await _call(home, "wait.until", {"condition": condition, "timeout_s": 10}))["met"]:
+                return
+        except DaemonNotRunning:
+            await asyncio.sleep(0.5)
+    raise UserError(
+        f"{home.name}: '{condition}' not reached in {timeout:.0f} s; see {home.name}.log"
+    )
+
+
+async def _wait_usable(home: Path) -> None:
+    for _ in range(240):
+        balance = await _call(home, "wallet.balance")
+        if balance["spendable_sats"] > 0 and balance["receivable_sats"] > 0:
+            return
+        await asyncio.sleep(0.5)
+    raise UserError(f"{home.name}: its channel did not become usable")
+
+
+async def _go_online(home: Path) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while True:
+        try:
+            await _call(home, "provider.online")
+            return
+        except RpcError as exc:
+            if time.monotonic() > deadline:
+                raise UserError(f"could not go online: {exc.message}") from None
+            await asyncio.sleep(1)
+
+
+async def run_demo(home: Path, *, smoke: int = 0) -> int:
+    root = home.expanduser().resolve()
+    if root.exists():
+        shutil.rmtree(root)  # every devnet starts a fresh chain; so does the demo
+    root.mkdir(parents=True, mode=0o700)
+    procs = Processes(root)
+    provider, buyer = root / "provider", root / "buyer"
+    print(f"starting the demo in {root} (logs: {root}/*.log)", flush=True)
+    try:
+        async with Devnet(root / "devnet") as devnet:
+            relay = await procs.start(
+                "relay", str(BIN / "autopilotd"), "relay", "--port", "0", "--print-url", pipe=True
+            )
+            assert relay.stdout is not None
+            relay_url = (await asyncio.wait_for(relay.stdout.readline(), 60)).decode().strip()
+            if not relay_url.startswith("ws://"):
+                raise UserError("the local relay did not start; see relay.log")
+            info = devnet.info
+            common = {
+                "AUTOPILOTD_WALLET_NETWORK": "regtest",
+                "AUTOPILOTD_WALLET_BITCOIND_RPC_URL": (
+                    f"http://{info.shim_user}:{info.shim_password}@{info.shim_host}:{info.shim_port}"
+                ),
+                "AUTOPILOTD_WALLET_TRUSTED_PEERS_NO_RESERVE": info.hub_node_id,
+                "AUTOPILOTD_WALLET_PEERS": f"{info.hub_node_id}@{info.hub_address}",
+                "AUTOPILOTD_RELAYS": relay_url,
+            }
+            await procs.start(
+                "provider",
+                str(BIN / "autopilotd"),
+                "run",
+                "--home",
+                str(provider),
+                env={
+                    **common,
+                    "AUTOPILOTD_RUNTIME_MODE": "spawn",
+                    "AUTOPILOTD_PROVIDER_PRICE_SATS": str(PRICE_SATS),
+                    "AUTOPILOTD_PROVIDER_MAX_TOKENS": "48",
+                },
+            )
+            await procs.start(
+                "buyer", str(BIN / "autopilotd"), "run", "--home", str(buyer), env=common
+            )
+            print("waiting for the wallets …", flush=True)
+            for daemon in (provider, buyer):
+                await _wait_condition(daemon, "wallet-ready", READY_TIMEOUT_S)
+            print("opening channels through the hub …", flush=True)
+            for daemon, push in ((provider, 50_000), (buyer, 600_000)):
+                status = await _call(daemon, "wallet.status")
+                await devnet.client.open_channel(
+                    status["node_id"], status["listening"], 1_000_000, push
+                )
+            for daemon in (provider, buyer):
+                await _wait_usable(daemon)
+            print("loading the models …", flush=True)
+            await _wait_condition(provider, "runtime-ready", READY_TIMEOUT_S)
+            if smoke:
+                await _go_online(provider)
+                args = argparse.Namespace(
+                    home=str(buyer),
+                    manifest=None,
+                    budget_sats=PRICE_SATS * 2,
+                    count=smoke,
+                    interval=0.5,
+                    timeout=90.0,
+                    max_tokens=16,
+                    prompt=None,
+                    fail_fast=True,
+                )
+                rc = await buyer_loop.run(args)
+                earnings = (await _call(provider, "provider.status"))["earnings"]
+                jobs, sats = earnings["lifetime_jobs"], earnings["lifetime_sats"]
+                print(f"smoke: {jobs} jobs paid, {sats} sats earned", flush=True)
+                return 0 if rc == 0 and earnings["lifetime_jobs"] == smoke else 1
+            login = (await _call(provider, "web.login_url"))["url"]
+            await procs.start(
+                "buyer-loop",
+                str(BIN / "autopilotd"),
+                "buyer",
+                "--home",
+                str(buyer),
+                "--budget-sats",
+                str(PRICE_SATS * 2),
+                "--interval",
+                "5",
+                "--timeout",
+                "20",
+            )
+            endpoint = locate(home=str(provider))
+            print(
+                "\nautopilotd demo is running\n"
+                f"  web UI     {login}\n"
+                f"             (a one-time login link; later: autopilotctl --home {provider} web)\n"
+                f"  JSON-RPC   {endpoint.rpc_url}\n"
+                f"  try        autopilotctl --home {provider} provider online\n"
+                f"             autopilotctl --home {provider} status\n"
+                "\nA buyer sends a paid job every 5 s. Click Go Online and watch the sats arrive.\n"
+                "Press Ctrl-C to stop.",
+                flush=True,
+            )
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await stop.wait()
+            return 0
+    except (AutopilotError, TimeoutError) as exc:
+        message = exc.message if isinstance(exc, AutopilotError) else "a step timed out"
+        print(f"autopilotd demo: {message}", file=sys.stderr)
+        return 1
+    finally:
+        await procs.stop()

@@ -196,6 +196,15 @@ class JobStore:
         )
         return [Job(*r) for r in rows]
 
+    async def paid_without_success(self) -> list[Job]:
+        """Paid jobs whose success feedback was never staged (a crash right after the credit)."""
+        rows = await self._store.fetchall(
+            f"SELECT {JOB_COLUMNS} FROM jobs WHERE stage = 'paid' AND NOT EXISTS ("
+            "SELECT 1 FROM job_outbox o WHERE o.request_id = jobs.request_id "
+            "AND o.purpose = 'success')"
+        )
+        return [Job(*r) for r in rows]
+
     async def overdue(self, now: float) -> list[Job]:
         rows = await self._store.fetchall(
             f"SELECT {JOB_COLUMNS} FROM jobs WHERE stage = 'delivered' AND pay_deadline_at < ?",

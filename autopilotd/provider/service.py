@@ -440,16 +440,18 @@ class Provider:
                 payment_hash=payment_hash,
                 amount_sats=job.price_msat // 1000,
             )
-            try:
-                paid_request = self._request(job)
-                await self._send(
-                    job,
-                    "success",
-                    lambda r=paid_request: build_feedback(self.identity, r, FeedbackStatus.SUCCESS),  # type: ignore[misc]
-                )
-            except Conflict as exc:
-                logger.warning("success feedback for %s: %s", job.request_id, exc.message)
-            await self._publish_jobs_async()
+            await self._publish_jobs_async()  # the scoreboard first, then the network
+            await self._announce_success(job)
+
+    async def _announce_success(self, job: Job) -> None:
+        try:
+            request = self._request(job)
+        except Conflict as exc:
+            logger.warning("success feedback for %s: %s", job.request_id, exc.message)
+            return
+        await self._send(
+            job, "success", lambda: build_feedback(self.identity, request, FeedbackStatus.SUCCESS)
+        )
 
     async def tick(self) -> None:
         """Deadlines, outbox retries, heartbeat and handler refresh, every few seconds."""
@@ -481,6 +483,8 @@ class Provider:
                 await self._queue.put(job.request_id)
             elif job.stage == "delivered" and job.payment_hash:
                 await self._settlements.put(job.payment_hash)
+        for job in await self.jobs.paid_without_success():
+            await self._announce_success(job)
 
     # -- snapshot ----------------------------------------------------------------------------
 
