@@ -28,7 +28,6 @@ PANES: tuple[Pane, ...] = (
         "Earn",
         coming("provider", EARN, "the switch that puts this computer on the market"),
         live="snapshot",
-        placeholder=True,
     ),
     Pane(
         "provider_status",
@@ -36,7 +35,6 @@ PANES: tuple[Pane, ...] = (
         "Earn",
         coming("provider", EARN, "uptime, heartbeat, served kinds, model, degraded reasons"),
         live="snapshot",
-        placeholder=True,
     ),
     Pane("tailnet_status", "Tailnet Status", "Network", sources.tailnet, live="open"),
     Pane(
@@ -45,7 +43,6 @@ PANES: tuple[Pane, ...] = (
         "Earn",
         coming("jobs", EARN, "incoming job requests and rejection counters"),
         live="snapshot",
-        placeholder=True,
     ),
     Pane(
         "active_job",
@@ -53,7 +50,6 @@ PANES: tuple[Pane, ...] = (
         "Earn",
         coming("jobs", EARN, "the job in progress: received, accepted, running, delivered, paid"),
         live="snapshot",
-        placeholder=True,
     ),
     Pane(
         "job_history",
@@ -61,7 +57,6 @@ PANES: tuple[Pane, ...] = (
         "Earn",
         coming("jobs", EARN, "every job with its outcome, price, and paid or why not"),
         live="snapshot",
-        placeholder=True,
     ),
     Pane(
         "earnings_scoreboard",
@@ -69,7 +64,6 @@ PANES: tuple[Pane, ...] = (
         "Earn",
         coming("earnings", EARN, "sats today and lifetime, jobs today, milestones"),
         live="snapshot",
-        placeholder=True,
     ),
     Pane("wallet", "Wallet", "Wallet", sources.wallet, live="snapshot"),
     Pane("pay_invoice", "Pay Lightning Invoice", "Wallet", sources.pay_invoice),
@@ -81,7 +75,6 @@ PANES: tuple[Pane, ...] = (
         "Network",
         coming("relays", EARN, "each Nostr relay's health, last error and last seen"),
         live="snapshot",
-        placeholder=True,
     ),
     Pane("sync_health", "Sync Health", "System", sources.sync_health, live="open"),
     Pane(
@@ -90,7 +83,6 @@ PANES: tuple[Pane, ...] = (
         "Network",
         coming("buyer", EARN, "jobs you buy from the network, with budget and result"),
         live="snapshot",
-        placeholder=True,
     ),
     Pane(
         "starter_jobs",

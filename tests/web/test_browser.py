@@ -223,6 +223,7 @@ async def test_activity_feed_filters_and_follows_new_events(daemon: InProcessDae
         await page.keyboard.press("Control+k")
         await page.fill("#palette-input", "activity")
         await page.keyboard.press("Enter")
+        await page.wait_for_selector("#activity-list p:has-text('events')")  # rendered
         await page.fill("#activity-filter", "logs")
         await page.wait_for_selector("#activity-list p:has-text('0 of')")
         await daemon.call("logs.mark", {"message": "first live event"})
