@@ -327,6 +327,7 @@ class Wallet:
             if row.direction == "in":
                 raise UserError("this invoice is one of this wallet's own, already paid to it")
             settled = await self.wait_settled(row.payment_hash, wait_s)
+            await self.refresh()  # the snapshot is never behind what the caller is told
             return _result(settled or row, repeated=True)
         crash_point("pay.after_intent")
         self.rt.events.publish(
@@ -347,6 +348,7 @@ class Wallet:
         await self.ledger.mark_pending(inv.payment_hash)
         await self.refresh()
         settled = await self.wait_settled(inv.payment_hash, wait_s)
+        await self.refresh()  # the snapshot is never behind what the caller is told
         return _result(settled or row, repeated=False)
 
     def default_max_fee_sats(self, amount_msat: int) -> int:
