@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from autopilotd.errors import NotFound, UserError
+from autopilotd.errors import NotFound, NotReady, UserError
 from autopilotd.provider.service import Provider
 from autopilotd.registry import Registry
 from autopilotd.runtime.context import Runtime
@@ -35,7 +35,7 @@ def register(reg: Registry, rt: Runtime, provider: Provider) -> None:
     async def identity_show() -> dict[str, Any]:
         """Show this daemon's Nostr identity (npub and hex), derived from the wallet's words."""
         if rt.identity is None:
-            raise UserError("no identity yet")
+            raise NotReady("the identity is derived at start-up; the daemon has not started yet")
         return rt.identity.public().to_json()
 
     @reg.command("jobs.history")
