@@ -133,7 +133,7 @@ async def main() -> None:
         }
 
     for r in (row("pay → settled (buyer)", settled), row("pay → received (provider)", received)):
-        print(json.dumps(r))
+        print(json.dumps(r, ensure_ascii=False))
 
 
 if __name__ == "__main__":
