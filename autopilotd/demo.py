@@ -17,6 +17,8 @@ import shutil
 import signal
 import sys
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -107,14 +109,26 @@ async def _go_online(home: Path) -> None:
             await asyncio.sleep(1)
 
 
-async def run_demo(home: Path, *, smoke: int = 0) -> int:
-    root = home.expanduser().resolve()
+@dataclass
+class DemoNetwork:
+    """Everything the demo runs, up and wired: use it as `async with demo_network(root)`."""
+
+    root: Path
+    devnet: Devnet
+    procs: Processes
+    relay_url: str
+    provider: Path
+    buyer: Path
+
+
+@contextlib.asynccontextmanager
+async def demo_network(root: Path) -> AsyncIterator[DemoNetwork]:
+    """A fresh devnet, relay, provider (wallet + psionic) and buyer, channels open."""
     if root.exists():
         shutil.rmtree(root)  # every devnet starts a fresh chain; so does the demo
     root.mkdir(parents=True, mode=0o700)
     procs = Processes(root)
     provider, buyer = root / "provider", root / "buyer"
-    print(f"starting the demo in {root} (logs: {root}/*.log)", flush=True)
     try:
         async with Devnet(root / "devnet") as devnet:
             relay = await procs.start(
@@ -144,7 +158,7 @@ async def run_demo(home: Path, *, smoke: int = 0) -> int:
                     **common,
                     "AUTOPILOTD_RUNTIME_MODE": "spawn",
                     "AUTOPILOTD_PROVIDER_PRICE_SATS": str(PRICE_SATS),
-                    "AUTOPILOTD_PROVIDER_MAX_TOKENS": "48",
+                    "AUTOPILOTD_PROVIDER_MAX_TOKENS": "128",
                 },
             )
             await procs.start(
@@ -163,6 +177,17 @@ async def run_demo(home: Path, *, smoke: int = 0) -> int:
                 await _wait_usable(daemon)
             print("loading the models …", flush=True)
             await _wait_condition(provider, "runtime-ready", READY_TIMEOUT_S)
+            yield DemoNetwork(root, devnet, procs, relay_url, provider, buyer)
+    finally:
+        await procs.stop()
+
+
+async def run_demo(home: Path, *, smoke: int = 0) -> int:
+    root = home.expanduser().resolve()
+    print(f"starting the demo in {root} (logs: {root}/*.log)", flush=True)
+    try:
+        async with demo_network(root) as net:
+            provider, buyer, procs = net.provider, net.buyer, net.procs
             if smoke:
                 await _go_online(provider)
                 args = argparse.Namespace(
@@ -180,7 +205,7 @@ async def run_demo(home: Path, *, smoke: int = 0) -> int:
                 earnings = (await _call(provider, "provider.status"))["earnings"]
                 jobs, sats = earnings["lifetime_jobs"], earnings["lifetime_sats"]
                 print(f"smoke: {jobs} jobs paid, {sats} sats earned", flush=True)
-                return 0 if rc == 0 and earnings["lifetime_jobs"] == smoke else 1
+                return 0 if rc == 0 and jobs == smoke else 1
             login = (await _call(provider, "web.login_url"))["url"]
             await procs.start(
                 "buyer-loop",
@@ -217,5 +242,3 @@ async def run_demo(home: Path, *, smoke: int = 0) -> int:
         message = exc.message if isinstance(exc, AutopilotError) else "a step timed out"
         print(f"autopilotd demo: {message}", file=sys.stderr)
         return 1
-    finally:
-        await procs.stop()

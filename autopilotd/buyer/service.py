@@ -219,8 +219,8 @@ class Buyer:
         row = await self.row(rid)
         if row["status"] == "paid" and row["provider"] in race.successes:
             await self._update(rid, status="done")
-            self._races.pop(rid, None)
-            await self._resubscribe()
+        # A finished request stays followed until its deadline, so a slower provider's
+        # result still gets its lost-race (see expire()).
         await self._lost_races(row, race)
 
     async def _winner(self, row: dict[str, Any], race: _Race) -> str | None:
@@ -301,8 +301,15 @@ class Buyer:
             )
             for (rid,) in rows:
                 await self._update(rid, status="expired", reason="no provider delivered in time")
+            finished = await self.store.fetchall(
+                "SELECT request_id FROM buy_requests WHERE deadline_at < ? "
+                "AND status IN ('done', 'failed', 'expired')",
+                (now,),
+            )
+            stale = [rid for (rid,) in finished if rid in self._races]
+            for rid in stale:
                 self._races.pop(rid, None)
-            if rows and self.pool is not None:
+            if stale and self.pool is not None:
                 await self._resubscribe()
             await asyncio.sleep(2.0)
 
@@ -321,7 +328,9 @@ class Buyer:
 
     async def resume(self) -> None:
         rows = await self.store.fetchall(
-            "SELECT request_id FROM buy_requests WHERE status IN ('open', 'paying', 'paid')"
+            "SELECT request_id FROM buy_requests WHERE status IN ('open', 'paying', 'paid') "
+            "OR deadline_at > ?",
+            (time.time(),),
         )
         for (rid,) in rows:
             self._races[rid] = _Race()

@@ -25,6 +25,7 @@ from autopilotd.crashpoints import crash_point
 from autopilotd.errors import Conflict, UserError
 from autopilotd.inference.port import InferenceError
 from autopilotd.jobs.store import Job, JobStore, Purpose
+from autopilotd.nostr.events import RawEvent
 from autopilotd.nostr.identity import NostrIdentity
 from autopilotd.nostr.intake import IntakePolicy, RequestValidator
 from autopilotd.nostr.nip90 import (
@@ -54,6 +55,7 @@ from autopilotd.wallet.ledger import PaymentRow
 logger = logging.getLogger(__name__)
 
 HANDLER_D_TAG = "autopilotd"
+KIND_FEEDBACK = 7000
 SERVED = (KIND_TEXT_GENERATION, KIND_EMBEDDINGS)
 MODEL_KIND = {KIND_TEXT_GENERATION: "chat", KIND_EMBEDDINGS: "embeddings"}
 INBOX_ROWS = 20
@@ -233,11 +235,38 @@ class Provider:
     async def intake(self, pool: RelayPool) -> None:
         assert self.validator is not None
         async for incoming in pool.events():
+            if incoming.event.kind == KIND_FEEDBACK:
+                await self.on_feedback(incoming.event)
+                continue
             outcome = self.validator.validate(incoming.event)
             if isinstance(outcome, Rejection):
                 self._publish_jobs()
                 continue
             await self.admit(outcome)
+
+    async def on_feedback(self, event: RawEvent) -> None:
+        """A buyer telling us another provider won its request: our job ends unpaid, visibly.
+
+        Only the job's own buyer can say so (the pool checked the signature); the job must be
+        delivered and unpaid. Anything else is ignored.
+        """
+        status = event.first("status")
+        if status is None or len(status) < 3 or status[1] != "error" or status[2] != "lost-race":
+            return
+        for tag in event.all("e"):
+            job = await self.jobs.get(tag[1]) if len(tag) > 1 else None
+            if job is None or job.buyer_pubkey != event.pubkey or job.stage != "delivered":
+                continue
+            await self.jobs.advance(
+                job.request_id,
+                "delivered_unpaid",
+                reason="lost the race: the buyer paid another provider",
+            )
+            self.rt.events.publish("provider.lost_race", request_id=job.request_id)
+            self.rt.events.publish(
+                "provider.delivered_unpaid", request_id=job.request_id, reason="lost-race"
+            )
+            await self._publish_jobs_async()
 
     async def admit(self, request: JobRequest) -> None:
         row = {
@@ -560,7 +589,14 @@ class ProviderService:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(pool.run())
                 await pool.subscribe(
-                    [SubscriptionFilter(kinds=SERVED, since=int(time.time()) - 600)]
+                    [
+                        SubscriptionFilter(kinds=SERVED, since=int(time.time()) - 600),
+                        SubscriptionFilter(
+                            kinds=(KIND_FEEDBACK,),
+                            p=(p.identity.pubkey_hex,),
+                            since=int(time.time()) - 600,
+                        ),
+                    ]
                 )
                 ready()
                 await p.resume()

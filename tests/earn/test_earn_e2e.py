@@ -117,6 +117,36 @@ async def test_five_paid_jobs(market: Market) -> None:
     assert buyer.ctl("wait", "buy-paid", "--timeout", "5").returncode == 0
 
 
+async def test_two_providers_race_for_one_request(market: Market) -> None:
+    """One is paid; the other gets lost-race and shows its job unpaid, not failed silently."""
+    first, buyer = market.provider, market.buyer
+    second = market.net.daemon("provider2", **market.provider_settings()).start()
+    await market.net.channel(second, 1_000_000, 50_000)
+    second.wait_usable()
+    await _go_online(second)
+    assert first.ctl_json("provider.status")["provider"]["state"] == "online"
+    row = await _buy(buyer, "Race: say one word.")
+    assert row["status"] == "done"
+    rid = row["request_id"]
+    outcome: dict[str, Any] = {}
+    for _ in range(60):
+        outcome = {}
+        for d in (first, second):
+            r = d.ctl("--json", "jobs.get", "--request-id", rid)
+            outcome[d.home.name] = json.loads(r.stdout) if r.returncode == 0 else None
+        stages = sorted(j["stage"] for j in outcome.values() if j)
+        if stages == ["delivered_unpaid", "paid"]:
+            break
+        await asyncio.sleep(0.5)
+    assert stages == ["delivered_unpaid", "paid"], outcome
+    loser = next(j for j in outcome.values() if j and j["stage"] == "delivered_unpaid")
+    assert "lost the race" in loser["reason"]
+    winner = next(j for j in outcome.values() if j and j["stage"] == "paid")
+    assert winner["payment_hash"] == row["payment_hash"]
+    second.ctl("provider.offline")
+    second.stop()
+
+
 async def test_after_a_restart_the_provider_is_offline(market: Market) -> None:
     provider = market.provider
     before = (
