@@ -61,9 +61,9 @@ async def main() -> None:
             "--budget-sats",
             str(PRICE_SATS * 2),
             "--interval",
-            "1",
+            "0.5",
             "--timeout",
-            "15",
+            "5",  # a waiting buyer re-asks soon; requests seen while offline stay previews
             "--max-tokens",
             "16",
         )
@@ -99,7 +99,14 @@ async def main() -> None:
         buyer_events, provider_events = events(net.buyer), events(net.provider)
         processing, result = [], []
         for rid in rids:
-            published = first(buyer_events, "buyer.request_published", rid)
+            published = next(
+                (
+                    e.get("sent_at", e["ts"])
+                    for e in buyer_events
+                    if e["domain_event"] == "buyer.request_published" and e.get("request_id") == rid
+                ),
+                None,
+            )
             running = first(provider_events, "provider.running", rid)
             received = first(buyer_events, "buyer.result_received", rid)
             if published and running:

@@ -141,12 +141,14 @@ class Buyer:
             )
         self._races[rid] = _Race()
         await self._resubscribe()
+        sent_at = time.time()
         report = await self.pool.publish(event)
         self.rt.events.publish(
             "buyer.request_published",
             request_id=rid,
             kind=kind,
             budget_sats=budget_sats,
+            sent_at=sent_at,
             relays_accepted=len(report.accepted),
         )
         if not report.any_accepted:
