@@ -38,6 +38,7 @@ from autopilotd.wallet.port import NodeError
 
 logger = logging.getLogger(__name__)
 
+PAY_RETRY_S = 5.0
 COLUMNS = (
     "request_id, kind, prompt, budget_msat, status, provider, result, payment_hash, reason, "
     "created_at, updated_at, deadline_at"
@@ -53,6 +54,7 @@ class _Race:
     successes: set[str] = field(default_factory=set)
     errors: dict[str, str] = field(default_factory=dict)
     lost_race_sent: set[str] = field(default_factory=set)
+    retry_at: float = 0.0
 
 
 class Buyer:
@@ -214,7 +216,7 @@ class Buyer:
     async def _step(self, rid: str) -> None:
         race = self._races[rid]
         row = await self.row(rid)
-        if row["status"] == "open":
+        if row["status"] == "open" and time.time() >= race.retry_at:
             winner = await self._winner(row, race)
             if winner is not None:
                 await self._pay(row, race, winner)
@@ -261,7 +263,7 @@ class Buyer:
                 invoice.bolt11, None, None, description=f"nip90 {rid[:16]}"
             )
         except UserError as exc:
-            await self._update(rid, status="failed", reason=f"payment failed: {exc.message}")
+            await self._payment_failed(row, race, f"payment failed: {exc.message}")
             return
         if paid["status"] == "succeeded":
             await self._update(rid, status="paid")
@@ -272,9 +274,19 @@ class Buyer:
                 payment_hash=paid["payment_hash"],
             )
         elif paid["status"] == "failed":
-            await self._update(
-                rid, status="failed", reason=f"payment failed: {paid.get('failure')}"
-            )
+            await self._payment_failed(row, race, f"payment failed: {paid.get('failure')}")
+
+    async def _payment_failed(self, row: dict[str, Any], race: _Race, reason: str) -> None:
+        """Retry the same invoice until the deadline: the payee may be restarting.
+
+        The wallet pays an invoice at most once, so a retry can never pay twice.
+        """
+        rid = row["request_id"]
+        if time.time() + PAY_RETRY_S < row["deadline_at"]:
+            race.retry_at = time.time() + PAY_RETRY_S
+            await self._update(rid, status="open", reason=f"{reason}; retrying")
+        else:
+            await self._update(rid, status="failed", reason=reason)
 
     async def _lost_races(self, row: dict[str, Any], race: _Race) -> None:
         winner = row["provider"]
@@ -308,6 +320,8 @@ class Buyer:
                 "AND status IN ('done', 'failed', 'expired')",
                 (now,),
             )
+            if any(r.retry_at for r in self._races.values()):
+                self._wake.set()  # let due payment retries run
             stale = [rid for (rid,) in finished if rid in self._races]
             for rid in stale:
                 self._races.pop(rid, None)

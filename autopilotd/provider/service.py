@@ -338,9 +338,27 @@ class Provider:
         accepted = await self.jobs.record_publish(item.id, _outcomes(report))
         return accepted > 0
 
+    async def _parts_ready(self, timeout: float = 300.0) -> bool:
+        """Wait until the wallet and a model are ready (after a restart, resumed jobs wait)."""
+        snapshot = self.rt.state.current
+        deadline = time.monotonic() + timeout
+        while any(b.id in ("wallet", "model") for b in self.blockers()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            snapshot = await self.rt.state.wait_for_change(snapshot.seq, min(left, 5.0))
+        return True
+
     async def work(self) -> None:
         while True:
             request_id = await self._queue.get()
+            if not await self._parts_ready():
+                job = await self.jobs.get(request_id)
+                if job is not None and job.stage in ("received", "accepted", "running"):
+                    await self.jobs.advance(
+                        request_id, "failed", reason="the wallet or the model did not get ready"
+                    )
+                continue
             self._active[request_id] = "accepted"
             try:
                 await self.run_job(request_id)

@@ -41,7 +41,7 @@ async def _go_online(provider: WalletDaemon) -> dict[str, Any]:
     raise AssertionError(f"could not go online: {last}")
 
 
-async def _buy(buyer: WalletDaemon, prompt: str, timeout_s: int = 120) -> dict[str, Any]:
+def _buy_start(buyer: WalletDaemon, prompt: str, timeout_s: int = 120) -> str:
     req = buyer.ctl_json(
         "buy.submit",
         "--prompt",
@@ -53,13 +53,20 @@ async def _buy(buyer: WalletDaemon, prompt: str, timeout_s: int = 120) -> dict[s
         "--timeout-s",
         str(timeout_s),
     )
-    rid = req["request_id"]
+    return str(req["request_id"])
+
+
+async def _wait_buy(buyer: WalletDaemon, rid: str, timeout_s: int = 120) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s + 30
     while time.monotonic() < deadline:
-        row = buyer.ctl_json("buy.wait", "--request-id", rid, "--timeout-s", "20")
+        row: dict[str, Any] = buyer.ctl_json("buy.wait", "--request-id", rid, "--timeout-s", "20")
         if row["status"] in ("done", "failed", "expired"):
             return row
     raise AssertionError(f"request {rid} never finished")
+
+
+async def _buy(buyer: WalletDaemon, prompt: str, timeout_s: int = 120) -> dict[str, Any]:
+    return await _wait_buy(buyer, _buy_start(buyer, prompt, timeout_s), timeout_s)
 
 
 def _domain_events(d: WalletDaemon) -> list[dict[str, Any]]:
