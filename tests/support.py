@@ -15,6 +15,8 @@ from typing import Any
 
 from autopilotd.ctl.client import Endpoint, RpcClient
 from autopilotd.paths import Paths
+from autopilotd.runtime.daemon import Adapters
+from autopilotd.wallet.fake import FakeNetwork, FakeNode
 
 BIN = Path(sys.executable).parent
 
@@ -94,3 +96,18 @@ def start_daemon_process(
         assert time.monotonic() < deadline, "daemon did not write its manifest in 30 s"
         time.sleep(0.05)
     return DaemonProcess(home, proc)
+
+
+async def wallet_daemon(
+    factory: DaemonFactory, net: FakeNetwork, name: str, balance_msat: int
+) -> tuple[InProcessDaemon, FakeNode]:
+    """An in-process daemon whose wallet is the fake node `name` on `net`, ready."""
+    node = FakeNode(net, name, balance_msat)
+    d = await factory(
+        adapters=Adapters(node_factory=lambda mnemonic: node),
+        wallet_network="regtest",
+        wallet_bitcoind_rpc_url="http://u:p@127.0.0.1:1",
+    )
+    result = await d.call("wait.until", {"condition": "wallet-ready", "timeout_s": 10})
+    assert result["met"]
+    return d, node

@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import DaemonFactory, InProcessDaemon
+from support import DaemonFactory, InProcessDaemon, wallet_daemon
 
 from autopilotd.ctl.client import RpcError
 from autopilotd.errors import UserError
 from autopilotd.runtime.daemon import Adapters
 from autopilotd.store import Store
-from autopilotd.wallet.fake import FakeNetwork, FakeNode
+from autopilotd.wallet.fake import FakeNetwork
 from autopilotd.wallet.ledger import Ledger, preimage_matches
 from autopilotd.wallet.seed import import_seed, load_or_create_seed, seed_path
 
@@ -38,25 +38,11 @@ def net() -> FakeNetwork:
     return FakeNetwork()
 
 
-async def _wallet_daemon(
-    factory: DaemonFactory, net: FakeNetwork, name: str, balance_msat: int
-) -> tuple[InProcessDaemon, FakeNode]:
-    node = FakeNode(net, name, balance_msat)
-    d = await factory(
-        adapters=Adapters(node_factory=lambda mnemonic: node),
-        wallet_network="regtest",
-        wallet_bitcoind_rpc_url="http://u:p@127.0.0.1:1",
-    )
-    result = await d.call("wait.until", {"condition": "wallet-ready", "timeout_s": 10})
-    assert result["met"]
-    return d, node
-
-
 async def test_pay_credits_once_and_repeats_return_the_first_result(
     daemon_factory: DaemonFactory, net: FakeNetwork
 ) -> None:
-    provider, _ = await _wallet_daemon(daemon_factory, net, "provider", 0)
-    buyer, bnode = await _wallet_daemon(daemon_factory, net, "buyer", 100_000_000)
+    provider, _ = await wallet_daemon(daemon_factory, net, "provider", 0)
+    buyer, bnode = await wallet_daemon(daemon_factory, net, "buyer", 100_000_000)
     inv = await provider.call("wallet.receive", {"amount_sats": 1000, "description": "job"})
     first = await buyer.call("wallet.pay", {"bolt11": inv["bolt11"]})
     assert first["status"] == "succeeded" and first["settled"] and not first["repeated"]
@@ -87,8 +73,8 @@ async def test_concurrent_withdrawals_cannot_overdraw(
     daemon_factory: DaemonFactory, net: FakeNetwork
 ) -> None:
     """T5: 50 concurrent sends of 60 % of the balance: exactly one goes through."""
-    payee, _ = await _wallet_daemon(daemon_factory, net, "payee", 0)
-    payer, node = await _wallet_daemon(daemon_factory, net, "payer", 1_000_000)  # 1000 sats
+    payee, _ = await wallet_daemon(daemon_factory, net, "payee", 0)
+    payer, node = await wallet_daemon(daemon_factory, net, "payer", 1_000_000)  # 1000 sats
     invoices = [
         (await payee.call("wallet.receive", {"amount_sats": 600}))["bolt11"] for _ in range(50)
     ]
@@ -118,8 +104,8 @@ async def test_concurrent_withdrawals_cannot_overdraw(
 async def test_fee_cap_refuses_and_releases_the_reserve(
     daemon_factory: DaemonFactory, net: FakeNetwork
 ) -> None:
-    payee, _ = await _wallet_daemon(daemon_factory, net, "payee", 0)
-    payer, node = await _wallet_daemon(daemon_factory, net, "payer", 1_000_000)
+    payee, _ = await wallet_daemon(daemon_factory, net, "payee", 0)
+    payer, node = await wallet_daemon(daemon_factory, net, "payer", 1_000_000)
     net.fee_msat = 50_000  # the route costs 50 sats
     inv = await payee.call("wallet.receive", {"amount_sats": 100})
     result = await payer.call("wallet.pay", {"bolt11": inv["bolt11"], "max_fee_sats": 5})
@@ -133,8 +119,8 @@ async def test_fee_cap_refuses_and_releases_the_reserve(
 
 
 async def test_bad_input_gets_clear_errors(daemon_factory: DaemonFactory, net: FakeNetwork) -> None:
-    payee, _ = await _wallet_daemon(daemon_factory, net, "payee", 0)
-    payer, node = await _wallet_daemon(daemon_factory, net, "payer", 10_000)
+    payee, _ = await wallet_daemon(daemon_factory, net, "payee", 0)
+    payer, node = await wallet_daemon(daemon_factory, net, "payer", 10_000)
     inv = await payee.call("wallet.receive", {"amount_sats": 5})
     cases = [
         ({"bolt11": "lnbc1garbage"}, "not a valid BOLT11"),
@@ -191,8 +177,8 @@ async def test_ledger_rules(tmp_path: Path) -> None:
 
 async def test_reconcile_after_a_crash(daemon_factory: DaemonFactory, net: FakeNetwork) -> None:
     """M2: an intent the node never saw is closed as not sent; one the node took is recorded."""
-    payee, _ = await _wallet_daemon(daemon_factory, net, "payee", 0)
-    payer, node = await _wallet_daemon(daemon_factory, net, "payer", 1_000_000)
+    payee, _ = await wallet_daemon(daemon_factory, net, "payee", 0)
+    payer, node = await wallet_daemon(daemon_factory, net, "payer", 1_000_000)
     inv1 = await payee.call("wallet.receive", {"amount_sats": 10})
     inv2 = await payee.call("wallet.receive", {"amount_sats": 20})
     await payer.stop()

@@ -12,7 +12,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from autopilotd.devnet.ports import LOOPBACK
+from autopilotd.wallet.ldk_adapter import ChainSource as WalletChainSource
+from autopilotd.wallet.ldk_adapter import NodeSettings, build_node
 
 
 @dataclass(frozen=True)
@@ -55,19 +56,14 @@ def build_regtest_node(
     through the async-payments server role, which also lets the node hold HTLCs that ask
     for it (async payments) and serve static invoices; plain payments are unaffected.
     """
-    ldk = ldk_node_module()
-    storage_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    config = ldk.default_config()
-    config.storage_dir_path = str(storage_dir)
-    config.network = ldk.Network.REGTEST
-    config.listening_addresses = [f"{LOOPBACK}:{listen_port}"]
-    if trusted_peers_no_reserve and config.anchor_channels_config is not None:
-        config.anchor_channels_config.trusted_peers_no_reserve = list(trusted_peers_no_reserve)
-    builder = ldk.Builder.from_config(config)
-    builder.set_chain_source_bitcoind_rpc(chain.host, chain.port, chain.user, chain.password)
-    builder.set_filesystem_logger(str(storage_dir / "ldk_node.log"), ldk.LogLevel.DEBUG)
-    if alias:
-        builder.set_node_alias(alias)
-    if forward_to_unannounced_channels:
-        builder.set_async_payments_role(ldk.AsyncPaymentsRole.SERVER)
-    return builder.build()
+    settings = NodeSettings(
+        network="regtest",
+        storage_dir=storage_dir,
+        listen_port=listen_port,
+        chain=WalletChainSource(chain.host, chain.port, chain.user, chain.password),
+        alias=alias,
+        trusted_peers_no_reserve=tuple(trusted_peers_no_reserve),
+        forward_to_unannounced_channels=forward_to_unannounced_channels,
+        log_level="DEBUG",
+    )
+    return build_node(settings)

@@ -91,6 +91,8 @@ class NodeSettings:
     chain: ChainSource
     alias: str | None = None
     trusted_peers_no_reserve: tuple[str, ...] = ()
+    forward_to_unannounced_channels: bool = False  # an LSP's switch (the devnet hub sets it)
+    log_level: str = "INFO"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -123,11 +125,17 @@ def build_node(settings: NodeSettings, mnemonic: str | None = None) -> Any:
         )
     elif chain.esplora_url:
         builder.set_chain_source_esplora(chain.esplora_url, None)
-    builder.set_filesystem_logger(str(settings.storage_dir / "ldk_node.log"), ldk.LogLevel.INFO)
+    builder.set_filesystem_logger(
+        str(settings.storage_dir / "ldk_node.log"), getattr(ldk.LogLevel, settings.log_level)
+    )
     if mnemonic is not None:
         builder.set_entropy_bip39_mnemonic(mnemonic, None)
     if settings.alias:
         builder.set_node_alias(settings.alias)
+    if settings.forward_to_unannounced_channels:
+        # LDK refuses to forward into unannounced channels by default; ldk-node 0.7's bindings
+        # reach that switch only through the async-payments server role (see docs/devnet.md).
+        builder.set_async_payments_role(ldk.AsyncPaymentsRole.SERVER)
     return builder.build()
 
 

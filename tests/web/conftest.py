@@ -10,10 +10,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from support import DaemonFactory, InProcessDaemon
+from support import InProcessDaemon
 
-from autopilotd.runtime.daemon import Adapters
-from autopilotd.wallet.fake import FakeNetwork, FakeNode
+from autopilotd.wallet.fake import FakeNetwork
 
 CSRF_RE = re.compile(r"hx-headers='([^']*)'")
 
@@ -101,17 +100,3 @@ async def web(daemon: InProcessDaemon, web_login: Any) -> WebClient:
 @pytest.fixture
 def net() -> FakeNetwork:
     return FakeNetwork()
-
-
-async def wallet_daemon(
-    factory: DaemonFactory, net: FakeNetwork, name: str, balance_msat: int
-) -> tuple[InProcessDaemon, FakeNode]:
-    node = FakeNode(net, name, balance_msat)
-    d = await factory(
-        adapters=Adapters(node_factory=lambda mnemonic: node),
-        wallet_network="regtest",
-        wallet_bitcoind_rpc_url="http://u:p@127.0.0.1:1",
-    )
-    result = await d.call("wait.until", {"condition": "wallet-ready", "timeout_s": 10})
-    assert result["met"]
-    return d, node

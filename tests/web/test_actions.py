@@ -6,7 +6,7 @@ import asyncio
 import json
 from typing import Any
 
-from support import DaemonFactory, InProcessDaemon
+from support import DaemonFactory, InProcessDaemon, wallet_daemon
 
 from autopilotd.registry import Registry
 from autopilotd.runtime.context import Runtime
@@ -14,7 +14,7 @@ from autopilotd.wallet.commands import REVEAL_CONFIRMATION
 from autopilotd.wallet.fake import FakeNetwork
 from autopilotd.web.params import from_form
 
-from .conftest import WebClient, wallet_daemon
+from .conftest import WebClient
 
 PROBE = (
     '<script>window.__xss = 1</script><img src=x onerror="window.__xss = 2">'

@@ -11,13 +11,12 @@ from typing import Any
 
 import pytest
 from aiohttp import web as aioweb
-from support import DaemonFactory, InProcessDaemon
+from support import DaemonFactory, InProcessDaemon, wallet_daemon
 
 from autopilotd.wallet.fake import FakeNetwork
 from autopilotd.web.catalog import PANES
 
 from .browser import artifact, chromium
-from .conftest import wallet_daemon
 from .test_actions import PROBE
 
 pytestmark = pytest.mark.timeout(120)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import DaemonFactory
+from support import DaemonFactory, wallet_daemon
 
 from autopilotd.errors import UserError
 from autopilotd.wallet.fake import FakeNetwork
@@ -19,7 +19,7 @@ from autopilotd.web.panes import View
 from autopilotd.web.sources import alerts, earning
 from autopilotd.web.views import WebUI
 
-from .conftest import WebClient, wallet_daemon
+from .conftest import WebClient
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "autopilotd" / "web" / "templates"
 TAG_RE = re.compile(r"<[^>]+>")
