@@ -10,7 +10,6 @@ a crash, kills what the pid files name.
 """
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -23,26 +22,13 @@ from typing import Self
 from autopilotd.devnet.client import DevnetClient, DevnetError
 from autopilotd.devnet.ldk import ChainSource
 from autopilotd.devnet.state import DevnetInfo, DevnetLayout, read_info, read_pid
+from autopilotd.manifest import pid_alive
 
 logger = logging.getLogger(__name__)
 
 SUPERVISOR_MODULE = "autopilotd.devnet.supervisor"
 UP_TIMEOUT_S = 180.0
 DOWN_TIMEOUT_S = 30.0
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether `pid` names a live (not zombie) process."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    with contextlib.suppress(OSError):
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    return True
 
 
 def _pid_runs(pid: int, needle: str) -> bool:

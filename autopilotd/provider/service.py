@@ -269,6 +269,8 @@ class Provider:
             await self._publish_jobs_async()
 
     async def admit(self, request: JobRequest) -> None:
+        if request.pubkey == self.identity.pubkey_hex:
+            return  # our own request as a buyer: not a job for us, not even a preview
         row = {
             "request_id": request.id,
             "kind": request.kind,

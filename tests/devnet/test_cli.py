@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from autopilotd.devnet.coins import MinerKey
-from autopilotd.devnet.network import Devnet, pid_alive
+from autopilotd.devnet.network import Devnet
+from autopilotd.manifest import pid_alive
 
 
 def devnet(directory: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
