@@ -173,7 +173,12 @@ def test_encrypted_round_trip(
         private = [["i", "secret prompt", "text"], ["param", "max_tokens", "8"], ["bid", "3000"]]
         content = crypto.encrypt(buyer, provider.pubkey_hex, compact_json(private), "nip04")
         tags = [sdk.Tag.parse(["p", provider.pubkey_hex]), sdk.Tag.parse(["encrypted"])]
-        event = sdk.EventBuilder(sdk.Kind(5050), content).tags(tags).finalize(buyer.keys)
+        event = (
+            sdk.EventBuilder(sdk.Kind(5050), content)
+            .tags(tags)
+            .custom_created_at(sdk.Timestamp.from_secs(NOW))  # the validator's clock, not now
+            .finalize(buyer.keys)
+        )
     assert "secret prompt" not in event.as_json()
     req = _accept(validator, event)
     assert req.encrypted and req.scheme == scheme
