@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import dataclasses
 import logging
 import os
@@ -32,6 +33,18 @@ logger = logging.getLogger(__name__)
 POLL_S = 2.0
 START_TIMEOUT_S = 300.0
 MAX_RESTARTS = 3
+
+
+def die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when the daemon dies, even by SIGKILL.
+
+    psionic runs in its own session (so the daemon can stop its whole process group), which
+    also means nothing else would stop it if the daemon were killed: a restart would then find
+    a second psionic holding the memory. Elsewhere this is a no-op.
+    """
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def psionic_command() -> list[str]:
@@ -160,6 +173,7 @@ class LocalRuntimeService:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=die_with_parent,
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
         client = PsionicClient(url)
