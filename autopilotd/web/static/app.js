@@ -156,6 +156,22 @@
     connect();
   }
 
+  // A live refresh sent before the user typed in a kept field (a filter) would put back the
+  // old value and drop what they typed: discard that answer and ask again with the new one.
+  document.body.addEventListener("htmx:beforeSwap", (e) => {
+    const target = e.detail.target;
+    if (!target || !target.dataset || !target.dataset.live) return;
+    const path = (e.detail.pathInfo && e.detail.pathInfo.finalRequestPath) || "";
+    const sent = new URLSearchParams(path.split("?")[1] || "");
+    for (const input of target.querySelectorAll(".keep[name]")) {
+      if ((sent.get(input.name) || "") !== input.value) {
+        e.detail.shouldSwap = false;
+        refresh(target);
+        return;
+      }
+    }
+  });
+
   document.body.addEventListener("htmx:responseError", (e) => {
     if (e.detail.xhr && e.detail.xhr.status === 401) location.reload();
   });
