@@ -73,6 +73,11 @@ class Config:
         return out
 
 
+def split_list(value: str) -> tuple[str, ...]:
+    """A comma-separated setting (relays, peers …) as its non-empty, trimmed items."""
+    return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
 def _settable_fields() -> dict[str, dataclasses.Field[Any]]:
     return {f.name: f for f in dataclasses.fields(Config) if not f.metadata.get("internal")}
 
@@ -154,7 +159,7 @@ def _validate(config: Config) -> None:
     if config.wallet_network in ("signet", "bitcoin") and not config.wallet_esplora_url:
         raise UserError(f"wallet_network = {config.wallet_network} needs wallet_esplora_url")
     wallet_on = config.wallet_network != "off"
-    for entry in filter(None, (e.strip() for e in config.wallet_peers.split(","))):
+    for entry in split_list(config.wallet_peers):
         node_id, _, address = entry.partition("@")
         if len(node_id) != 66 or ":" not in address:
             raise UserError(f"wallet_peers entry '{entry}' must be node_id@host:port")
@@ -164,7 +169,7 @@ def _validate(config: Config) -> None:
         raise UserError("runtime_mode must be one of off, spawn, url")
     if config.runtime_mode == "url" and not config.runtime_url.startswith("http://"):
         raise UserError("runtime_mode = url needs runtime_url = http://127.0.0.1:PORT")
-    for url in filter(None, (u.strip() for u in config.relays.split(","))):
+    for url in split_list(config.relays):
         if not url.startswith(("ws://", "wss://")):
             raise UserError(f"relay '{url}' must be a ws:// or wss:// URL")
     if config.provider_price_sats < 1 or config.provider_max_inflight < 1:

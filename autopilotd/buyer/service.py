@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from autopilotd.config import split_list
 from autopilotd.errors import NotFound, UserError
 from autopilotd.nostr.nip90 import (
     KIND_EMBEDDINGS,
@@ -30,7 +31,6 @@ from autopilotd.nostr.nip90 import (
 )
 from autopilotd.nostr.pool import RelayPool
 from autopilotd.nostr.port import PoolConfig, SubscriptionFilter
-from autopilotd.provider.service import _relays
 from autopilotd.runtime.context import Runtime
 from autopilotd.runtime.snapshot import BuyerSection
 from autopilotd.store import Store
@@ -361,7 +361,7 @@ class BuyerService:
 
     async def run(self, ready: Callable[[], None]) -> None:
         b = self.buyer
-        pool = RelayPool(PoolConfig(relays=_relays(b.rt.config.relays)))
+        pool = RelayPool(PoolConfig(relays=split_list(b.rt.config.relays)))
         b.pool = pool
         try:
             async with asyncio.TaskGroup() as tg:

@@ -16,8 +16,8 @@ from types import TracebackType
 from typing import Self
 
 from autopilotd.devnet.buildcache import find_btcd_bin
-from autopilotd.devnet.ports import LOOPBACK
 from autopilotd.devnet.rpc import BtcdRpc, RpcError
+from autopilotd.loopback import LOOPBACK
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from aiohttp import web
 from autopilotd.devnet.coins import FaucetError
 from autopilotd.devnet.hub import HubError
 from autopilotd.devnet.operations import DevnetOperations
-from autopilotd.devnet.ports import LOOPBACK
+from autopilotd.loopback import LOOPBACK
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from autopilotd.devnet.ldk import ChainSource, build_regtest_node, ldk_node_module
-from autopilotd.devnet.ports import LOOPBACK
+from autopilotd.loopback import LOOPBACK
 
 logger = logging.getLogger(__name__)
 

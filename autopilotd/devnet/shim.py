@@ -24,7 +24,6 @@ import aiohttp
 from aiohttp import web
 
 from autopilotd.devnet.headers import NULL_HASH, HeaderIndex, chainwork_hex
-from autopilotd.devnet.ports import LOOPBACK
 from autopilotd.devnet.rpc import (
     RPC_INVALID_ADDRESS_OR_KEY,
     RPC_INVALID_REQUEST,
@@ -34,6 +33,7 @@ from autopilotd.devnet.rpc import (
     BtcdRpc,
     RpcError,
 )
+from autopilotd.loopback import LOOPBACK
 
 logger = logging.getLogger(__name__)
 

@@ -25,9 +25,9 @@ from autopilotd.devnet.control import serve_control
 from autopilotd.devnet.hub import HubNode
 from autopilotd.devnet.ldk import ChainSource, ldk_node_module
 from autopilotd.devnet.operations import INITIAL_BLOCKS, DevnetOperations
-from autopilotd.devnet.ports import LOOPBACK, free_port
 from autopilotd.devnet.shim import BitcoindShim, serve_shim
 from autopilotd.devnet.state import DevnetInfo, DevnetLayout, write_info, write_pid
+from autopilotd.loopback import LOOPBACK, free_port
 
 logger = logging.getLogger(__name__)
 

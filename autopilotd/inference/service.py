@@ -24,9 +24,9 @@ from pathlib import Path
 
 from autopilotd.inference.port import Inference, InferenceError, RuntimeStatus
 from autopilotd.inference.psionic_http import PsionicClient
+from autopilotd.loopback import free_port
 from autopilotd.runtime.context import Runtime
 from autopilotd.runtime.snapshot import LocalRuntimeSection, ModelView, RuntimeState
-from autopilotd.wallet.ldk_adapter import free_port
 
 logger = logging.getLogger(__name__)
 

@@ -19,12 +19,13 @@ import contextlib
 import ipaddress
 import logging
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import nostr_sdk as sdk
+
+from autopilotd.loopback import free_port
 
 logger = logging.getLogger(__name__)
 
@@ -48,15 +49,6 @@ def check_loopback(host: str) -> str:
     except ValueError:
         pass
     raise RelayStartError(f"the local relay binds to loopback only, not {host!r}")
-
-
-def free_port(host: str = DEFAULT_HOST) -> int:
-    """A port that was free a moment ago (the SDK does not report the port it picks for 0)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from typing import Any
 
 import nostr_sdk as sdk
 
+from autopilotd.config import split_list
 from autopilotd.crashpoints import crash_point
 from autopilotd.errors import Conflict, UserError
 from autopilotd.inference.port import InferenceError
@@ -66,10 +67,6 @@ HANDLER_REFRESH_S = 600.0
 
 def _outcomes(report: PublishReport) -> dict[str, str]:
     return {a.url: str(getattr(a.outcome, "value", a.outcome)) for a in report.answers}
-
-
-def _relays(config_relays: str) -> tuple[str, ...]:
-    return tuple(u.strip() for u in config_relays.split(",") if u.strip())
 
 
 class Provider:
@@ -132,7 +129,7 @@ class Provider:
                     s.local_runtime.next_step or "wait for psionic to load its models",
                 )
             )
-        if not _relays(self.rt.config.relays):
+        if not split_list(self.rt.config.relays):
             out.append(Blocker("relays", "no relays configured", "set relays in config.toml"))
         elif not any(r.connected for r in s.relays):
             out.append(
@@ -603,7 +600,7 @@ class ProviderService:
             max_inflight=cfg.provider_max_inflight,
         )
         p.rt.wallet.receive_listeners.append(p.on_wallet_receipt)
-        pool = RelayPool(PoolConfig(relays=_relays(cfg.relays)), on_health=p.on_health)
+        pool = RelayPool(PoolConfig(relays=split_list(cfg.relays)), on_health=p.on_health)
         p.pool = pool
         try:
             async with asyncio.TaskGroup() as tg:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +18,9 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from autopilotd.blocking import in_daemon_thread
-from autopilotd.config import Config
+from autopilotd.config import Config, split_list
 from autopilotd.errors import StartupCheckFailed
+from autopilotd.loopback import free_port
 from autopilotd.paths import private_dir
 from autopilotd.wallet.port import (
     Balances,
@@ -93,12 +93,6 @@ class NodeSettings:
     trusted_peers_no_reserve: tuple[str, ...] = ()
     forward_to_unannounced_channels: bool = False  # an LSP's switch (the devnet hub sets it)
     log_level: str = "INFO"
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def build_node(settings: NodeSettings, mnemonic: str | None = None) -> Any:
@@ -319,9 +313,7 @@ def ldk_node_factory(config: Config) -> Callable[[str], LightningNode]:
             storage_dir=config.paths.data_dir / "wallet" / "ldk",
             listen_port=port,
             chain=ChainSource.from_config(config),
-            trusted_peers_no_reserve=tuple(
-                p.strip() for p in config.wallet_trusted_peers_no_reserve.split(",") if p.strip()
-            ),
+            trusted_peers_no_reserve=split_list(config.wallet_trusted_peers_no_reserve),
         )
         return LdkNode(settings, mnemonic)
 

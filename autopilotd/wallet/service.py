@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from autopilotd.config import split_list
 from autopilotd.crashpoints import crash_point
 from autopilotd.errors import NotReady, UserError
 from autopilotd.runtime.context import Runtime
@@ -136,8 +137,8 @@ class Wallet:
 
         A peer that cannot be reached now is logged, not fatal: the node keeps retrying it.
         """
-        for entry in self.rt.config.wallet_peers.split(","):
-            node_id, _, address = entry.strip().partition("@")
+        for entry in split_list(self.rt.config.wallet_peers):
+            node_id, _, address = entry.partition("@")
             if not node_id or not address:
                 continue
             try:

@@ -12,9 +12,9 @@ import pytest
 from autopilotd.devnet.btcd import BtcdConfig, BtcdProcess
 from autopilotd.devnet.buildcache import BinaryNotFound, find_btcd_bin
 from autopilotd.devnet.coins import Faucet, MinerKey
-from autopilotd.devnet.ports import free_port
 from autopilotd.devnet.rpc import BtcdRpc, basic_auth_header
 from autopilotd.devnet.shim import BitcoindShim, serve_shim
+from autopilotd.loopback import free_port
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from autopilotd.devnet.ldk import ChainSource, build_regtest_node, ldk_node_module
-from autopilotd.devnet.ports import LOOPBACK, free_port
+from autopilotd.loopback import LOOPBACK, free_port
 
 
 @dataclass

@@ -7,9 +7,9 @@ import aiohttp
 from autopilotd.devnet.btcd import BtcdConfig, BtcdProcess
 from autopilotd.devnet.coins import COINBASE_MATURITY, MinerKey
 from autopilotd.devnet.headers import work_from_bits
-from autopilotd.devnet.ports import free_port
 from autopilotd.devnet.rpc import basic_auth_header
 from autopilotd.devnet.shim import BitcoindShim, serve_shim
+from autopilotd.loopback import free_port
 
 from .conftest import Chain, ShimClient
 
