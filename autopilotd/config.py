@@ -3,23 +3,41 @@
 The file is `config.toml` in the config directory; every field can be overridden by an
 environment variable `AUTOPILOTD_<FIELD>` (upper case). The result is passed explicitly to
 whoever needs it; there are no module-global settings.
+
+A few fields are editable while the daemon runs (`settings.update`); each one declares in its
+metadata whether a new value applies now or when autopilotd restarts. `Config.updated` checks a
+change by the same rules as loading, and `save_settings` writes it into `config.toml` keeping
+the user's other keys and comments (tomlkit), atomically and 0600.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import tomlkit
+import tomlkit.exceptions
 
 from autopilotd.errors import UserError
-from autopilotd.paths import Paths
+from autopilotd.paths import Paths, private_dir, write_private_atomic
 
 ENV_PREFIX = "AUTOPILOTD_"
+
+Applies = Literal["now", "restart"]
+"""When a setting saved while the daemon runs takes effect."""
+
+
+def _editable(default: Any, applies: Applies) -> Any:
+    return field(default=default, metadata={"applies": applies})
 
 
 @dataclass(frozen=True)
@@ -40,7 +58,7 @@ class Config:
     log_keep_bytes: int = 64 << 20
     log_level: str = "INFO"
     # Wallet: "off", or the Bitcoin network its Lightning node runs on.
-    wallet_network: str = "off"
+    wallet_network: str = _editable("off", "restart")
     wallet_bitcoind_rpc_url: str = ""  # regtest/devnet: http://user:password@host:port
     wallet_esplora_url: str = ""  # signet/bitcoin chain source
     wallet_listen_port: int = 0  # Lightning peer port on loopback; 0 picks a free one
@@ -51,9 +69,9 @@ class Config:
     )
     wallet_pay_wait_s: float = 20.0  # how long wallet.pay waits for the outcome before answering
     # The earn loop: relays, price and capacity.
-    relays: str = ""  # ws:// URLs, comma-separated
-    provider_price_sats: int = 10  # the ask per job; bids below it are refused
-    provider_max_inflight: int = 1  # jobs run at once
+    relays: str = _editable("", "now")  # ws:// URLs, comma-separated
+    provider_price_sats: int = _editable(10, "now")  # the ask per job; bids below it are refused
+    provider_max_inflight: int = _editable(1, "restart")  # jobs run at once
     provider_queue_size: int = 8  # accepted jobs waiting to run; more are refused as busy
     provider_max_tokens: int = 256  # cap on a text-generation job's max_tokens
     provider_payment_timeout_s: float = 300.0  # after this a delivered job ends delivered_unpaid
@@ -72,10 +90,59 @@ class Config:
             out[f.name] = getattr(self, f.name)
         return out
 
+    def updated(self, changes: Mapping[str, Any], source: str) -> Config:
+        """This config with `changes`, coerced and validated exactly as `load_config` does."""
+        fields = _settable_fields()
+        hints = typing.get_type_hints(Config)
+        values: dict[str, Any] = {}
+        for name, value in changes.items():
+            if name not in fields:
+                raise UserError(f"{source}: unknown setting '{name}'")
+            values[name] = _coerce(name, hints[name], value, source)
+        if "relays" in values:  # one spelling, so an unchanged list compares equal
+            values["relays"] = ", ".join(dict.fromkeys(split_list(values["relays"])))
+        config = dataclasses.replace(self, **values)
+        _validate(config)
+        return config
+
 
 def split_list(value: str) -> tuple[str, ...]:
     """A comma-separated setting (relays, peers …) as its non-empty, trimmed items."""
     return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def editable_settings() -> dict[str, Applies]:
+    """The settings `settings.update` may change, each with when a new value applies."""
+    return {
+        f.name: f.metadata["applies"] for f in dataclasses.fields(Config) if "applies" in f.metadata
+    }
+
+
+def env_name(setting: str) -> str:
+    return ENV_PREFIX + setting.upper()
+
+
+def env_overrides(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Settings fixed by an `AUTOPILOTD_*` variable, each with the variable's name."""
+    env = os.environ if env is None else env
+    return {name: env_name(name) for name in _settable_fields() if env_name(name) in env}
+
+
+def save_settings(path: Path, values: Mapping[str, Any]) -> None:
+    """Set `values` in the TOML file at `path`, keeping its other keys and comments.
+
+    The file is replaced atomically (temp file, fsync, rename) with mode 0600. A file that is
+    not valid TOML is left alone: the user has to fix it first.
+    """
+    text = path.read_text(encoding="utf-8") if path.exists() else ""
+    try:
+        doc = tomlkit.parse(text)
+    except tomlkit.exceptions.ParseError as exc:
+        raise UserError(f"{path}: not valid TOML ({exc}); fix it before saving settings") from None
+    for name, value in values.items():
+        doc[name] = value
+    private_dir(path.parent)
+    write_private_atomic(path, tomlkit.dumps(doc).encode("utf-8"))
 
 
 def _settable_fields() -> dict[str, dataclasses.Field[Any]]:
@@ -131,9 +198,9 @@ def load_config(paths: Paths, env: Mapping[str, str] | None = None) -> Config:
                 raise UserError(f"{paths.config_file}: unknown setting '{key}'")
             values[key] = _coerce(key, hints[key], value, str(paths.config_file))
     for name in fields:
-        raw = env.get(ENV_PREFIX + name.upper())
+        raw = env.get(env_name(name))
         if raw is not None:
-            values[name] = _coerce(name, hints[name], raw, ENV_PREFIX + name.upper())
+            values[name] = _coerce(name, hints[name], raw, env_name(name))
     config = Config(paths=paths, **values)
     _validate(config)
     return config
@@ -170,9 +237,20 @@ def _validate(config: Config) -> None:
     if config.runtime_mode == "url" and not config.runtime_url.startswith("http://"):
         raise UserError("runtime_mode = url needs runtime_url = http://127.0.0.1:PORT")
     for url in split_list(config.relays):
-        if not url.startswith(("ws://", "wss://")):
+        if not url.startswith(("ws://", "wss://")) or not _has_host(url):
             raise UserError(f"relay '{url}' must be a ws:// or wss:// URL")
     if config.provider_price_sats < 1 or config.provider_max_inflight < 1:
         raise UserError("provider_price_sats and provider_max_inflight must be at least 1")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UserError("log_level must be one of DEBUG, INFO, WARNING, ERROR")
+
+
+def _has_host(url: str) -> bool:
+    """A host name or address, and a port if any: `ws://"><b>` is no relay."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError:
+        return False
+    host = parts.hostname or ""
+    return re.fullmatch(r"[a-z0-9._:%-]+", host) is not None

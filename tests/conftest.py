@@ -55,7 +55,12 @@ async def daemon_factory(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
 
 @pytest.fixture
 async def daemon(daemon_factory: DaemonFactory) -> InProcessDaemon:
-    return await daemon_factory()
+    """A daemon with default settings, returned once every service runs (a quiet daemon)."""
+    d = await daemon_factory()
+    status = await d.call("status")
+    while any(s["state"] == "starting" for s in status["services"]):
+        status = await d.call("status.wait", {"after_seq": status["seq"], "timeout_s": 5})
+    return d
 
 
 @pytest.fixture

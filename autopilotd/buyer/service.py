@@ -114,8 +114,8 @@ class Buyer:
         timeout_s: float,
         max_tokens: int | None,
     ) -> dict[str, Any]:
-        if self.pool is None:
-            raise UserError("buying needs relays: set relays in config.toml")
+        if self.pool is None or not self.pool.relays():
+            raise UserError("buying needs relays: add one in Relay Connections (relays.add)")
         if kind not in (KIND_TEXT_GENERATION, KIND_EMBEDDINGS):
             raise UserError(f"kind must be {KIND_TEXT_GENERATION} or {KIND_EMBEDDINGS}")
         if budget_sats < 1:
@@ -158,6 +158,11 @@ class Buyer:
         else:
             await self.publish_section()
         return await self.row(rid)
+
+    async def apply_relays(self, relays: tuple[str, ...]) -> None:
+        """Settings changed the relays while running: the pool follows at once."""
+        if self.pool is not None:
+            await self.pool.set_relays(relays)
 
     async def _resubscribe(self) -> None:
         assert self.pool is not None

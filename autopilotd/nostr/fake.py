@@ -99,7 +99,9 @@ class FakePool:
     async def publish(self, event: sdk.Event) -> PublishReport:
         report = self._network._publish(self, event)
         for answer in report.answers:
-            row = self._rows[answer.url]
+            row = self._rows.get(answer.url)
+            if row is None:
+                continue
             self._rows[answer.url] = dataclasses.replace(
                 row,
                 events_out=row.events_out + 1,
@@ -108,7 +110,23 @@ class FakePool:
             )
         return report
 
+    async def add_relay(self, url: str) -> bool:
+        """Use one more of the network's relays (it must be one of `FakeNetwork.relays`)."""
+        if url in self._rows:
+            return False
+        if url not in self._network.relays:
+            raise ValueError(f"{url} is not a relay of this fake network")
+        self._rows[url] = RelayHealth(
+            url=url, state=LinkState.CONNECTED, connected=True, connects=1
+        )
+        return True
+
+    async def remove_relay(self, url: str) -> bool:
+        return self._rows.pop(url, None) is not None
+
     def deliver(self, raw: RawEvent, relay: str) -> None:
+        if relay not in self._rows:
+            return
         if raw.id in self._seen or not any(f.matches(raw) for f in self._filters):
             return
         self._seen.add(raw.id)

@@ -28,6 +28,11 @@ events are dropped, counted in `stats()` and may arrive again from another relay
 `on_health` is called with the new `RelayHealth` row whenever a row changes. `health()` is
 the current table. The types live in `port.py` (re-exported here); `RelayPoolPort` is the
 interface a service should depend on, so fast tests can pass `fake.FakePool`.
+
+Relays can be added and removed while `run()` runs (`add_relay`, `remove_relay`, `set_relays`):
+a new link's tasks join the pool's TaskGroup and subscribe with the current filters; a removed
+link's tasks are cancelled, its client shut down, and `on_removed(url)` is called so the caller
+can drop its health row. A pool may have no relays at all (then it publishes nowhere).
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import nostr_sdk as sdk
 
@@ -135,34 +141,39 @@ class RelayPool:
         config: PoolConfig,
         *,
         on_health: Callable[[RelayHealth], None] | None = None,
+        on_removed: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not config.relays:
-            raise ValueError("a relay pool needs at least one relay")
         self.config = config
         self._on_health = on_health
+        self._on_removed = on_removed
         self._clock = clock
         self._filters: tuple[SubscriptionFilter, ...] = ()
         self._queue: asyncio.Queue[IncomingEvent] = asyncio.Queue(config.queue_size)
         self._seen = SeenIds(config.dedupe_capacity)
         self._links: dict[str, _Link] = {}
+        self._tasks: dict[str, list[asyncio.Task[None]]] = {}
+        self._tg: asyncio.TaskGroup | None = None
         self._delivered = self._duplicates = self._invalid = self._dropped = 0
         for url in dict.fromkeys(config.relays):
-            try:
-                sdk_url = sdk.RelayUrl.parse(url)
-            except Exception as exc:
-                raise ValueError(f"not a relay URL: {url!r}") from exc
-            monitor = sdk.Monitor()
-            client = sdk.ClientBuilder().monitor(monitor).build()
-            self._links[url] = _Link(
-                url=url,
-                sdk_url=sdk_url,
-                client=client,
-                monitor=monitor,
-                row=RelayHealth(url=url),
-            )
+            self._links[url] = self._new_link(url)
+
+    @staticmethod
+    def _new_link(url: str) -> _Link:
+        try:
+            sdk_url = sdk.RelayUrl.parse(url)
+        except Exception as exc:
+            raise ValueError(f"not a relay URL: {url!r}") from exc
+        monitor = sdk.Monitor()
+        client = sdk.ClientBuilder().monitor(monitor).build()
+        return _Link(
+            url=url, sdk_url=sdk_url, client=client, monitor=monitor, row=RelayHealth(url=url)
+        )
 
     # -- the caller's view ---------------------------------------------------------------
+
+    def relays(self) -> tuple[str, ...]:
+        return tuple(self._links)
 
     def health(self) -> tuple[RelayHealth, ...]:
         return tuple(link.row for link in self._links.values())
@@ -188,7 +199,7 @@ class RelayPool:
             except Exception as exc:
                 raise ValueError(f"invalid subscription filter {f}: {exc}") from exc
         self._filters = tuple(filters)
-        for link in self._links.values():
+        for link in list(self._links.values()):
             if link.row.connected:
                 try:
                     await self._subscribe_link(link, catch_up=False)
@@ -208,43 +219,112 @@ class RelayPool:
     async def publish(self, event: sdk.Event) -> PublishReport:
         """Send `event` to every connected relay at once; each answer within its timeout."""
         answers: dict[str, RelayAnswer] = {}
+        links = list(self._links.values())
         async with asyncio.TaskGroup() as tg:
-            for link in self._links.values():
+            for link in links:
                 tg.create_task(self._publish_one(link, event, answers))
         return PublishReport(
             event_id=event.id().to_hex(),
-            answers=tuple(answers[url] for url in self._links),
+            answers=tuple(answers[link.url] for link in links if link.url in answers),
         )
+
+    async def add_relay(self, url: str) -> bool:
+        """Add a relay (at once if `run()` runs, else when it starts); False if already in."""
+        if url in self._links:
+            return False
+        link = self._new_link(url)
+        self._links[url] = link
+        if self._tg is not None:
+            self._start(self._tg, link)
+        self._notify(link.row)
+        return True
+
+    async def remove_relay(self, url: str) -> bool:
+        """Stop using a relay: its tasks end, its client shuts down; False if it was not in."""
+        link = self._links.pop(url, None)
+        if link is None:
+            return False
+        tasks = self._tasks.pop(url, [])
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
+        await self._shutdown(link)
+        logger.info("relay %s removed", url)
+        if self._on_removed is not None:
+            try:
+                self._on_removed(url)
+            except Exception:
+                logger.exception("on_removed callback failed")
+        return True
+
+    async def set_relays(self, urls: Sequence[str]) -> None:
+        """Make the pool's relays exactly `urls`: remove the others, add the new ones."""
+        wanted = dict.fromkeys(urls)
+        for url in [u for u in self._links if u not in wanted]:
+            await self.remove_relay(url)
+        for url in wanted:
+            await self.add_relay(url)
 
     async def run(self, ready: Callable[[], None] | None = None) -> None:
         """Connect and serve every relay until cancelled; `ready()` once all tasks started."""
         try:
             async with asyncio.TaskGroup() as tg:
+                self._tg = tg
                 for link in self._links.values():
-                    tg.create_task(link.monitor.handle_notifications(_Monitor(link.wake)))
-                    tg.create_task(self._read(link))
-                    tg.create_task(self._maintain(link))
+                    self._start(tg, link)
                 if ready is not None:
                     ready()
+                await asyncio.get_running_loop().create_future()  # relays come and go
         finally:
-            for link in self._links.values():
+            self._tg = None
+            self._tasks.clear()
+            for link in list(self._links.values()):
                 self._update(link, state=LinkState.STOPPED, connected=False, next_retry_at=None)
-                with contextlib.suppress(Exception):
-                    async with asyncio.timeout(2.0):
-                        await link.client.shutdown()
+                await self._shutdown(link)
 
     # -- internals ------------------------------------------------------------------------
+
+    def _start(self, tg: asyncio.TaskGroup, link: _Link) -> None:
+        name = f"relay {link.url}"
+        self._tasks[link.url] = [
+            tg.create_task(self._owned(link, coro), name=name)
+            for coro in (
+                link.monitor.handle_notifications(_Monitor(link.wake)),
+                self._read(link),
+                self._maintain(link),
+            )
+        ]
+
+    async def _owned(self, link: _Link, coro: Coroutine[Any, Any, None]) -> None:
+        """Run one of a link's tasks; once the link is removed, its failures end with it."""
+        try:
+            await coro
+        except Exception:
+            if self._links.get(link.url) is link:
+                raise
+            logger.debug("removed relay %s: a task ended with an error", link.url, exc_info=True)
+
+    @staticmethod
+    async def _shutdown(link: _Link) -> None:
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(2.0):
+                await link.client.shutdown()
+
+    def _notify(self, row: RelayHealth) -> None:
+        if self._on_health is not None:
+            try:
+                self._on_health(row)
+            except Exception:
+                logger.exception("on_health callback failed")
 
     def _update(self, link: _Link, **changes: object) -> None:
         row = dataclasses.replace(link.row, **changes)  # type: ignore[arg-type]
         if row == link.row:
             return
         link.row = row
-        if self._on_health is not None:
-            try:
-                self._on_health(row)
-            except Exception:
-                logger.exception("on_health callback failed")
+        if self._links.get(link.url) is link:  # a removed link's late news is nobody's
+            self._notify(row)
 
     async def _connected(self, link: _Link) -> bool:
         relay = await link.client.relay(link.sdk_url)

@@ -161,6 +161,10 @@ class RelayPoolPort(Protocol):
 
     async def publish(self, event: sdk.Event) -> PublishReport: ...
 
+    async def add_relay(self, url: str) -> bool: ...
+
+    async def remove_relay(self, url: str) -> bool: ...
+
 
 class SeenIds:
     """A bounded set of event ids (least recently added forgotten first)."""

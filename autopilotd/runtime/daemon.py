@@ -25,6 +25,7 @@ from autopilotd import __version__
 from autopilotd.buyer import commands as buyer_commands
 from autopilotd.buyer.service import Buyer, BuyerService
 from autopilotd.commands import BUILTINS, Registrar
+from autopilotd.commands import settings as settings_commands
 from autopilotd.config import Config
 from autopilotd.errors import StartupCheckFailed
 from autopilotd.inference import commands as runtime_commands
@@ -182,6 +183,7 @@ def make_runtime(
     provider_commands.register(registry, rt, rt.provider)
     rt.buyer = Buyer(rt)
     buyer_commands.register(registry, rt, rt.buyer)
+    settings_commands.register(registry, rt)  # applies changes through provider and buyer
     if adapters.inference is not None:
         rt.local_runtime.publish(state=RuntimeState.STARTING, reason="checking the runtime")
     for register in (*BUILTINS, *registrars):
@@ -211,9 +213,9 @@ async def _run(
         extra.append(lambda rt: WalletService(rt.wallet))
     if config.runtime_mode != "off" and (adapters is None or adapters.inference is None):
         extra.append(lambda rt: LocalRuntimeService(rt.local_runtime))
-    if config.relays:
-        extra.append(lambda rt: ProviderService(rt.provider))
-        extra.append(lambda rt: BuyerService(rt.buyer))
+    # Always: with no relays the provider shows that blocker, and relays can be added live.
+    extra.append(lambda rt: ProviderService(rt.provider))
+    extra.append(lambda rt: BuyerService(rt.buyer))
     service_factories = [*extra, *service_factories]
     try:
         sock = bind_loopback(config.listen_host, config.listen_port)

@@ -154,8 +154,7 @@ async def test_a_refusal_is_reported_as_rejected_and_counted(buyer: NostrIdentit
 
 
 async def test_bad_configuration_is_refused_up_front() -> None:
-    with pytest.raises(ValueError):
-        RelayPool(PoolConfig(relays=()))
+    assert RelayPool(PoolConfig(relays=())).health() == ()  # no relays is allowed: add later
     with pytest.raises(ValueError):
         RelayPool(PoolConfig(relays=("not a url",)))
     pool = RelayPool(PoolConfig(relays=("ws://127.0.0.1:1",)))
