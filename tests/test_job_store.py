@@ -105,3 +105,47 @@ async def test_outbox_keeps_the_first_signed_event(stores: tuple[JobStore, Ledge
     assert await jobs.record_publish(first.id, {"ws://a": "accepted"}) == 1
     assert await jobs.record_publish(first.id, {"ws://a": "error", "ws://b": "accepted"}) == 2
     assert await jobs.unpublished() == []
+
+
+async def _paid_job(jobs: JobStore, ledger: Ledger, rid: str, sats: int) -> None:
+    preimage, payment_hash = _hash_pair()
+    await jobs.receive(
+        request_id=rid, buyer_pubkey="b", kind=5050, request_json="{}", price_msat=sats * 1000
+    )
+    for stage in ("accepted", "running"):
+        await jobs.advance(rid, stage)  # type: ignore[arg-type]
+    await jobs.advance(rid, "delivered", payment_hash=payment_hash, bolt11="lnbc…")
+    await ledger.credit_in(payment_hash, sats * 1000, preimage, f"job {rid}")
+    _, new = await jobs.credit(payment_hash)
+    assert new
+
+
+async def test_milestones_are_reached_by_credits_and_celebrated_once(
+    stores: tuple[JobStore, Ledger],
+) -> None:
+    jobs, ledger = stores
+    assert [m["reached_at"] for m in await jobs.milestones()] == [None] * 4
+    assert not await jobs.celebrate(10)  # not reached: nothing to celebrate
+    await _paid_job(jobs, ledger, "r1", 7)
+    assert [m["reached_at"] is not None for m in await jobs.milestones()] == [False] * 4
+    await _paid_job(jobs, ledger, "r2", 21)  # 28 sats: crosses 10 and 25 at once
+    reached = {m["sats"]: m for m in await jobs.milestones()}
+    assert [s for s, m in reached.items() if m["reached_at"]] == [10, 25]
+    assert not reached[10]["celebrated"]
+    assert await jobs.celebrate(10)
+    assert not await jobs.celebrate(10)  # once
+    reached = {m["sats"]: m for m in await jobs.milestones()}
+    assert reached[10]["celebrated"] and not reached[25]["celebrated"]
+
+
+async def test_the_series_is_lifetime_sats_after_each_credit(
+    stores: tuple[JobStore, Ledger],
+) -> None:
+    jobs, ledger = stores
+    assert (await jobs.earnings_summary(day_start=0))["series"] == []
+    for i, sats in enumerate((5, 11, 21)):
+        await _paid_job(jobs, ledger, f"r{i}", sats)
+    series = (await jobs.earnings_summary(day_start=0))["series"]
+    assert [s for _, s in series] == [0, 5, 16, 37]
+    times = [t for t, _ in series]
+    assert times == sorted(times)

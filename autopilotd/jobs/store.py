@@ -37,6 +37,9 @@ NEXT: dict[str, tuple[str, ...]] = {
     "rejected": (),
 }
 OPEN_STAGES = ("received", "accepted", "running", "delivered")
+MILESTONES_SATS = (10, 25, 50, 100)
+"""Lifetime earnings worth celebrating, each once (reached in the credit that crosses it)."""
+SERIES_POINTS = 100
 JOB_COLUMNS = (
     "request_id, source, buyer_pubkey, kind, stage, request_json, price_msat, result_json, "
     "payment_hash, bolt11, reason, received_at, updated_at, pay_deadline_at, paid_at"
@@ -174,6 +177,12 @@ class JobStore:
                 (payment_hash, request_id, int(paid[0]), now),
             )
             new = cur2.rowcount == 1
+            if new:
+                await tx.executemany(
+                    "INSERT OR IGNORE INTO earnings_milestones (sats, reached_at) "
+                    "SELECT ?, ? WHERE (SELECT SUM(amount_msat) FROM earnings) >= ?",
+                    [(m, now, m * 1000) for m in MILESTONES_SATS],
+                )
             if stage in ("delivered", "delivered_unpaid"):
                 await tx.execute(
                     "UPDATE jobs SET stage = 'paid', paid_at = ?, updated_at = ? "
@@ -297,8 +306,15 @@ class JobStore:
             "SELECT payment_hash, request_id, amount_msat, credited_at FROM earnings "
             "ORDER BY credited_at DESC LIMIT 1"
         )
+        recent = await self._store.fetchall(
+            "SELECT credited_at, amount_msat FROM earnings ORDER BY credited_at DESC LIMIT ?",
+            (SERIES_POINTS,),
+        )
+        milestones = await self.milestones()
         assert total is not None and today is not None
         return {
+            "series": _cumulative(int(total[0]), recent),
+            "milestones": milestones,
             "lifetime_sats": int(total[0]) // 1000,
             "lifetime_jobs": int(total[1]),
             "sats_today": int(today[0]) // 1000,
@@ -312,3 +328,44 @@ class JobStore:
                 "at": last[3],
             },
         }
+
+    async def milestones(self) -> list[dict[str, Any]]:
+        """Every milestone, reached or not, in order; `celebrated` once the user saw it."""
+        rows = await self._store.fetchall(
+            "SELECT sats, reached_at, celebrated_at FROM earnings_milestones"
+        )
+        reached = {int(r[0]): (float(r[1]), r[2]) for r in rows}
+        return [
+            {
+                "sats": m,
+                "reached_at": reached[m][0] if m in reached else None,
+                "celebrated": m in reached and reached[m][1] is not None,
+            }
+            for m in MILESTONES_SATS
+        ]
+
+    async def celebrate(self, sats: int) -> bool:
+        """Mark a reached milestone as celebrated; False when it is not reached (or was)."""
+        async with self._store.transaction() as tx:
+            cur = await tx.execute(
+                "UPDATE earnings_milestones SET celebrated_at = ? "
+                "WHERE sats = ? AND celebrated_at IS NULL",
+                (time.time(), sats),
+            )
+            return bool(cur.rowcount == 1)
+
+
+def _cumulative(total_msat: int, newest_first: list[Any]) -> list[list[float]]:
+    """[at, lifetime sats after that credit] for the most recent credits, oldest first.
+
+    The first point is the total before the oldest shown credit, at that credit's time, so a
+    chart starts from what was already earned rather than from zero.
+    """
+    points: list[list[float]] = []
+    running = total_msat
+    for at, amount in newest_first:
+        points.append([float(at), running // 1000])
+        running -= int(amount)
+    if newest_first:
+        points.append([float(newest_first[-1][0]), running // 1000])
+    return points[::-1]

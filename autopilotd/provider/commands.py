@@ -49,6 +49,24 @@ def register(reg: Registry, rt: Runtime, provider: Provider) -> None:
             "next_before": rows[-1].received_at if len(rows) == limit else None,
         }
 
+    @reg.command("earnings.milestone_seen", access="control")
+    async def earnings_milestone_seen(sats: int) -> dict[str, Any]:
+        """Mark an earnings milestone (10, 25, 50 or 100 sats) as celebrated, so it shows once.
+
+        Only a milestone the wallet-confirmed earnings have reached can be marked; marking it
+        again changes nothing.
+        """
+        milestones = {m["sats"]: m for m in await provider.jobs.milestones()}
+        if sats not in milestones:
+            raise UserError(
+                f"no milestone of {sats} sats (they are {', '.join(map(str, milestones))})"
+            )
+        if milestones[sats]["reached_at"] is None:
+            raise UserError(f"the {sats}-sat milestone is not reached yet")
+        newly = await provider.jobs.celebrate(sats)
+        await provider.refresh()
+        return {"sats": sats, "celebrated": True, "changed": newly}
+
     @reg.command("jobs.get")
     async def jobs_get(request_id: str) -> dict[str, Any]:
         """Show one job by its request event id."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import nostr_sdk as sdk
 
-from autopilotd.config import split_list
+from autopilotd.config import Config, split_list
 from autopilotd.crashpoints import crash_point
 from autopilotd.errors import Conflict, UserError
 from autopilotd.inference.port import InferenceError
@@ -130,7 +130,9 @@ class Provider:
                 )
             )
         if not split_list(self.rt.config.relays):
-            out.append(Blocker("relays", "no relays configured", "set relays in config.toml"))
+            out.append(
+                Blocker("relays", "no relays configured", "add a relay in Relay Connections")
+            )
         elif not any(r.connected for r in s.relays):
             out.append(
                 Blocker("relays", "no relay is connected", "check the relays in Relay Connections")
@@ -226,6 +228,28 @@ class Provider:
             return  # debounce: last_seen alone changes on every event
         rows[row.url] = new_row
         self.rt.state.replace(relays=tuple(rows[u] for u in sorted(rows)))
+
+    def on_relay_removed(self, url: str) -> None:
+        """The pool stopped using `url`: its row leaves the snapshot."""
+        relays = tuple(r for r in self.rt.state.current.relays if r.url != url)
+        if relays != self.rt.state.current.relays:
+            self.rt.state.replace(relays=relays)
+        self.refresh_state()
+
+    async def apply_config(self, old: Config, new: Config) -> None:
+        """Settings saved while running: the price and the relays apply at once."""
+        if new.provider_price_sats != old.provider_price_sats:
+            if self.validator is not None:
+                self.validator.policy = dataclasses.replace(
+                    self.validator.policy, min_bid_msat=new.provider_price_sats * 1000
+                )
+            self._publish_section(price_sats=new.provider_price_sats)
+            if self.want_online:
+                await self._announce()  # the handler's metadata names the price
+        if new.relays != old.relays:
+            if self.pool is not None:
+                await self.pool.set_relays(split_list(new.relays))
+            self.refresh_state()
 
     # -- intake ----------------------------------------------------------------------------
 
@@ -546,6 +570,11 @@ class Provider:
         if jobs != self.rt.state.current.jobs:
             self.rt.state.replace(jobs=jobs)
 
+    async def refresh(self) -> None:
+        """Publish the jobs and earnings sections again (a command changed what they show)."""
+        if self.validator is not None:  # else the provider service has not started
+            await self._publish_jobs_async()
+
     async def _publish_jobs_async(self) -> None:
         recent = await self.jobs.history(limit=INBOX_ROWS, before=None)
         rows = [
@@ -574,8 +603,23 @@ class Provider:
             if last is None
             else {"request_id": last.request_id, "stage": last.stage, "reason": last.reason},
             last_payment=summary["last_payment"],
+            series=tuple((at, int(sats)) for at, sats in summary["series"]),
+            milestones=tuple(summary["milestones"]),
+            celebrate=next(
+                (
+                    m["sats"]
+                    for m in summary["milestones"]
+                    if m["reached_at"] and not m["celebrated"]
+                ),
+                None,
+            ),
         )
         current = self.rt.state.current
+        loaded = bool(current.earnings.milestones)  # else this is the first read after start
+        before = {m["sats"] for m in current.earnings.milestones if m["reached_at"]}
+        for m in summary["milestones"]:
+            if loaded and m["reached_at"] and m["sats"] not in before:
+                self.rt.events.publish("earnings.milestone_reached", sats=m["sats"])
         if current.jobs != jobs or current.earnings != earnings:
             self.rt.state.replace(jobs=jobs, earnings=earnings)
 
@@ -600,7 +644,11 @@ class ProviderService:
             max_inflight=cfg.provider_max_inflight,
         )
         p.rt.wallet.receive_listeners.append(p.on_wallet_receipt)
-        pool = RelayPool(PoolConfig(relays=split_list(cfg.relays)), on_health=p.on_health)
+        pool = RelayPool(
+            PoolConfig(relays=split_list(cfg.relays)),
+            on_health=p.on_health,
+            on_removed=p.on_relay_removed,
+        )
         p.pool = pool
         try:
             async with asyncio.TaskGroup() as tg:

@@ -183,6 +183,9 @@ class EarningsSection:
     lifetime_jobs: int = 0
     last_job: dict[str, Any] | None = None
     last_payment: dict[str, Any] | None = None
+    series: tuple[tuple[float, int], ...] = ()  # (at, lifetime sats after it), recent credits
+    milestones: tuple[dict[str, Any], ...] = ()  # 10/25/50/100: reached_at, celebrated
+    celebrate: int | None = None  # the lowest milestone reached and not celebrated yet
 
 
 @dataclass(frozen=True)

@@ -123,4 +123,19 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        5,
+        "earnings milestones",
+        """
+        CREATE TABLE earnings_milestones (
+            sats           INTEGER PRIMARY KEY CHECK (sats > 0),
+            reached_at     REAL NOT NULL,
+            celebrated_at  REAL
+        );
+        INSERT INTO earnings_milestones (sats, reached_at)
+            SELECT m.sats, (SELECT MAX(credited_at) FROM earnings)
+            FROM (SELECT 10 AS sats UNION ALL SELECT 25 UNION ALL SELECT 50 UNION ALL SELECT 100) m
+            WHERE (SELECT COALESCE(SUM(amount_msat), 0) FROM earnings) >= m.sats * 1000;
+        """,
+    ),
 ]

@@ -26,14 +26,14 @@ PANES: tuple[Pane, ...] = (
         "go_online",
         "Go Online",
         "Earn",
-        coming("provider", EARN, "the switch that puts this computer on the market"),
+        sources.go_online,
         live="snapshot",
     ),
     Pane(
         "provider_status",
         "Provider Status",
         "Earn",
-        coming("provider", EARN, "uptime, heartbeat, served kinds, model, degraded reasons"),
+        sources.provider_status,
         live="snapshot",
     ),
     Pane("tailnet_status", "Tailnet Status", "Network", sources.tailnet, live="open"),
@@ -41,28 +41,28 @@ PANES: tuple[Pane, ...] = (
         "job_inbox",
         "Job Inbox",
         "Earn",
-        coming("jobs", EARN, "incoming job requests and rejection counters"),
+        sources.job_inbox,
         live="snapshot",
     ),
     Pane(
         "active_job",
         "Active Job",
         "Earn",
-        coming("jobs", EARN, "the job in progress: received, accepted, running, delivered, paid"),
+        sources.active_job,
         live="snapshot",
     ),
     Pane(
         "job_history",
         "Job History",
         "Earn",
-        coming("jobs", EARN, "every job with its outcome, price, and paid or why not"),
+        sources.job_history,
         live="snapshot",
     ),
     Pane(
         "earnings_scoreboard",
         "Earnings Scoreboard",
         "Earn",
-        coming("earnings", EARN, "sats today and lifetime, jobs today, milestones"),
+        sources.earnings_scoreboard,
         live="snapshot",
     ),
     Pane("wallet", "Wallet", "Wallet", sources.wallet, live="snapshot"),
@@ -73,7 +73,7 @@ PANES: tuple[Pane, ...] = (
         "relay_connections",
         "Relay Connections",
         "Network",
-        coming("relays", EARN, "each Nostr relay's health, last error and last seen"),
+        sources.relay_connections,
         live="snapshot",
     ),
     Pane("sync_health", "Sync Health", "System", sources.sync_health, live="open"),
@@ -81,7 +81,7 @@ PANES: tuple[Pane, ...] = (
         "network_requests",
         "Network Requests",
         "Network",
-        coming("buyer", EARN, "jobs you buy from the network, with budget and result"),
+        sources.network_requests,
         live="snapshot",
     ),
     Pane(
@@ -105,4 +105,4 @@ PANES: tuple[Pane, ...] = (
 
 BY_NAME: dict[str, Pane] = {p.name: p for p in (HUD, *PANES)}
 GROUPS: tuple[str, ...] = ("Earn", "Wallet", "Network", "Autopilot", "System")
-DEFAULT_PANE = "wallet"
+DEFAULT_PANE = "go_online"

@@ -6,9 +6,11 @@ the snapshot does not already say: they select, order and label.
 
 from __future__ import annotations
 
+import itertools
 import re
 from typing import Any
 
+from autopilotd.config import split_list
 from autopilotd.errors import AutopilotError
 from autopilotd.wallet.commands import REVEAL_CONFIRMATION
 from autopilotd.web.panes import View
@@ -53,17 +55,10 @@ def alerts(snapshot: dict[str, Any]) -> list[dict[str, Any]]:
 def earning(snapshot: dict[str, Any]) -> dict[str, Any]:
     """Whether this daemon can earn right now, in words, from the provider section."""
     wallet_ready = snapshot["wallet"]["state"] == "ready"
-    provider = snapshot.get("provider")
-    if provider is None:
-        return {
-            "possible": False,
-            "why": "selling compute arrives with the earn loop; this build has no provider yet",
-            "wallet_ready": wallet_ready,
-        }
-    online = provider.get("state") == "online"
+    provider = snapshot["provider"]
     return {
-        "possible": online and wallet_ready,
-        "why": provider.get("reason") or provider.get("state"),
+        "possible": provider["state"] == "online" and wallet_ready,
+        "why": provider["reason"],
         "wallet_ready": wallet_ready,
     }
 
@@ -74,9 +69,165 @@ async def hud(v: View) -> dict[str, Any]:
         "seq": s["seq"],
         "daemon": s["daemon"],
         "wallet": s["wallet"],
-        "provider": s.get("provider"),
+        "provider": s["provider"],
+        "earnings": s["earnings"],
         "alerts": len(alerts(s)),
         "earning": earning(s),
+    }
+
+
+# -- earn ------------------------------------------------------------------------------------
+
+STAGES = ("received", "accepted", "running", "delivered", "paid")
+NEXT_EVENT = {
+    "received": "accept it: a kind 7000 'processing' goes to the buyer",
+    "accepted": "run it on the local model",
+    "running": "the model finishes; the result is published, then the invoice",
+    "delivered": "the buyer pays the invoice; it counts once the wallet reports it settled",
+    "paid": "nothing: paid, and counted in earnings",
+    "delivered_unpaid": "nothing: the buyer did not pay in time (a late payment still counts)",
+    "failed": "nothing: the job failed",
+    "rejected": "nothing: the request was refused",
+}
+
+
+async def go_online(v: View) -> dict[str, Any]:
+    s = v.snapshot
+    return {
+        "provider": s["provider"],
+        "earning": earning(s),
+        "relays_connected": sum(1 for r in s["relays"] if r["connected"]),
+        "relays": len(s["relays"]),
+    }
+
+
+async def provider_status(v: View) -> dict[str, Any]:
+    s = v.snapshot
+    provider = s["provider"]
+    since = provider["online_since"]
+    runtime = s["local_runtime"]
+    return {
+        "provider": provider,
+        "online_for_s": None if since is None else max(0.0, v.rt.clock() - since),
+        "models": runtime["models"],
+        "runtime": {k: runtime[k] for k in ("state", "reason", "device", "dtype", "queue_depth")},
+        "queue_depth": s["jobs"]["queue_depth"],
+        "active": len(s["jobs"]["active"]),
+        "degraded": provider["blockers"] if provider["state"] != "offline" else [],
+    }
+
+
+async def job_inbox(v: View) -> dict[str, Any]:
+    s = v.snapshot
+    jobs = s["jobs"]
+    return {
+        "online": s["provider"]["state"] == "online",
+        "rows": jobs["inbox"],
+        "rejections": sorted(jobs["rejections"].items(), key=lambda kv: (-kv[1], kv[0])),
+        "rejected": sum(jobs["rejections"].values()),
+        "queue_depth": jobs["queue_depth"],
+    }
+
+
+async def active_job(v: View) -> dict[str, Any]:
+    """The job in progress (or, when none is, the last one) as a walk along its stages."""
+    jobs = v.snapshot["jobs"]
+    job = jobs["active"][0] if jobs["active"] else None
+    current = job is not None
+    if job is None:
+        last = v.snapshot["earnings"]["last_job"]
+        job = await v.call("jobs.get", {"request_id": last["request_id"]}) if last else None
+    if job is None:
+        return {"job": None, "current": False, "stages": [], "next": None, "others": 0}
+    stage = job["stage"]
+    reached = STAGES.index(stage) if stage in STAGES else STAGES.index("delivered")
+    failed_at = None if stage in STAGES else stage
+    return {
+        "job": job,
+        "current": current,
+        "stages": [
+            {
+                "name": name,
+                "done": i < reached or (i == reached and stage == "paid"),
+                "now": i == reached and stage not in ("paid",) and failed_at is None,
+            }
+            for i, name in enumerate(STAGES)
+        ],
+        "ended": failed_at,
+        "next": NEXT_EVENT.get(stage),
+        "others": max(0, len(jobs["active"]) - 1),
+    }
+
+
+async def job_history(v: View) -> dict[str, Any]:
+    before = _float(v.query.get("before"))
+    page = await v.call("jobs.history", {"limit": HISTORY_PAGE, "before": before})
+    return {"jobs": page["jobs"], "next_before": page["next_before"], "before": before}
+
+
+async def earnings_scoreboard(v: View) -> dict[str, Any]:
+    s = v.snapshot
+    e = s["earnings"]
+    since = s["provider"]["online_since"]
+    return {
+        "earnings": e,
+        "uptime_s": s["daemon"]["uptime_s"],
+        "online_for_s": None if since is None else max(0.0, v.rt.clock() - since),
+        "chart": sats_chart(e["series"]),
+    }
+
+
+CHART_W, CHART_H, CHART_PAD = 600, 160, 8
+
+
+def sats_chart(series: list[list[float]]) -> dict[str, Any] | None:
+    """Lifetime sats over time as an SVG polyline (points in the viewBox), or None if empty."""
+    if not series:
+        return None
+    t0, t1 = series[0][0], series[-1][0]
+    if t1 - t0 < 1.0:  # one credit (or all at once): start the line a moment before it
+        t0 = t1 - 1.0
+    top = max(p[1] for p in series) or 1
+    w, h, pad = CHART_W, CHART_H, CHART_PAD
+
+    def xy(t: float, sats: float) -> str:
+        x = pad + (max(t, t0) - t0) / (t1 - t0) * (w - 2 * pad)
+        y = h - pad - sats / top * (h - 2 * pad)
+        return f"{x:.1f},{y:.1f}"
+
+    # a step line: earnings jump at each credit and stay flat between credits
+    points: list[str] = [xy(t0, series[0][1])]
+    for (_, prev), (t, sats) in itertools.pairwise(series):
+        points += [xy(t, prev), xy(t, sats)]
+    return {
+        "width": w,
+        "height": h,
+        "points": " ".join(points),
+        "area": f"{pad:.1f},{h - pad:.1f} " + " ".join(points) + f" {xy(t1, 0)}",
+        "top_sats": int(top),
+        "from": t0,
+        "to": t1,
+        "credits": max(0, len(series) - 1),
+    }
+
+
+async def network_requests(v: View) -> dict[str, Any]:
+    submitted = v.acted("buy.submit")
+    bought = submitted.result if submitted is not None and submitted.error is None else None
+    typed: dict[str, Any] = dict(submitted.params) if submitted else dict(v.query)
+    page = await v.call("buy.history", {"limit": HISTORY_PAGE})
+    return {
+        "buyer": v.snapshot["buyer"],
+        "wallet": _wallet_brief(v),
+        "requests": page["requests"],
+        "submitted": bought,
+        "error": submitted.error if submitted else None,
+        # what the form shows: kept while typing across live refreshes, cleared once bought
+        "form": {
+            "prompt": "" if bought is not None else str(typed.get("prompt", "")),
+            "budget_sats": str(typed.get("budget_sats") or 50),
+            "timeout_s": str(typed.get("timeout_s") or 120),
+        },
     }
 
 
@@ -138,7 +289,7 @@ async def identity_keys(v: View) -> dict[str, Any]:
     reveal = v.acted("wallet.reveal_mnemonic")
     words = reveal.result["mnemonic"].split() if reveal and reveal.error is None else None
     return {
-        "identity": v.snapshot.get("identity"),
+        "identity": v.rt.identity.public().to_json() if v.rt.identity is not None else None,
         "node_id": v.snapshot["wallet"]["node_id"],
         "confirm_phrase": REVEAL_CONFIRMATION,
         "mnemonic": words,
@@ -189,11 +340,17 @@ async def sync_health(v: View) -> dict[str, Any]:
 
 
 async def settings(v: View) -> dict[str, Any]:
-    values = {k: _redact(val) for k, val in v.rt.config.public().items()}
+    """The editable settings as a form (each saying when it applies), the others read-only."""
+    shown = await v.call("settings.show")
+    saved = v.acted("settings.update")
+    failed = saved is not None and saved.error is not None
     return {
-        "settings": values,
-        "editable": False,
-        "config_file": str(v.rt.config.paths.config_file),
+        "config_file": shown["config_file"],
+        "editable": shown["editable"],
+        "settings": {k: _redact(val) for k, val in shown["other"].items()},
+        "saved": saved.result if saved is not None and not failed else None,
+        "error": saved.error if saved is not None else None,
+        "typed": saved.params if saved is not None and failed else {},
     }
 
 
@@ -219,8 +376,34 @@ def _redact(value: Any) -> Any:
     return USERINFO_RE.sub("//•••@", value) if isinstance(value, str) else value
 
 
+def _float(raw: str | None) -> float | None:
+    try:
+        return float(raw) if raw else None
+    except ValueError:
+        return None
+
+
 def _int(raw: str | None) -> int | None:
     try:
         return int(raw) if raw else None
     except ValueError:
         return None
+
+
+async def relay_connections(v: View) -> dict[str, Any]:
+    """Each relay's health row, the relays configured but not (yet) in the pool, add/remove."""
+    act = v.acted("relays.add") or v.acted("relays.remove")
+    shown = await v.call("settings.show")
+    relays = next(e for e in shown["editable"] if e["name"] == "relays")
+    rows = {r["url"]: r for r in v.snapshot["relays"]}
+    for url in split_list(v.rt.config.relays):
+        rows.setdefault(url, {"url": url, "state": "not started", "connected": False})
+    typed = v.query.get("url") or (act.params.get("url", "") if act is not None else "")
+    added = act is not None and act.command == "relays.add" and act.error is None
+    return {
+        "relays": [rows[url] for url in sorted(rows)],
+        "locked_by": relays["locked_by"],
+        "draft": "" if added else str(typed),
+        "error": act.error if act is not None else None,
+        "done": act.command if act is not None and act.error is None else None,
+    }

@@ -106,6 +106,7 @@ async def test_payment_and_event_text_renders_inert(
         posts: list[str] = []
         page.on("request", lambda r: posts.append(r.url) if "/do/" in r.url else None)
         await _login(page, provider)
+        await page.click("button[data-open=wallet]")
         await page.wait_for_selector("#pane-wallet td.desc")
         await page.click("button[data-open=activity_feed]")
         await page.wait_for_selector("#pane-activity_feed .ev-logs")

@@ -157,10 +157,10 @@ def test_alerts_read_the_state_of_every_section() -> None:
 
 async def test_a_placeholder_shows_its_section_once_it_exists() -> None:
     ui = WebUI(None, WebAuth(1))  # rendering needs no runtime
-    section = [{"url": "wss://relay.example", "state": "up", "tags": ["a", "<b>"]}]
-    pane = BY_NAME["relay_connections"]
-    data = await pane.load(View(None, {"seq": 1, "relays": section}))
+    section = [{"url": "https://nexus.example", "state": "up", "tags": ["a", "<b>"]}]
+    pane = BY_NAME["starter_jobs"]
+    data = await pane.load(View(None, {"seq": 1, "starter": section}))
     assert data["available"] is True and data["data"] == section
     html = ui.block(pane, data)
-    assert "wss://relay.example" in html and "&lt;b&gt;" in html
+    assert "https://nexus.example" in html and "&lt;b&gt;" in html
     assert "Not in this build yet" not in html

@@ -7,9 +7,24 @@
   const hasHtmx = () => typeof window.htmx !== "undefined";
 
   // -- panes ------------------------------------------------------------------------------
+  // A live refresh would abort an action in flight inside the same pane (hx-sync replace),
+  // and its answer would never show: hold the refresh until the action has answered.
   function refresh(el) {
-    if (hasHtmx() && el && el.dataset.live) window.htmx.trigger(el, "ap:refresh");
+    if (!hasHtmx() || !el || !el.dataset.live) return;
+    if (el.querySelector(".htmx-request")) {
+      el.dataset.stale = "1";
+      return;
+    }
+    window.htmx.trigger(el, "ap:refresh");
   }
+
+  document.addEventListener("htmx:afterRequest", (e) => {
+    const pane = e.target.closest && e.target.closest("[data-live]");
+    if (pane && pane !== e.target && pane.dataset.stale) {
+      delete pane.dataset.stale;
+      setTimeout(() => refresh(pane), 0);
+    }
+  });
 
   function refreshLive(kind) {
     $$(`[data-live~="${kind}"]`).forEach((el) => {
@@ -156,11 +171,13 @@
     connect();
   }
 
-  // A live refresh sent before the user typed in a kept field (a filter) would put back the
-  // old value and drop what they typed: discard that answer and ask again with the new one.
+  // A live refresh sent before the user typed in a kept field (a filter, a form being filled
+  // in) would put back the old value and drop what they typed: discard that answer and ask
+  // again with the new one. The answer to an action (a POST) is always shown.
   document.body.addEventListener("htmx:beforeSwap", (e) => {
     const target = e.detail.target;
     if (!target || !target.dataset || !target.dataset.live) return;
+    if ((e.detail.requestConfig && e.detail.requestConfig.verb) !== "get") return; // an action's answer
     const path = (e.detail.pathInfo && e.detail.pathInfo.finalRequestPath) || "";
     const sent = new URLSearchParams(path.split("?")[1] || "");
     for (const input of target.querySelectorAll(".keep[name]")) {
