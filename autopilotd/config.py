@@ -72,6 +72,7 @@ class Config:
     relays: str = _editable("", "now")  # ws:// URLs, comma-separated
     provider_price_sats: int = _editable(10, "now")  # the ask per job; bids below it are refused
     provider_max_inflight: int = _editable(1, "restart")  # jobs run at once
+    provider_model: str = _editable("", "now")  # chat model for jobs naming none; "" = psionic's
     provider_queue_size: int = 8  # accepted jobs waiting to run; more are refused as busy
     provider_max_tokens: int = 256  # cap on a text-generation job's max_tokens
     provider_payment_timeout_s: float = 300.0  # after this a delivered job ends delivered_unpaid

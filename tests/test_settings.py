@@ -169,3 +169,19 @@ async def test_relays_added_and_removed_while_running(daemon_factory: DaemonFact
         await d.call(
             "buy.submit", {"prompt": "hi", "budget_sats": 10}
         )  # the buyer follows the same list
+
+
+async def test_the_model_is_chosen_among_those_psionic_serves(
+    daemon_factory: DaemonFactory,
+) -> None:
+    d = await daemon_factory()  # no local runtime: no chat model to choose
+    with pytest.raises(RpcError, match="serves no chat model now") as refused:
+        await d.call("settings.update", {"provider_model": "gpt-imaginary"})
+    assert "off" in refused.value.message  # and says why: the runtime is off
+    assert (
+        not d.paths.config_file.exists() or "provider_model" not in d.paths.config_file.read_text()
+    )
+    result = await d.call("settings.update", {"provider_model": ""})
+    assert result["changed"] == []  # psionic's default, as it was
+    row = shown(await d.call("settings.show"), "provider_model")
+    assert row["applies"] == "now" and row["value"] == ""

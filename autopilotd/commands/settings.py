@@ -67,6 +67,19 @@ class Settings:
             "other": others,
         }
 
+    def _check_model(self, name: str) -> None:
+        """A chat model is chosen among those the local runtime serves now."""
+        runtime = self.rt.state.current.local_runtime
+        chat = [m.id for m in runtime.models if m.kind == "chat"]
+        if name in chat:
+            return
+        if chat:
+            raise UserError(f"psionic serves no chat model '{name}'; it serves: {', '.join(chat)}")
+        raise UserError(
+            f"cannot choose the model '{name}': the local runtime serves no chat model now "
+            f"({runtime.state.value}: {runtime.reason})"
+        )
+
     async def update(self, changes: dict[str, Any]) -> dict[str, Any]:
         """Check, save, apply; see the module docstring."""
         changes = {k: v for k, v in changes.items() if v is not None}
@@ -79,6 +92,8 @@ class Settings:
         base = self.target()
         candidate = base.updated(changes, "settings")
         changed = [n for n in editable if getattr(candidate, n) != getattr(base, n)]
+        if "provider_model" in changed and candidate.provider_model:
+            self._check_model(candidate.provider_model)
         locked = env_overrides()
         for name in changed:
             if name in locked:
@@ -124,12 +139,14 @@ def register(reg: Registry, rt: Runtime) -> None:
         relays: str | None = None,
         provider_price_sats: int | None = None,
         provider_max_inflight: int | None = None,
+        provider_model: str | None = None,
         wallet_network: str | None = None,
     ) -> dict[str, Any]:
         """Change settings: checked, saved to config.toml, and applied.
 
-        Relays (comma-separated ws:// URLs) and the price apply at once; max in-flight and the
-        wallet network when autopilotd restarts. The answer lists which settings changed, which
+        Relays (comma-separated ws:// URLs), the price and the chat model for jobs that name
+        none (one psionic serves; "" for psionic's default) apply at once; max in-flight and
+        the wallet network when autopilotd restarts. The answer lists which settings changed, which
         applied now and which wait for a restart. Owner only: this rewrites the owner's
         config.toml, and the wallet network decides where money lives.
         """
@@ -138,6 +155,7 @@ def register(reg: Registry, rt: Runtime) -> None:
                 "relays": relays,
                 "provider_price_sats": provider_price_sats,
                 "provider_max_inflight": provider_max_inflight,
+                "provider_model": provider_model,
                 "wallet_network": wallet_network,
             }
         )

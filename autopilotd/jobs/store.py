@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 from autopilotd.errors import Conflict
+from autopilotd.runtime.snapshot import MILESTONES_SATS
 from autopilotd.store import Store
 
 Stage = Literal[
@@ -37,8 +38,6 @@ NEXT: dict[str, tuple[str, ...]] = {
     "rejected": (),
 }
 OPEN_STAGES = ("received", "accepted", "running", "delivered")
-MILESTONES_SATS = (10, 25, 50, 100)
-"""Lifetime earnings worth celebrating, each once (reached in the credit that crosses it)."""
 SERIES_POINTS = 100
 JOB_COLUMNS = (
     "request_id, source, buyer_pubkey, kind, stage, request_json, price_msat, result_json, "

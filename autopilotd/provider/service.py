@@ -84,6 +84,7 @@ class Provider:
         self._settlements: asyncio.Queue[str] = asyncio.Queue()
         self._handler_ids: list[str] = []
         self._active: dict[str, str] = {}
+        self._reached: set[int] | None = None  # milestones reached, once read after start
 
     # -- identity and state ------------------------------------------------------------------
 
@@ -475,7 +476,7 @@ class Provider:
             return embeddings_result(vectors, request.model or "default")
         completion = await runtime.chat(
             [{"role": "user", "content": request.prompt or ""}],
-            model=request.model,
+            model=request.model or self.rt.config.provider_model or None,
             max_tokens=min(request.max_tokens or 128, self.rt.config.provider_max_tokens),
             temperature=request.temperature if request.temperature is not None else 0.7,
             top_p=request.top_p if request.top_p is not None else 1.0,
@@ -615,11 +616,10 @@ class Provider:
             ),
         )
         current = self.rt.state.current
-        loaded = bool(current.earnings.milestones)  # else this is the first read after start
-        before = {m["sats"] for m in current.earnings.milestones if m["reached_at"]}
-        for m in summary["milestones"]:
-            if loaded and m["reached_at"] and m["sats"] not in before:
-                self.rt.events.publish("earnings.milestone_reached", sats=m["sats"])
+        reached = {m["sats"] for m in summary["milestones"] if m["reached_at"]}
+        for sats in sorted(reached - self._reached) if self._reached is not None else ():
+            self.rt.events.publish("earnings.milestone_reached", sats=sats)
+        self._reached = reached
         if current.jobs != jobs or current.earnings != earnings:
             self.rt.state.replace(jobs=jobs, earnings=earnings)
 

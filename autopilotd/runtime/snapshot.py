@@ -173,6 +173,10 @@ class JobsSection:
     queue_depth: int = 0
 
 
+MILESTONES_SATS = (10, 25, 50, 100)
+"""Lifetime earnings worth celebrating, each once (reached in the credit that crosses it)."""
+
+
 @dataclass(frozen=True)
 class EarningsSection:
     """Counted only from wallet-confirmed payments bound to jobs."""
@@ -184,7 +188,9 @@ class EarningsSection:
     last_job: dict[str, Any] | None = None
     last_payment: dict[str, Any] | None = None
     series: tuple[tuple[float, int], ...] = ()  # (at, lifetime sats after it), recent credits
-    milestones: tuple[dict[str, Any], ...] = ()  # 10/25/50/100: reached_at, celebrated
+    milestones: tuple[dict[str, Any], ...] = tuple(
+        {"sats": m, "reached_at": None, "celebrated": False} for m in MILESTONES_SATS
+    )
     celebrate: int | None = None  # the lowest milestone reached and not celebrated yet
 
 

@@ -21,7 +21,6 @@ BAD_STATES = ("failed", "degraded", "error")
 HISTORY_PAGE = 25
 FEED_SHOWN = 100
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
-USERINFO_RE = re.compile(r"//[^/@\s]+@")
 
 
 def alerts(snapshot: dict[str, Any]) -> list[dict[str, Any]]:
@@ -347,7 +346,10 @@ async def settings(v: View) -> dict[str, Any]:
     return {
         "config_file": shown["config_file"],
         "editable": shown["editable"],
-        "settings": {k: _redact(val) for k, val in shown["other"].items()},
+        "settings": shown["other"],  # credentials in URLs already hidden by settings.show
+        "chat_models": [
+            m["id"] for m in v.snapshot["local_runtime"]["models"] if m["kind"] == "chat"
+        ],
         "saved": saved.result if saved is not None and not failed else None,
         "error": saved.error if saved is not None else None,
         "typed": saved.params if saved is not None and failed else {},
@@ -369,11 +371,6 @@ def _wallet_brief(v: View) -> dict[str, Any]:
         "spendable_sats": balance.get("spendable_sats"),
         "receivable_sats": balance.get("receivable_sats"),
     }
-
-
-def _redact(value: Any) -> Any:
-    """Credentials inside URLs (user:password@) are not shown."""
-    return USERINFO_RE.sub("//•••@", value) if isinstance(value, str) else value
 
 
 def _float(raw: str | None) -> float | None:

@@ -18,6 +18,7 @@ from harness import WalletDaemon
 from web.browser import artifact, chromium
 
 from .conftest import PRICE_SATS, Market
+from .test_earn_e2e import _buy_start, _domain_events
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(900)]
 
@@ -76,21 +77,6 @@ async def _balance_is(page: Any, sats: int) -> None:
     assert _sats(await page.inner_text("[data-testid=hud-balance]")) == sats
 
 
-def _buy(buyer: WalletDaemon, prompt: str, timeout_s: int) -> str:
-    req = buyer.ctl_json(
-        "buy.submit",
-        "--prompt",
-        prompt,
-        "--budget-sats",
-        str(PRICE_SATS + 9),
-        "--max-tokens",
-        "16",
-        "--timeout-s",
-        str(timeout_s),
-    )
-    return str(req["request_id"])
-
-
 async def test_golden_path(market: Market) -> None:
     provider, buyer = market.provider, market.buyer
     login = provider.ctl_json("web.login_url")["url"]
@@ -104,7 +90,7 @@ async def test_golden_path(market: Market) -> None:
         await go.locator("[data-testid=provider-state][data-state=offline]").wait_for()
         assert await go.locator(".earning.no").count() == 1
         await _shot(page, "01-offline")
-        preview_id = _buy(buyer, "Are you there?", timeout_s=8)
+        preview_id = _buy_start(buyer, "Are you there?", timeout_s=8)
         inbox = await _open(page, "job_inbox")
         await inbox.locator("tr[data-stage=preview]").first.wait_for(timeout=20_000)
         assert "preview" in await inbox.inner_text()
@@ -114,6 +100,18 @@ async def test_golden_path(market: Market) -> None:
 
         # 2. Click Go Online; the pane and the scoreboard say ONLINE.
         await _earnable(provider)
+
+        # Settings: choose the chat model psionic serves; it applies at once, no restart.
+        models = provider.ctl_json("status")["local_runtime"]["models"]
+        chat = next(m["id"] for m in models if m["kind"] == "chat")
+        settings = await _open(page, "settings")
+        await settings.locator("select[name=provider_model]").select_option(chat)
+        await settings.locator("button[type=submit]").click()
+        saved = settings.locator("[data-testid=settings-saved]")
+        await saved.wait_for(timeout=20_000)
+        assert "applied now: provider_model" in await saved.inner_text()
+        rows = {e["name"]: e for e in provider.ctl_json("settings.show")["editable"]}
+        assert rows["provider_model"]["value"] == chat
         go = await _open(page, "go_online")
         await go.locator("[data-testid=go-online]").click()
         await go.locator("[data-testid=provider-state][data-state=online]").wait_for(timeout=20_000)
@@ -125,7 +123,7 @@ async def test_golden_path(market: Market) -> None:
         assert _sats(await page.inner_text("[data-testid=hud-earned]")) == 0
         await _open(page, "active_job")
         await page.evaluate(WATCH_STAGES)
-        rid = _buy(buyer, "Name three colours.", timeout_s=120)
+        rid = _buy_start(buyer, "Name three colours.", timeout_s=120)
         await page.wait_for_selector("#pane-active_job ol.stages", timeout=60_000)
         await _shot(page, "04-active-job")
         await page.wait_for_selector("#pane-active_job ol.stages[data-stage=paid]", timeout=120_000)
@@ -159,7 +157,7 @@ async def test_golden_path(market: Market) -> None:
 
         # Two more jobs: the chart steps up, and 25 and 50 are each celebrated in turn.
         for jobs, prompt in ((2, "Name a fruit."), (3, "Name a planet.")):
-            _buy(buyer, prompt, timeout_s=120)
+            _buy_start(buyer, prompt, timeout_s=120)
             earned = f"[data-testid=hud-earned]:has-text('{PRICE_SATS * jobs}')"
             await page.wait_for_selector(earned, timeout=120_000)
         board = await _open(page, "earnings_scoreboard")
@@ -172,6 +170,8 @@ async def test_golden_path(market: Market) -> None:
             await party.wait_for(state="detached", timeout=10_000)
         await page.wait_for_timeout(500)
         assert await page.locator("[data-testid=celebrate]").count() == 0
+        reached = [e for e in _domain_events(provider) if e["domain_event"].startswith("earnings.")]
+        assert [e["sats"] for e in reached] == [10, 25, 50], reached  # each once, in order
 
         # 6. Pay an invoice from Pay Lightning Invoice: the balance drops, history shows it.
         invoice = buyer.ctl_json(

@@ -211,7 +211,7 @@ async def test_attack_page_changes_nothing(
         assert "wallet" in (await victim.content()).lower()  # the real tab still works
     await asyncio.sleep(0.2)
     after = await _events(daemon)
-    assert len(after) == events_before, after[events_before:]
+    assert len(after) == events_before, [(e["name"], e["fields"]) for e in after[events_before:]]
     assert not [e for e in after if e["name"] == "logs.marked"]
     assert (await daemon.call("status"))["seq"] == before
 
@@ -249,3 +249,18 @@ async def test_log_out_shows_the_login_page(daemon: InProcessDaemon) -> None:
         await page.screenshot(path=artifact("login.png"))
         await page.reload()
         assert await page.locator("#hud").count() == 0
+
+
+async def test_an_action_that_fails_shows_why_in_its_pane(daemon: InProcessDaemon) -> None:
+    """The answer to a refused action (HTTP 400 with the pane) is shown, not dropped."""
+    async with chromium() as ctx:
+        page = await ctx.new_page()
+        await _login(page, daemon)
+        await page.click("button[data-open=relay_connections]")
+        pane = page.locator("#pane-relay_connections")
+        await pane.locator("input[name=url]").fill("http://not-a-relay.example")
+        await pane.locator("button[type=submit]").click()
+        error = pane.locator("[data-testid=relays-error]")
+        await error.wait_for(timeout=10_000)
+        assert "ws:// or wss://" in await error.inner_text()
+        assert await pane.locator("input[name=url]").input_value() == "http://not-a-relay.example"

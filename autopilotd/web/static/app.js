@@ -10,7 +10,7 @@
   // A live refresh would abort an action in flight inside the same pane (hx-sync replace),
   // and its answer would never show: hold the refresh until the action has answered.
   function refresh(el) {
-    if (!hasHtmx() || !el || !el.dataset.live) return;
+    if (!hasHtmx() || !el || !el.dataset.live || el.dataset.editing) return;
     if (el.querySelector(".htmx-request")) {
       el.dataset.stale = "1";
       return;
@@ -171,13 +171,32 @@
     connect();
   }
 
+  // Edits in progress win over live refreshes. A form field changed in a pane (not a kept
+  // one, below) marks the pane as being edited: it is not refreshed until the form is sent
+  // (the action's answer replaces it) or the page reloads.
+  for (const type of ["input", "change"]) {
+    document.addEventListener(type, (e) => {
+      const pane = e.target.closest && e.target.closest("[data-live]");
+      if (pane && pane.dataset.live && e.target.name && !e.target.classList.contains("keep")) {
+        pane.dataset.editing = "1";
+      }
+    }, true);
+  }
+
   // A live refresh sent before the user typed in a kept field (a filter, a form being filled
   // in) would put back the old value and drop what they typed: discard that answer and ask
   // again with the new one. The answer to an action (a POST) is always shown.
   document.body.addEventListener("htmx:beforeSwap", (e) => {
     const target = e.detail.target;
     if (!target || !target.dataset || !target.dataset.live) return;
-    if ((e.detail.requestConfig && e.detail.requestConfig.verb) !== "get") return; // an action's answer
+    if ((e.detail.requestConfig && e.detail.requestConfig.verb) !== "get") {
+      delete target.dataset.editing; // an action's answer: shown, and the form starts afresh
+      return;
+    }
+    if (target.dataset.editing) {
+      e.detail.shouldSwap = false;
+      return;
+    }
     const path = (e.detail.pathInfo && e.detail.pathInfo.finalRequestPath) || "";
     const sent = new URLSearchParams(path.split("?")[1] || "");
     for (const input of target.querySelectorAll(".keep[name]")) {
