@@ -1,6 +1,6 @@
 """Every pane of the web UI, in palette order, with the snapshot section each one renders.
 
-Placeholders name the section their service will publish (`provider`, `jobs` …) and say in
+Placeholders (chat, starter jobs) name the section their service will publish and say in
 words what brings it; filling one in means publishing that section and writing its block.
 """
 
@@ -9,7 +9,6 @@ from __future__ import annotations
 from autopilotd.web import sources
 from autopilotd.web.panes import Pane, coming
 
-EARN = "the earn loop"
 NEXUS = "the Nexus"
 
 HUD = Pane("hud", "Scoreboard", "hud", sources.hud, live="snapshot", in_palette=False)
