@@ -31,6 +31,7 @@ from autopilotd.errors import UserError
 from autopilotd.paths import Paths, private_dir, write_private_atomic
 
 ENV_PREFIX = "AUTOPILOTD_"
+MAX_INFLIGHT = 32  # jobs at once: more only queue inside psionic
 
 Applies = Literal["now", "restart"]
 """When a setting saved while the daemon runs takes effect."""
@@ -71,7 +72,7 @@ class Config:
     # The earn loop: relays, price and capacity.
     relays: str = _editable("", "now")  # ws:// URLs, comma-separated
     provider_price_sats: int = _editable(10, "now")  # the ask per job; bids below it are refused
-    provider_max_inflight: int = _editable(1, "restart")  # jobs run at once
+    provider_max_inflight: int = _editable(1, "now")  # jobs run at once (1 to 32)
     provider_model: str = _editable("", "now")  # chat model for jobs naming none; "" = psionic's
     provider_queue_size: int = 8  # accepted jobs waiting to run; more are refused as busy
     provider_max_tokens: int = 256  # cap on a text-generation job's max_tokens
@@ -242,6 +243,8 @@ def _validate(config: Config) -> None:
             raise UserError(f"relay '{url}' must be a ws:// or wss:// URL")
     if config.provider_price_sats < 1 or config.provider_max_inflight < 1:
         raise UserError("provider_price_sats and provider_max_inflight must be at least 1")
+    if config.provider_max_inflight > MAX_INFLIGHT:
+        raise UserError(f"provider_max_inflight must be at most {MAX_INFLIGHT}")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UserError("log_level must be one of DEBUG, INFO, WARNING, ERROR")
 

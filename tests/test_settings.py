@@ -97,24 +97,33 @@ async def test_price_applies_now_and_is_saved(daemon_factory: DaemonFactory) -> 
 async def test_a_restart_setting_stays_pending_and_the_running_value_is_kept(
     daemon_factory: DaemonFactory,
 ) -> None:
-    d = await daemon_factory()
-    result = await d.call("settings.update", {"provider_max_inflight": 3})
-    assert result["restart"] == ["provider_max_inflight"] and result["applied"] == []
-    row = shown(await d.call("settings.show"), "provider_max_inflight")
+    d = await daemon_factory(wallet_bitcoind_rpc_url="http://u:p@127.0.0.1:1")
+    result = await d.call("settings.update", {"wallet_network": "regtest"})
+    assert result["restart"] == ["wallet_network"] and result["applied"] == []
+    row = shown(await d.call("settings.show"), "wallet_network")
     assert row == {
-        "name": "provider_max_inflight",
-        "value": 1,
+        "name": "wallet_network",
+        "value": "off",
         "applies": "restart",
         "pending": True,
-        "saved": 3,
+        "saved": "regtest",
         "locked_by": None,
     }
-    assert tomllib.loads(d.paths.config_file.read_text()) == {"provider_max_inflight": 3}
+    assert tomllib.loads(d.paths.config_file.read_text())["wallet_network"] == "regtest"
     status = await d.call("status")
-    assert status["provider"]["max_inflight"] == 1
-    back = await d.call("settings.update", {"provider_max_inflight": 1})
+    assert status["wallet"]["state"] == "off"  # the running wallet is untouched
+    back = await d.call("settings.update", {"wallet_network": "off"})
     assert back["restart"] == []
-    assert not shown(await d.call("settings.show"), "provider_max_inflight")["pending"]
+    assert not shown(await d.call("settings.show"), "wallet_network")["pending"]
+
+
+async def test_max_inflight_applies_now_within_its_bounds(daemon_factory: DaemonFactory) -> None:
+    d = await daemon_factory()
+    result = await d.call("settings.update", {"provider_max_inflight": 3})
+    assert result["applied"] == ["provider_max_inflight"] and result["restart"] == []
+    await until(d, lambda s: s["provider"]["max_inflight"] == 3)
+    with pytest.raises(RpcError, match="at most 32"):
+        await d.call("settings.update", {"provider_max_inflight": 33})
 
 
 async def test_a_bad_value_is_refused_and_nothing_is_written(daemon_factory: DaemonFactory) -> None:

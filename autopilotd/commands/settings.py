@@ -144,11 +144,12 @@ def register(reg: Registry, rt: Runtime) -> None:
     ) -> dict[str, Any]:
         """Change settings: checked, saved to config.toml, and applied.
 
-        Relays (comma-separated ws:// URLs), the price and the chat model for jobs that name
-        none (one psionic serves; "" for psionic's default) apply at once; max in-flight and
-        the wallet network when autopilotd restarts. The answer lists which settings changed, which
-        applied now and which wait for a restart. Owner only: this rewrites the owner's
-        config.toml, and the wallet network decides where money lives.
+        Relays (comma-separated ws:// URLs), the price, max in-flight (1 to 32 jobs at once,
+        from the next job) and the chat model for jobs that name none (one psionic serves; ""
+        for psionic's default) apply at once; the wallet network when autopilotd restarts. The
+        answer lists which settings changed, which applied now and which wait for a restart.
+        Owner only: this rewrites the owner's config.toml, and the wallet network decides where
+        money lives.
         """
         return await settings.update(
             {

@@ -85,6 +85,8 @@ class Provider:
         self._handler_ids: list[str] = []
         self._active: dict[str, str] = {}
         self._reached: set[int] | None = None  # milestones reached, once read after start
+        self._running: set[str] = set()  # jobs started by dispatch and not ended
+        self._capacity = asyncio.Condition()
 
     # -- identity and state ------------------------------------------------------------------
 
@@ -238,7 +240,10 @@ class Provider:
         self.refresh_state()
 
     async def apply_config(self, old: Config, new: Config) -> None:
-        """Settings saved while running: the price and the relays apply at once."""
+        """Settings saved while running: the price, max in-flight and the relays apply at once."""
+        if new.provider_max_inflight != old.provider_max_inflight:
+            self._publish_section(max_inflight=new.provider_max_inflight)
+            await self.capacity_changed()
         if new.provider_price_sats != old.provider_price_sats:
             if self.validator is not None:
                 self.validator.policy = dataclasses.replace(
@@ -373,28 +378,54 @@ class Provider:
             snapshot = await self.rt.state.wait_for_change(snapshot.seq, min(left, 5.0))
         return True
 
-    async def work(self) -> None:
+    async def dispatch(self, tg: asyncio.TaskGroup) -> None:
+        """Start queued jobs in `tg`, at most `provider_max_inflight` at once.
+
+        The limit is read for every job, so a changed setting counts from the next job; a
+        lowered one lets running jobs finish.
+        """
         while True:
             request_id = await self._queue.get()
-            if not await self._parts_ready():
-                job = await self.jobs.get(request_id)
-                if job is not None and job.stage in ("received", "accepted", "running"):
-                    await self.jobs.advance(
-                        request_id, "failed", reason="the wallet or the model did not get ready"
-                    )
-                continue
-            self._active[request_id] = "accepted"
-            try:
-                await self.run_job(request_id)
-            except Exception:
-                logger.exception("job %s failed unexpectedly", request_id)
-                job = await self.jobs.get(request_id)
-                if job is not None and job.stage in ("received", "accepted", "running"):
-                    await self.jobs.advance(request_id, "failed", reason="internal error")
-            finally:
-                self._active.pop(request_id, None)
-                self._requests.pop(request_id, None)
-                await self._publish_jobs_async()
+            async with self._capacity:
+                await self._capacity.wait_for(
+                    lambda: len(self._running) < self.rt.config.provider_max_inflight
+                )
+                self._running.add(request_id)
+            tg.create_task(self._work(request_id))
+
+    async def capacity_changed(self) -> None:
+        async with self._capacity:
+            self._capacity.notify_all()
+
+    async def _work(self, request_id: str) -> None:
+        try:
+            await self.work(request_id)
+        finally:
+            async with self._capacity:
+                self._running.discard(request_id)
+                self._capacity.notify_all()
+
+    async def work(self, request_id: str) -> None:
+        """Run one accepted job to its end, whatever happens on the way."""
+        if not await self._parts_ready():
+            job = await self.jobs.get(request_id)
+            if job is not None and job.stage in ("received", "accepted", "running"):
+                await self.jobs.advance(
+                    request_id, "failed", reason="the wallet or the model did not get ready"
+                )
+            return
+        self._active[request_id] = "accepted"
+        try:
+            await self.run_job(request_id)
+        except Exception:
+            logger.exception("job %s failed unexpectedly", request_id)
+            job = await self.jobs.get(request_id)
+            if job is not None and job.stage in ("received", "accepted", "running"):
+                await self.jobs.advance(request_id, "failed", reason="internal error")
+        finally:
+            self._active.pop(request_id, None)
+            self._requests.pop(request_id, None)
+            await self._publish_jobs_async()
 
     async def run_job(self, request_id: str) -> None:
         job = await self.jobs.get(request_id)
@@ -668,8 +699,7 @@ class ProviderService:
                 tg.create_task(p.intake(pool))
                 tg.create_task(p.settle())
                 tg.create_task(p.tick())
-                for _ in range(cfg.provider_max_inflight):
-                    tg.create_task(p.work())
+                tg.create_task(p.dispatch(tg))
         finally:
             p.pool = None
             p.rt.wallet.receive_listeners.remove(p.on_wallet_receipt)

@@ -24,7 +24,7 @@ async def test_settings_pane_is_a_form_that_says_when_each_setting_applies(
     assert status == 200
     assert 'hx-post="/do/settings.update?pane=settings"' in html
     assert 'name="provider_price_sats"' in html and 'name="wallet_network"' in html
-    assert html.count("applies now") == 3 and html.count("applies at restart") == 2
+    assert html.count("applies now") == 4 and html.count("applies at restart") == 1
     assert 'name="provider_model"' in html and "psionic's default" in html
     assert "secret" not in html and "//•••@127.0.0.1:1" in html  # read-only, redacted
     assert "log_level" in html
@@ -33,21 +33,21 @@ async def test_settings_pane_is_a_form_that_says_when_each_setting_applies(
 async def test_saving_applies_now_or_says_it_waits_for_a_restart(
     daemon_factory: DaemonFactory, web_login: Any
 ) -> None:
-    d = await daemon_factory()
+    d = await daemon_factory(wallet_bitcoind_rpc_url="http://u:p@127.0.0.1:1")
     web = await web_login(d)
-    form = {**FORM, "provider_price_sats": "33", "provider_max_inflight": "4"}
+    form = {**FORM, "provider_price_sats": "33", "wallet_network": "regtest"}
     status, html = await web.do("settings.update", form, pane="settings")
     assert status == 200, html
     assert "Saved ✓" in html and "applied now: provider_price_sats" in html
-    assert "saved; applies when autopilotd restarts: provider_max_inflight" in html
-    assert 'data-testid="pending-provider_max_inflight"' in html
-    assert "running now: <code>1</code>" in html  # the running value stays visible
-    assert 'value="4"' in html and 'value="33"' in html
+    assert "saved; applies when autopilotd restarts: wallet_network" in html
+    assert 'data-testid="pending-wallet_network"' in html
+    assert "running now: <code>off</code>" in html  # the running value stays visible
+    assert 'value="regtest" selected' in html and 'value="33"' in html
     saved = tomllib.loads(d.paths.config_file.read_text())
-    assert saved == {"provider_price_sats": 33, "provider_max_inflight": 4}
+    assert saved == {"provider_price_sats": 33, "wallet_network": "regtest"}
     assert (await d.call("status"))["provider"]["price_sats"] == 33
     _, again = await web.get("/pane/settings")
-    assert 'data-testid="pending-provider_max_inflight"' in again  # pending until restart
+    assert 'data-testid="pending-wallet_network"' in again  # pending until restart
 
 
 async def test_a_bad_value_is_shown_in_words_and_nothing_is_saved(
