@@ -86,6 +86,7 @@ class Provider:
         self._active: dict[str, str] = {}
         self._reached: set[int] | None = None  # milestones reached, once read after start
         self._running: set[str] = set()  # jobs started by dispatch and not ended
+        self._prompts: dict[str, str] = {}  # request id → prompt, for the inbox
         self._capacity = asyncio.Condition()
 
     # -- identity and state ------------------------------------------------------------------
@@ -341,8 +342,11 @@ class Provider:
 
     def _request(self, job: Job) -> JobRequest:
         request = self._requests.get(job.request_id)
-        if request is not None:
-            return request
+        if request is None:
+            request = self._requests[job.request_id] = self._reparse(job)
+        return request
+
+    def _reparse(self, job: Job) -> JobRequest:
         # A request stored earlier is parsed again as of when it arrived, by a validator of its
         # own, so resuming never touches the live counters or the buyers' rate limits.
         reloader = RequestValidator(
@@ -351,8 +355,21 @@ class Provider:
         parsed = reloader.validate(job.request_json, now=job.received_at)
         if isinstance(parsed, Rejection):
             raise Conflict(f"stored request {job.request_id} no longer parses: {parsed.reason}")
-        self._requests[job.request_id] = parsed
         return parsed
+
+    def _prompt(self, job: Job) -> str:
+        """What the buyer asked, for the inbox (parsed once per job, a bounded cache)."""
+        prompt = self._prompts.get(job.request_id)
+        if prompt is None:
+            request = self._requests.get(job.request_id)
+            try:
+                prompt = ((request or self._reparse(job)).prompt or "")[:200]
+            except Conflict:
+                prompt = ""
+            self._prompts[job.request_id] = prompt
+            while len(self._prompts) > 4 * INBOX_ROWS:
+                self._prompts.pop(next(iter(self._prompts)))
+        return prompt
 
     async def _send(self, job: Job, purpose: Purpose, make: Callable[[], sdk.Event]) -> bool:
         """Sign once (or reuse the stored event), publish to every relay, record each answer."""
@@ -610,7 +627,12 @@ class Provider:
     async def _publish_jobs_async(self) -> None:
         recent = await self.jobs.history(limit=INBOX_ROWS, before=None)
         rows = [
-            {**j.to_json(), "claimable": False, "active_stage": self._active.get(j.request_id)}
+            {
+                **j.to_json(),
+                "prompt": self._prompt(j),
+                "claimable": False,
+                "active_stage": self._active.get(j.request_id),
+            }
             for j in recent
         ]
         inbox = tuple(

@@ -132,6 +132,9 @@ async def test_golden_path(market: Market) -> None:
         assert seen[-1] == "paid" and len(seen) >= 2, seen
         assert [s for s in STAGES if s in seen] == seen, seen  # forward only, in order
         assert provider.ctl_json("jobs.get", "--request-id", rid)["stage"] == "paid"
+        inbox = await _open(page, "job_inbox")
+        row = inbox.locator("tr[data-stage=paid]", has_text="Name three colours.")
+        await row.wait_for(timeout=10_000)  # what the buyer asked, next to how it ended
 
         # 4. The scoreboard and the wallet balance rise by the price.
         await page.wait_for_selector(
