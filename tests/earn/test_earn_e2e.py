@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from typing import Any
 
 import pytest
 from harness import WalletDaemon
+
+from autopilotd.nostr.pool import PoolConfig, RelayPool, SubscriptionFilter, running
 
 from .conftest import PRICE_SATS, Market
 
@@ -152,6 +155,35 @@ async def test_two_providers_race_for_one_request(market: Market) -> None:
     assert winner["payment_hash"] == row["payment_hash"]
     second.ctl("provider.offline")
     second.stop()
+
+
+async def _authored(relay_url: str, pubkey: str, kinds: tuple[int, ...]) -> list[Any]:
+    """Every event of `kinds` by `pubkey` the relay holds (a fresh subscription from 0)."""
+    pool = RelayPool(PoolConfig(relays=(relay_url,)))
+    found: list[Any] = []
+    async with running(pool):
+        await pool.subscribe([SubscriptionFilter(kinds=kinds, authors=(pubkey,), since=0)])
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(3):
+                async for incoming in pool.events():
+                    found.append(incoming.event)
+    return found
+
+
+async def test_online_announces_a_handler_and_offline_withdraws_it(market: Market) -> None:
+    """NIP-89: Go Online publishes the handler for the served kinds; Go Offline deletes it."""
+    provider = market.provider
+    await _go_online(provider)
+    pubkey = provider.ctl_json("identity.show")["hex"]
+    [handler] = await _authored(market.relay_url, pubkey, (31990,))
+    tags = [list(t) for t in handler.tags]
+    assert ["d", "autopilotd"] in tags and ["k", "5050"] in tags and ["k", "5060"] in tags
+    assert json.loads(handler.content)["price_sats"] == PRICE_SATS
+    provider.ctl("provider.offline")
+    [deletion] = await _authored(market.relay_url, pubkey, (5,))
+    deleted = [list(t) for t in deletion.tags]
+    assert ["e", handler.id] in deleted and ["a", f"31990:{pubkey}:autopilotd"] in deleted
+    await _go_online(provider)
 
 
 async def test_after_a_restart_the_provider_is_offline(market: Market) -> None:
