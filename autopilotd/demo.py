@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from autopilotd.buyer import loop as buyer_loop
+from autopilotd.children import die_with_parent
 from autopilotd.ctl.client import RpcClient, RpcError, locate
 from autopilotd.devnet import Devnet
 from autopilotd.errors import AutopilotError, DaemonNotRunning, UserError
@@ -51,6 +52,7 @@ class Processes:
             stdout=asyncio.subprocess.PIPE if pipe else log,
             stderr=log,
             env={**os.environ, **(env or {})},
+            preexec_fn=die_with_parent,  # a killed demo leaves no daemon or relay behind
         )
         self.procs.append(proc)
         return proc

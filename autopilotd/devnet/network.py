@@ -50,7 +50,7 @@ class Devnet:
         self._info: DevnetInfo | None = None
 
     async def __aenter__(self) -> Self:
-        await self.up()
+        await self.up(owner=os.getpid())  # a devnet used as a context dies with its user
         return self
 
     async def __aexit__(
@@ -88,8 +88,12 @@ class Devnet:
             return None
         return info
 
-    async def up(self, timeout_s: float = UP_TIMEOUT_S) -> DevnetInfo:
-        """Start the devnet (or attach to the one already running) and wait until it answers."""
+    async def up(self, timeout_s: float = UP_TIMEOUT_S, owner: int | None = None) -> DevnetInfo:
+        """Start the devnet (or attach to the one already running) and wait until it answers.
+
+        With `owner` (a pid), a devnet started here stops itself once that process is gone,
+        even if it was killed before it could call `down`.
+        """
         existing = self.status()
         if existing is not None:
             self._info = existing
@@ -97,7 +101,7 @@ class Devnet:
         if not self._supervisor_running():
             # Nothing is starting either: clear what a crashed run left, then start.
             await self._cleanup_leftovers()
-            await self._spawn_supervisor()
+            await self._spawn_supervisor(owner)
         started = time.monotonic()
         while True:
             info = self.status()
@@ -119,8 +123,9 @@ class Devnet:
         pid = read_pid(self.layout.supervisor_pid_file)
         return pid is not None and _pid_runs(pid, SUPERVISOR_MODULE)
 
-    async def _spawn_supervisor(self) -> None:
+    async def _spawn_supervisor(self, owner: int | None) -> None:
         self.layout.create()
+        follow = ["--owner", str(owner)] if owner is not None else []
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -128,6 +133,7 @@ class Devnet:
             "--dir",
             str(self.layout.root),
             "--detach",
+            *follow,
             stdin=asyncio.subprocess.DEVNULL,
         )
         if await process.wait() != 0:

@@ -5,7 +5,9 @@ this process, started detached (`--detach` forks into a new session) and stopped
 SIGTERM by `down`. It publishes `devnet.json` only once everything answers, and removes it
 on the way out.
 
-    python -m autopilotd.devnet.supervisor --dir DIR [--detach]
+    python -m autopilotd.devnet.supervisor --dir DIR [--detach] [--owner PID]
+
+With `--owner`, it also stops once that process is gone (a test or demo that was killed).
 """
 
 import argparse
@@ -19,6 +21,7 @@ import signal
 import sys
 from pathlib import Path
 
+from autopilotd.children import owner_gone
 from autopilotd.devnet.btcd import BtcdConfig, BtcdProcess
 from autopilotd.devnet.coins import Faucet, MinerKey
 from autopilotd.devnet.control import serve_control
@@ -32,14 +35,27 @@ from autopilotd.loopback import LOOPBACK, free_port
 logger = logging.getLogger(__name__)
 
 
-async def run(layout: DevnetLayout) -> None:
-    """Run the devnet until SIGTERM or SIGINT (which cancel it, wherever it is)."""
+async def run(layout: DevnetLayout, owner: int | None = None) -> None:
+    """Run the devnet until SIGTERM or SIGINT, or `owner` exits (each cancels it)."""
     ldk_node_module()  # fail before starting anything when the bindings are missing
     main = asyncio.current_task()
     assert main is not None
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, main.cancel)
+    async with asyncio.TaskGroup() as tg:
+        serving = tg.create_task(_run(layout))
+        if owner is not None:
+            tg.create_task(_stop_when_gone(owner, serving))
+
+
+async def _stop_when_gone(owner: int, serving: asyncio.Task[None]) -> None:
+    await owner_gone(owner)
+    logger.info("the devnet's owner (pid %d) is gone", owner)
+    serving.cancel()
+
+
+async def _run(layout: DevnetLayout) -> None:
     forget_previous_chain(layout)
 
     key = MinerKey.load_or_create(layout.miner_key_file)
@@ -124,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m autopilotd.devnet.supervisor")
     parser.add_argument("--dir", type=Path, required=True, help="the devnet directory")
     parser.add_argument("--detach", action="store_true", help="run in a new session")
+    parser.add_argument("--owner", type=int, help="stop once this process is gone")
     args = parser.parse_args(argv)
     layout = DevnetLayout(args.dir.resolve())
     layout.create()
@@ -136,10 +153,10 @@ def main(argv: list[str] | None = None) -> int:
         except BlockingIOError:
             print(f"a devnet supervisor already runs in {layout.root}", file=sys.stderr)
             return 1
-        return _serve(layout)
+        return _serve(layout, args.owner)
 
 
-def _serve(layout: DevnetLayout) -> int:
+def _serve(layout: DevnetLayout, owner: int | None) -> int:
     with layout.log_file.open("a") as log:
         os.dup2(log.fileno(), sys.stdout.fileno())
         os.dup2(log.fileno(), sys.stderr.fileno())
@@ -150,7 +167,7 @@ def _serve(layout: DevnetLayout) -> int:
     )
     write_pid(layout.supervisor_pid_file, os.getpid())
     try:
-        asyncio.run(run(layout))
+        asyncio.run(run(layout, owner))
     except asyncio.CancelledError:
         pass
     except Exception:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import logging
 import os
@@ -22,6 +21,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from autopilotd.children import die_with_parent
 from autopilotd.inference.port import Inference, InferenceError, RuntimeStatus
 from autopilotd.inference.psionic_http import PsionicClient
 from autopilotd.loopback import free_port
@@ -33,18 +33,6 @@ logger = logging.getLogger(__name__)
 POLL_S = 2.0
 START_TIMEOUT_S = 300.0
 MAX_RESTARTS = 3
-
-
-def die_with_parent() -> None:
-    """In the child, before exec: on Linux, get SIGTERM when the daemon dies, even by SIGKILL.
-
-    psionic runs in its own session (so the daemon can stop its whole process group), which
-    also means nothing else would stop it if the daemon were killed: a restart would then find
-    a second psionic holding the memory. Elsewhere this is a no-op.
-    """
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def psionic_command() -> list[str]:
@@ -173,7 +161,7 @@ class LocalRuntimeService:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             start_new_session=True,
-            preexec_fn=die_with_parent,
+            preexec_fn=die_with_parent,  # psionic runs in its own session: nothing else stops it
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
         client = PsionicClient(url)

@@ -1,9 +1,11 @@
 """`autopilotd devnet` from a shell: up returns while the net keeps running; down cleans up."""
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +67,21 @@ async def test_down_after_a_crashed_supervisor_kills_btcd(tmp_path: Path) -> Non
         await net.down()
     assert not pid_alive(info.btcd_pid)
     assert net.status() is None
+
+
+async def test_a_devnet_with_an_owner_stops_when_the_owner_is_killed(tmp_path: Path) -> None:
+    """A test or demo killed before it could call `down` leaves no devnet behind."""
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    net = Devnet(tmp_path / "devnet")
+    try:
+        info = await net.up(owner=owner.pid)
+        owner.kill()
+        owner.wait()
+        deadline = time.monotonic() + 60
+        while pid_alive(info.supervisor_pid) or pid_alive(info.btcd_pid):
+            assert time.monotonic() < deadline, "the devnet outlived its owner"
+            await asyncio.sleep(0.2)
+        assert net.status() is None
+    finally:
+        owner.kill()
+        await net.down()
