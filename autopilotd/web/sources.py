@@ -334,6 +334,9 @@ async def sync_health(v: View) -> dict[str, Any]:
     return {
         "store": {**store, "path": str(v.rt.store.path)},
         "session_log": {"session": log["session"], "path": log["path"]},
+        # signed job events no relay has accepted yet (sent again on every tick)
+        "outbox_waiting": len(await v.rt.provider.jobs.unpublished()),
+        "relays": v.snapshot["relays"],
         "nexus": v.snapshot.get("sync"),
     }
 

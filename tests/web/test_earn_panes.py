@@ -28,6 +28,8 @@ from autopilotd.web.panes import View
 from autopilotd.web.sources import sats_chart
 from autopilotd.web.views import WebUI
 
+from .conftest import WebClient
+
 TAG_RE = re.compile(r"<[^>]+>")
 NOW = time.time()
 HOSTILE = '<script>alert(1)</script><img src=x hx-get="/do/wallet.pay">'
@@ -166,3 +168,10 @@ async def test_milestones_can_only_be_marked_once_reached(daemon_factory: Daemon
         await d.call("earnings.milestone_seen", {"sats": 10})
     with pytest.raises(RpcError, match="no milestone of 7 sats"):
         await d.call("earnings.milestone_seen", {"sats": 7})
+
+
+async def test_sync_health_counts_job_events_waiting_for_a_relay(web: WebClient) -> None:
+    _, data = await web.get_json("/pane/sync_health")
+    assert data["outbox_waiting"] == 0 and data["relays"] == []
+    _, html = await web.get("/pane/sync_health")
+    assert "every signed job event reached a relay" in html
