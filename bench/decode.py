@@ -26,9 +26,10 @@ import torch
 
 from psionic.engine import Engine
 from psionic.precision import Precision
+from psionic.reference import hf_llama
 from psionic.registry import smollm2_gguf
 from psionic.sampling import Sampler, SamplingParams
-from psionic.weights import LlamaWeights, load_gguf, to_hf_state_dict
+from psionic.weights import LlamaWeights, load_gguf
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
@@ -73,36 +74,10 @@ def bench_psionic(weights: LlamaWeights, prompt: list[int], precision: Precision
     return Result(f"psionic {precision}", len(prompt), ttft, rate)
 
 
-def _hf_model(weights: LlamaWeights, dtype: torch.dtype) -> Any:
-    import transformers
-
-    a = weights.args
-    config = transformers.LlamaConfig(
-        vocab_size=a.vocab_size,
-        hidden_size=a.dim,
-        intermediate_size=a.ffn_dim,
-        num_hidden_layers=a.n_layers,
-        num_attention_heads=a.n_heads,
-        num_key_value_heads=a.n_kv_heads,
-        rms_norm_eps=a.norm_eps,
-        rope_theta=a.rope_theta,
-        max_position_embeddings=a.max_seq_len,
-        tie_word_embeddings=a.tie_embeddings,
-        attn_implementation="sdpa",
-    )
-    model = transformers.LlamaForCausalLM(config)
-    state = to_hf_state_dict(weights.state_dict)
-    if a.tie_embeddings:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    model.load_state_dict(state, strict=False)
-    model.tie_weights()
-    return model.to(dtype=dtype).eval()
-
-
 def bench_transformers(
     weights: LlamaWeights, prompt: list[int], dtype: torch.dtype, n: int
 ) -> Result:
-    model = _hf_model(weights, dtype)
+    model = hf_llama(weights, dtype)
     ids = torch.tensor([prompt])
     mask = torch.ones_like(ids)
 

@@ -4,7 +4,6 @@ sentence-transformers, both on the very same weights."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -13,8 +12,9 @@ from conftest import DEVICES
 from psionic.embeddings import Embedder
 from psionic.engine import Engine
 from psionic.precision import Precision
+from psionic.reference import hf_llama
 from psionic.sampling import Sampler, SamplingParams
-from psionic.weights import LlamaWeights, to_hf_state_dict
+from psionic.weights import LlamaWeights
 
 PROMPTS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -27,48 +27,14 @@ PROMPTS = [
 NEW_TOKENS = 24
 
 
-def _hf_model(weights: LlamaWeights, dtype: torch.dtype, device: str) -> Any:
-    transformers = pytest.importorskip("transformers")
-    a = weights.args
-    config = transformers.LlamaConfig(
-        vocab_size=a.vocab_size,
-        hidden_size=a.dim,
-        intermediate_size=a.ffn_dim,
-        num_hidden_layers=a.n_layers,
-        num_attention_heads=a.n_heads,
-        num_key_value_heads=a.n_kv_heads,
-        rms_norm_eps=a.norm_eps,
-        rope_theta=a.rope_theta,
-        max_position_embeddings=a.max_seq_len,
-        tie_word_embeddings=a.tie_embeddings,
-        attn_implementation="sdpa",
-    )
-    with torch.device("meta"):
-        model = transformers.LlamaForCausalLM(config)
-    state = to_hf_state_dict(weights.state_dict)
-    if a.tie_embeddings:
-        state["lm_head.weight"] = state["model.embed_tokens.weight"]
-    model.load_state_dict(state, strict=False, assign=True)
-    model.tie_weights()
-    # As from_pretrained(dtype=...) leaves it: the rotary frequencies stay fp32.
-    exponents = torch.arange(0, a.head_dim, 2, dtype=torch.int64).float() / a.head_dim
-    inv_freq = 1.0 / (a.rope_theta**exponents)
-    rotary = model.model.rotary_emb
-    for name in ("inv_freq", "original_inv_freq"):
-        rotary.register_buffer(name, inv_freq, persistent=False)
-    model = model.to(device=device, dtype=dtype).eval()
-    for name in ("inv_freq", "original_inv_freq"):
-        rotary.register_buffer(name, inv_freq.to(device), persistent=False)
-    return model
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("precision", [Precision.FP32, Precision.BF16])
 def test_greedy_matches_transformers(
     smollm: LlamaWeights, device: str, precision: Precision
 ) -> None:
     dtype = precision.activation_dtype(torch.device(device))
-    hf = _hf_model(smollm, dtype, device)
+    pytest.importorskip("transformers")
+    hf = hf_llama(smollm, dtype, device)
     engine = Engine(smollm, torch.device(device), precision)
     for messages in PROMPTS:
         prompt = smollm.tokenizer.encode(smollm.tokenizer.render_chat(messages))
