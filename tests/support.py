@@ -111,3 +111,27 @@ async def wallet_daemon(
     result = await d.call("wait.until", {"condition": "wallet-ready", "timeout_s": 10})
     assert result["met"]
     return d, node
+
+
+def host_cases(port: int) -> list[tuple[str, bool]]:
+    """Host headers for the T10 matrices, each with whether the server must accept it."""
+    return [
+        (f"127.0.0.1:{port}", True),
+        (f"localhost:{port}", True),
+        (f"[::1]:{port}", True),
+        (f"evil.example:{port}", False),
+        (f"127.0.0.1:{port + 1}", False),
+        ("127.0.0.1", False),
+    ]
+
+
+def origin_cases(port: int, host: str) -> list[tuple[str | None, bool]]:
+    """Origin headers for a request to `host`, each with whether it must be accepted."""
+    return [
+        (None, True),
+        (f"http://{host}", True),
+        ("http://evil.example", False),
+        ("null", False),
+        (f"https://{host}", False),
+        (f"http://127.0.0.1:{port + 1}", False),
+    ]

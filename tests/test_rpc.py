@@ -5,11 +5,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from functools import partial
 from typing import Any
 
 import aiohttp
 import pytest
-from support import DaemonFactory, InProcessDaemon
+from support import DaemonFactory, InProcessDaemon, host_cases, origin_cases
 
 from autopilotd.registry import Registry
 from autopilotd.runtime.context import Runtime
@@ -62,24 +63,8 @@ def _rpc(method: str, params: dict[str, Any] | None = None, id: int = 1) -> dict
 async def test_t10_host_origin_auth_matrix(daemon: InProcessDaemon) -> None:
     """216 requests: only allowed Host ∧ (no Origin ∨ exact Origin) ∧ valid token pass."""
     port = daemon.port
-    hosts = [
-        (f"127.0.0.1:{port}", True),
-        (f"localhost:{port}", True),
-        (f"[::1]:{port}", True),
-        (f"evil.example:{port}", False),
-        (f"127.0.0.1:{port + 1}", False),
-        ("127.0.0.1", False),
-    ]
-
-    def origins(host: str) -> list[tuple[str | None, bool]]:
-        return [
-            (None, True),
-            (f"http://{host}", True),
-            ("http://evil.example", False),
-            ("null", False),
-            (f"https://{host}", False),
-            (f"http://127.0.0.1:{port + 1}", False),
-        ]
+    hosts = host_cases(port)
+    origins = partial(origin_cases, port)
 
     auths = [(None, False), ("wrong-" + "x" * 40, False), (daemon.endpoint.token, True)]
     ops = [("status", False), ("logs.mark", True)]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+from functools import partial
 
 import aiohttp
+from support import host_cases, origin_cases
 from yarl import URL
 
 from .conftest import WebClient
@@ -13,25 +15,8 @@ from .conftest import WebClient
 async def test_web_host_origin_session_matrix(web: WebClient) -> None:
     """Only allowed Host ∧ (no Origin ∨ exact Origin) ∧ a valid session (and CSRF) pass."""
     port = web.daemon.port
-    hosts = [
-        (f"127.0.0.1:{port}", True),
-        (f"localhost:{port}", True),
-        (f"[::1]:{port}", True),
-        (f"evil.example:{port}", False),
-        (f"127.0.0.1:{port + 1}", False),
-        ("127.0.0.1", False),
-    ]
-
-    def origins(host: str) -> list[tuple[str | None, bool]]:
-        return [
-            (None, True),
-            (f"http://{host}", True),
-            ("http://evil.example", False),
-            ("null", False),
-            (f"https://{host}", False),
-            (f"http://127.0.0.1:{port + 1}", False),
-        ]
-
+    hosts = host_cases(port)
+    origins = partial(origin_cases, port)
     cookie_name = f"autopilotd_session_{port}"
     good_cookie = web.session.cookie_jar.filter_cookies(URL(web.base))[cookie_name].value
     sessions = [(None, False), ("x" * 43, False), (good_cookie, True)]
