@@ -94,13 +94,7 @@ class Config:
 
     def updated(self, changes: Mapping[str, Any], source: str) -> Config:
         """This config with `changes`, coerced and validated exactly as `load_config` does."""
-        fields = _settable_fields()
-        hints = typing.get_type_hints(Config)
-        values: dict[str, Any] = {}
-        for name, value in changes.items():
-            if name not in fields:
-                raise UserError(f"{source}: unknown setting '{name}'")
-            values[name] = _coerce(name, hints[name], value, source)
+        values = _coerced(changes, source)
         if "relays" in values:  # one spelling, so an unchanged list compares equal
             values["relays"] = ", ".join(dict.fromkeys(split_list(values["relays"])))
         config = dataclasses.replace(self, **values)
@@ -147,6 +141,18 @@ def save_settings(path: Path, values: Mapping[str, Any]) -> None:
     write_private_atomic(path, tomlkit.dumps(doc).encode("utf-8"))
 
 
+def _coerced(values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """`values` as the fields' types; an unknown setting or a wrong type says where it came from."""
+    fields = _settable_fields()
+    hints = typing.get_type_hints(Config)
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        if name not in fields:
+            raise UserError(f"{source}: unknown setting '{name}'")
+        out[name] = _coerce(name, hints[name], value, source)
+    return out
+
+
 def _settable_fields() -> dict[str, dataclasses.Field[Any]]:
     return {f.name: f for f in dataclasses.fields(Config) if not f.metadata.get("internal")}
 
@@ -187,22 +193,17 @@ def _coerce(name: str, kind: Any, value: Any, source: str) -> Any:
 def load_config(paths: Paths, env: Mapping[str, str] | None = None) -> Config:
     """Read `config.toml` (if any), apply `AUTOPILOTD_*` overrides, validate, return a Config."""
     env = os.environ if env is None else env
-    fields = _settable_fields()
-    hints = typing.get_type_hints(Config)
     values: dict[str, Any] = {}
     if paths.config_file.exists():
         try:
             data = tomllib.loads(paths.config_file.read_text(encoding="utf-8"))
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"{paths.config_file}: not valid TOML ({exc})") from None
-        for key, value in data.items():
-            if key not in fields:
-                raise UserError(f"{paths.config_file}: unknown setting '{key}'")
-            values[key] = _coerce(key, hints[key], value, str(paths.config_file))
-    for name in fields:
+        values.update(_coerced(data, str(paths.config_file)))
+    for name in _settable_fields():
         raw = env.get(env_name(name))
         if raw is not None:
-            values[name] = _coerce(name, hints[name], raw, env_name(name))
+            values.update(_coerced({name: raw}, env_name(name)))
     config = Config(paths=paths, **values)
     _validate(config)
     return config
