@@ -212,17 +212,8 @@ class Provider:
     # -- relays ----------------------------------------------------------------------------
 
     def on_health(self, row: RelayHealth) -> None:
-        new_row = RelayRow(
-            url=row.url,
-            state=str(row.state.value if hasattr(row.state, "value") else row.state),
-            connected=row.connected,
-            last_seen=row.last_seen,
-            last_error=row.last_error,
-            events_in=row.events_in,
-            events_out=row.events_out,
-            publish_accepted=row.publish_accepted,
-            publish_rejected=row.publish_rejected,
-        )
+        shown = {f.name: getattr(row, f.name) for f in dataclasses.fields(RelayRow)}
+        new_row = RelayRow(**{**shown, "state": str(row.state)})  # LinkState is a StrEnum
         rows = {r.url: r for r in self.rt.state.current.relays}
         old = rows.get(row.url)
         only_seen = (
