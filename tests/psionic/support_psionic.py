@@ -49,11 +49,15 @@ async def serve_models(
 
 
 class FakeEngine:
-    """Stands in for ``Engine``: yields "tok " until cancelled or a gate says stop."""
+    """Stands in for ``Engine``: yields "tok " until cancelled or a gate says stop.
+
+    ``stopped_early`` is set when generation ends before its budget, whether the engine saw
+    the cancel flag itself or the worker saw it first and dropped the generator.
+    """
 
     def __init__(self, gate: Any = None) -> None:
         self.gate = gate
-        self.cancel_seen = False
+        self.stopped_early = False
         self.started = 0
         self.tokenizer = self
 
@@ -68,14 +72,16 @@ class FakeEngine:
     ) -> Iterator[TextDelta | Finished]:
         self.started += 1
         count = 0
-        while count < params.max_tokens:
-            if self.gate is not None:
-                self.gate.wait(10)
-            time.sleep(0.002)  # a token takes time, as with a real model
-            if cancelled():
-                self.cancel_seen = True
-                yield Finished("cancelled", len(prompt), count)
-                return
-            count += 1
-            yield TextDelta("tok ")
-        yield Finished("length", len(prompt), count)
+        try:
+            while count < params.max_tokens:
+                if self.gate is not None:
+                    self.gate.wait(10)
+                time.sleep(0.002)  # a token takes time, as with a real model
+                if cancelled():
+                    yield Finished("cancelled", len(prompt), count)
+                    return
+                count += 1
+                yield TextDelta("tok ")
+            yield Finished("length", len(prompt), count)
+        finally:
+            self.stopped_early = count < params.max_tokens

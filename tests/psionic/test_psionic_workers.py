@@ -26,7 +26,7 @@ async def test_client_disconnect_cancels_streaming_generation() -> None:
         assert response.status == 200
         await response.content.readline()  # the first event is on the wire
         response.close()  # the client goes away mid-stream
-        await _until(lambda: engine.cancel_seen)
+        await _until(lambda: engine.stopped_early)
         await _until(lambda: runtime.models[CHAT.id].worker.queue_depth == 0)
 
 
@@ -36,7 +36,7 @@ async def test_client_disconnect_cancels_non_streaming_generation() -> None:
         request = tg.create_task(client.post("/v1/chat/completions", json=BODY))
         await _until(lambda: engine.started == 1)
         request.cancel()  # closes the connection
-        await _until(lambda: engine.cancel_seen)
+        await _until(lambda: engine.stopped_early)
 
 
 async def test_full_queue_answers_429_with_retry_after() -> None:
