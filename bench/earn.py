@@ -15,12 +15,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from figures import latency_row
 
 from autopilotd.demo import BIN, PRICE_SATS, _call, _go_online, demo_network
 
@@ -34,16 +35,6 @@ def first(evts: list[dict[str, Any]], name: str, rid: str) -> float | None:
     return next(
         (e["ts"] for e in evts if e["domain_event"] == name and e.get("request_id") == rid), None
     )
-
-
-def summary(name: str, xs: list[float]) -> dict[str, Any]:
-    xs = sorted(xs)
-    return {
-        "measure": name,
-        "n": len(xs),
-        "p50_ms": round(statistics.median(xs) * 1000, 1),
-        "max_ms": round(xs[-1] * 1000, 1),
-    }
 
 
 async def main() -> None:
@@ -119,9 +110,11 @@ async def main() -> None:
             ensure_ascii=False,
         )
     )
-    print(json.dumps(summary("request → processing", processing), ensure_ascii=False))
+    print(json.dumps(latency_row("request → processing", processing), ensure_ascii=False))
     print(
-        json.dumps(summary("request → result (5050, max_tokens 128)", result), ensure_ascii=False)
+        json.dumps(
+            latency_row("request → result (5050, max_tokens 128)", result), ensure_ascii=False
+        )
     )
 
 

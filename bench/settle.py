@@ -18,13 +18,14 @@ import asyncio
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from figures import latency_row
 
 from autopilotd.ctl.client import RpcClient, locate
 from autopilotd.devnet import Devnet
@@ -122,17 +123,10 @@ async def main() -> None:
             for proc in procs:
                 proc.wait(60)
 
-    def row(name: str, xs: list[float]) -> dict[str, Any]:
-        xs = sorted(xs)
-        return {
-            "measure": name,
-            "n": len(xs),
-            "p50_ms": round(statistics.median(xs) * 1000, 1),
-            "p90_ms": round(xs[int(0.9 * (len(xs) - 1))] * 1000, 1),
-            "max_ms": round(xs[-1] * 1000, 1),
-        }
-
-    for r in (row("pay → settled (buyer)", settled), row("pay → received (provider)", received)):
+    for r in (
+        latency_row("pay → settled (buyer)", settled),
+        latency_row("pay → received (provider)", received),
+    ):
         print(json.dumps(r, ensure_ascii=False))
 
 
