@@ -34,6 +34,28 @@ F = TypeVar("F", bound=CommandFunc)
 _SCALARS: dict[type, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
+def _is_unicode_text(value: Any) -> bool:
+    """Whether every string in a JSON value, keys and nested values included, is valid Unicode.
+
+    JSON may spell a lone surrogate (`"\\ud800"`), which no UTF-8 text can hold; refused here, it
+    never reaches a command, a log line or a file.
+    """
+    pending = [value]
+    while pending:  # a loop, not recursion: nesting as deep as the JSON parser allows is fine
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, list):
+            pending.extend(item)
+        elif isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+    return True
+
+
 @dataclass(frozen=True)
 class Param:
     """One keyword parameter of a command, as clients see it."""
@@ -87,6 +109,10 @@ class Param:
             ok = isinstance(value, dict)
         if not ok:
             raise InvalidParams(f"parameter '{self.name}' must be of type {self.type}")
+        if not _is_unicode_text(value):
+            raise InvalidParams(
+                f"parameter '{self.name}' must be valid Unicode text (it holds a lone surrogate)"
+            )
         if self.choices is not None and value not in self.choices:
             raise InvalidParams(
                 f"parameter '{self.name}' must be one of: {', '.join(self.choices)}"

@@ -163,3 +163,31 @@ async def test_call_checks_arguments_and_scope() -> None:
         await reg.call("t.echo", {"text": "x"}, scope="read")
     with pytest.raises(NotFound):
         await reg.call("t.missing", {}, scope="owner")
+
+
+async def test_strings_must_be_valid_unicode_at_any_depth() -> None:
+    """A lone surrogate (JSON `"\\ud800"`) is refused as bad params, wherever it is nested."""
+    reg = Registry()
+
+    @reg.command("t.take")
+    async def take(
+        text: str = "",
+        tags: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Take the arguments."""
+        return {}
+
+    lone = json.loads('"\\ud800"')
+    fine = {"text": "é ✓ 𝄞", "tags": ["ü"], "extra": {"ß": [{"b": "ok"}]}}
+    assert await reg.call("t.take", fine, scope="read") == {}
+    bad = {
+        "text": {"text": lone},
+        "tags": {"tags": ["fine", "x" + lone]},
+        "extra": {"extra": {"a": [1, {"b": ["deep", lone]}]}},
+    }
+    for name, params in bad.items():
+        with pytest.raises(InvalidParams, match=f"'{name}' must be valid Unicode"):
+            await reg.call("t.take", params, scope="read")
+    with pytest.raises(InvalidParams, match="'extra' must be valid Unicode"):
+        await reg.call("t.take", {"extra": {"k" + lone: 1}}, scope="read")

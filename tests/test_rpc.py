@@ -212,3 +212,143 @@ async def test_static_assets_are_served(daemon: InProcessDaemon, path: str) -> N
         ) as r,
     ):
         assert r.status == 200
+
+
+def _errors(payload: Any) -> list[dict[str, Any]]:
+    """Every error object in a reply (one response or a batch of them), each checked as ours.
+
+    `data` is absent or carries only our own keys: never a parser's or library's text.
+    """
+    answers = payload if isinstance(payload, list) else [payload]
+    errors = [a["error"] for a in answers if "error" in a]
+    for err in errors:
+        assert set(err) <= {"code", "message", "data"}, err
+        assert isinstance(err["message"], str) and err["message"], err
+        data = err.get("data", {})
+        assert isinstance(data, dict) and set(data) <= {"correlation_id"}, err
+    return errors
+
+
+async def _marks(d: InProcessDaemon) -> list[str]:
+    events = await d.call("events.wait", {"after": 0, "timeout_s": 0, "limit": 1000})
+    return [e["fields"]["text"] for e in events["events"] if e["name"] == "logs.marked"]
+
+
+def _mark(text: str, id: int | None = None) -> dict[str, Any]:
+    """A `logs.mark` request; a notification when `id` is None."""
+    request = {"jsonrpc": "2.0", "method": "logs.mark", "params": {"message": text}}
+    return request if id is None else {**request, "id": id}
+
+
+async def test_batch_empty_or_of_non_requests(daemon_factory: DaemonFactory) -> None:
+    d = await daemon_factory()
+    h = _auth(d)
+    status, payload, _ = await _post(d.port, [], headers=h)
+    assert status == 200 and isinstance(payload, dict)  # one error, not an array
+    assert payload["id"] is None and payload["error"]["code"] == -32600
+    _errors(payload)
+    for batch in ([1], [1, 2, 3]):
+        status, payload, _ = await _post(d.port, batch, headers=h)
+        assert status == 200 and isinstance(payload, list) and len(payload) == len(batch)
+        assert all(r["jsonrpc"] == "2.0" and r["id"] is None for r in payload)
+        assert [e["code"] for e in _errors(payload)] == [-32600] * len(batch)
+    _, payload, _ = await _post(
+        d.port, None, headers=h, raw=b'[{"jsonrpc":"2.0","method":"status"},'
+    )
+    assert isinstance(payload, dict) and payload["error"]["code"] == -32700
+    _errors(payload)
+
+
+async def test_batch_answers_each_member(daemon_factory: DaemonFactory) -> None:
+    """Valid calls run, invalid members get their own error, notifications get nothing."""
+    d = await daemon_factory()
+    h = _auth(d)
+    batch: list[Any] = [
+        _rpc("system.version", id=1),
+        _mark("batch notification"),
+        {"foo": "boo"},
+        {"jsonrpc": "2.0", "id": 5},  # no method: its id can be read
+        {"jsonrpc": "2.0", "method": 1, "params": "bar"},
+        {"jsonrpc": "2.0", "id": True, "method": "status"},  # an id that is no id
+        _rpc("no.such", id=6),
+        {"jsonrpc": "2.0", "id": 7, "method": "status", "params": [1]},
+        {"jsonrpc": "1.0", "id": 8, "method": "status"},
+        _mark("batch call", id=9),
+        {"jsonrpc": "2.0", "id": None, "method": "system.version"},  # a call, not a notification
+        3,
+    ]
+    status, payload, _ = await _post(d.port, batch, headers=h)
+    assert status == 200 and isinstance(payload, list) and len(payload) == len(batch) - 1
+    by_id: dict[Any, list[dict[str, Any]]] = {}
+    for answer in payload:
+        assert answer["jsonrpc"] == "2.0"
+        by_id.setdefault(answer["id"], []).append(answer)
+    assert set(by_id) == {1, 5, 6, 7, 8, 9, None}
+    assert by_id[1][0]["result"]["autopilotd"]
+    assert by_id[5][0]["error"]["code"] == -32600
+    assert by_id[6][0]["error"]["code"] == -32601
+    assert by_id[7][0]["error"]["code"] == -32602
+    assert by_id[8][0]["error"]["code"] == -32600
+    assert isinstance(by_id[9][0]["result"]["event_id"], int)
+    nulls = by_id[None]
+    assert len(nulls) == 5
+    assert sorted(a["error"]["code"] for a in nulls if "error" in a) == [-32600] * 4
+    assert [a["result"]["autopilotd"] for a in nulls if "result" in a]
+    _errors(payload)
+    assert {"batch notification", "batch call"} <= set(await _marks(d))
+
+
+async def test_batch_of_notifications_answers_nothing(daemon_factory: DaemonFactory) -> None:
+    d = await daemon_factory()
+    failing = {"jsonrpc": "2.0", "method": "no.such"}  # a notification's errors are not sent
+    batch = [_mark("only 1"), failing, _mark("only 2")]
+    status, payload, _ = await _post(d.port, batch, headers=_auth(d))
+    assert status == 204 and payload is None
+    assert {"only 1", "only 2"} <= set(await _marks(d))
+
+
+async def test_batch_http_status_follows_scope_refusals(daemon_factory: DaemonFactory) -> None:
+    d = await daemon_factory()
+    read = (await d.call("auth.token_create", {"scope": "read"}))["token"]
+    h = {**_auth(d), "Authorization": f"Bearer {read}"}
+    status, payload, _ = await _post(d.port, [_mark("x", id=1), _mark("y", id=2)], headers=h)
+    assert status == 403 and [e["code"] for e in _errors(payload)] == [-32031, -32031]
+    status, payload, _ = await _post(d.port, [_mark("x", id=1), _rpc("status", id=2)], headers=h)
+    assert status == 200 and [e["code"] for e in _errors(payload)] == [-32031]
+    assert "x" not in await _marks(d)
+
+
+async def test_lone_surrogate_is_bad_params(daemon_factory: DaemonFactory) -> None:
+    d = await daemon_factory()
+    h = _auth(d)
+    raw = b'{"jsonrpc":"2.0","id":1,"method":"runtime.unload","params":{"model":"\\ud800"}}'
+    status, payload, _ = await _post(d.port, None, headers=h, raw=raw)
+    assert status == 200 and payload["id"] == 1
+    [err] = _errors(payload)
+    assert err["code"] == -32602 and "model" in err["message"] and "data" not in err
+    raw = b'{"jsonrpc":"2.0","id":2,"method":"logs.mark","params":{"message":"a\\udc00b"}}'
+    _, payload, _ = await _post(d.port, None, headers=h, raw=raw)
+    assert payload["id"] == 2 and _errors(payload)[0]["code"] == -32602
+
+
+async def test_errors_carry_only_our_text(daemon_factory: DaemonFactory) -> None:
+    """Parse and request errors read as ours; `data` never holds a library's words."""
+    d = await daemon_factory(registrars=[_test_commands])
+    h = _auth(d)
+    bodies = [
+        b"{not json",
+        b"NaN",
+        b"[" * 100_000,
+        b'"just a string"',
+        b'{"jsonrpc":"2.0","id":1,"method":"status","params":"x"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"status","params":null}',
+        b'{"jsonrpc":"2.0","id":{"a":1},"method":"status"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"logs.tail","params":{"lines":"x"}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"no.such"}',
+        b'{"jsonrpc":"2.0","id":1,"method":"test.crash"}',
+    ]
+    for raw in bodies:
+        status, payload, _ = await _post(d.port, None, headers=h, raw=raw)
+        assert status == 200, raw
+        [err] = _errors(payload)
+        assert err["code"] in (-32700, -32600, -32601, -32602, -32603), raw

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from autopilotd.rpc.jsonrpc import SCOPE_KEY, RpcDispatcher, http_status
+from autopilotd.rpc.jsonrpc import RpcDispatcher, http_status
 from autopilotd.rpc.security import allowed_hosts, bearer_token, security_middleware
 from autopilotd.runtime.context import Runtime
 from autopilotd.web.views import add_web_routes
@@ -63,12 +63,10 @@ def build_app(rt: Runtime, port: int) -> web.Application:
             body = await request.text()
         except UnicodeDecodeError:
             return web.json_response({"error": "body is not UTF-8"}, status=400)
-        request[SCOPE_KEY] = scope
-        result = await dispatcher.dispatch(body, request)
-        if result is None:
+        reply = await dispatcher.dispatch(body, scope)
+        if reply is None:
             return web.Response(status=204)
-        text, codes = result
-        return web.json_response(text=text, status=http_status(codes))
+        return web.json_response(text=reply.text, status=http_status(reply.codes))
 
     app.router.add_post("/rpc", handle_rpc)
     add_web_routes(app, rt, auth)
