@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from support import DaemonFactory, DaemonProcess, run_ctl
+import pytest
+from support import BIN, DaemonFactory, DaemonProcess, InProcessDaemon, run_ctl
 
+from autopilotd.ctl.main import UsageError
 from autopilotd.ctl.main import run as ctl_run
 from autopilotd.registry import Registry
 from autopilotd.runtime.context import Runtime
@@ -80,6 +84,103 @@ async def test_wait_timeout_exit_code(daemon_factory: DaemonFactory) -> None:
     assert await ctl_run([*base, "wait", "never", "--timeout", "0.5"]) == 4
     assert time.monotonic() - started < 10
     assert await ctl_run([*base, "wait", "daemon-ready", "--timeout", "5"]) == 0
+
+
+async def test_global_options_anywhere(
+    daemon: InProcessDaemon, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, token = daemon.endpoint.rpc_url, daemon.endpoint.token
+
+    async def out(*argv: str) -> str:
+        assert await ctl_run(list(argv)) == 0
+        return capsys.readouterr().out
+
+    # The same snapshot both ways. A service may still be settling (a new seq) between the two
+    # reads; then read both again: the daemon changes only when something happens.
+    for _ in range(20):
+        before = json.loads(await out("--rpc-url", url, "--token", token, "--json", "status"))
+        after = json.loads(await out("status", "--json", f"--rpc-url={url}", "--token", token))
+        if after["seq"] == before["seq"]:
+            break
+    for snap in (before, after):
+        del snap["daemon"]["uptime_s"]  # the daemon's age at each read
+    assert after == before and after["seq"] >= 1
+
+    # A generic command: --json after it gives the compact JSON, not the indented text.
+    expected = await out("--rpc-url", url, "--token", token, "--json", "system.version")
+    got = await out("system.version", "--json", "--rpc-url", url, f"--token={token}")
+    assert got == expected and got.count("\n") == 1
+    r = json.loads(
+        await out("--rpc-url", url, "--token", token, "logs", "tail", "--lines", "2", "--json")
+    )
+    assert len(r["records"]) <= 2
+
+    # `--` ends option scanning: the --json after it is the command's, and status has none.
+    with pytest.raises(UsageError, match="unexpected arguments: --json"):
+        await ctl_run(["--rpc-url", url, "--token", token, "status", "--", "--json"])
+
+
+async def test_a_commands_own_option_wins_over_a_global_one(
+    daemon_factory: DaemonFactory, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def echo(reg: Registry, rt: Runtime) -> None:
+        @reg.command("test.echo")
+        async def test_echo(home: str, json: bool = False) -> dict[str, Any]:
+            """Return its arguments (a command whose options share global options' names)."""
+            return {"home": home, "json": json}
+
+    d = await daemon_factory(registrars=[echo])
+    url, token = d.endpoint.rpc_url, d.endpoint.token
+    argv = ["test.echo", "--home", "elsewhere", "--json", "--rpc-url", url, "--token", token]
+    assert await ctl_run(argv) == 0
+    printed = capsys.readouterr().out
+    assert json.loads(printed) == {"home": "elsewhere", "json": True}
+    assert printed.count("\n") > 1  # the command took --json: autopilotctl printed text
+
+
+def test_wait_covers_the_daemons_start(tmp_path: Path) -> None:
+    home = tmp_path / "h"
+    waiter = subprocess.Popen(
+        [str(BIN / "autopilotctl"), "--home", str(home), "wait", "daemon-ready", "--timeout", "60"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    with (tmp_path / "daemon.log").open("wb") as log:
+        daemon = subprocess.Popen(
+            [str(BIN / "autopilotd"), "run", "--home", str(home)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
+    try:
+        out, err = waiter.communicate(timeout=90)
+        assert waiter.returncode == 0, (out, err, (tmp_path / "daemon.log").read_text())
+        assert "daemon-ready: met" in out
+        assert run_ctl("--home", str(home), "status").returncode == 0
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.communicate()
+
+
+def test_wait_for_a_daemon_that_never_comes_up(tmp_path: Path) -> None:
+    started = time.monotonic()
+    r = run_ctl("--home", str(tmp_path / "nobody"), "wait", "daemon-ready", "--timeout", "1")
+    assert r.returncode == 4, r.stderr
+    assert "did not come up within 1 s" in r.stdout and "no manifest" in r.stdout
+    assert 1 <= time.monotonic() - started < 30
+    r = run_ctl(
+        "--home", str(tmp_path / "nobody"), "wait", "daemon-ready", "--timeout", "0", "--json"
+    )
+    assert r.returncode == 4 and json.loads(r.stdout)["running"] is False
 
 
 def test_sigterm_stops_cleanly(

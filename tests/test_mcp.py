@@ -49,6 +49,34 @@ async def test_stdio_server_exposes_read_commands_only(
     assert "logs__mark" in names and "daemon__stop" in names
 
 
+async def _mcp_tools(home: Path, *extra: str) -> dict[str, Any]:
+    params = StdioServerParameters(
+        command=str(BIN / "autopilotd"),
+        args=["mcp", "--home", str(home), *extra],
+        env={**os.environ},
+    )
+    async with stdio_client(params) as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        return {t.name: t for t in (await session.list_tools()).tools}
+
+
+async def test_tools_carry_annotations_from_access_and_money(
+    daemon_process: Callable[..., DaemonProcess], tmp_path: Path
+) -> None:
+    d = daemon_process(tmp_path / "h")
+    tools = await asyncio.wait_for(_mcp_tools(d.home, "--allow-control", "--allow-spend"), 120)
+
+    def hints(name: str) -> tuple[bool | None, ...]:
+        a = tools[name].annotations
+        assert a is not None, f"{name} has no annotations"
+        return a.read_only_hint, a.destructive_hint, a.idempotent_hint, a.open_world_hint
+
+    # (readOnly, destructive, idempotent, openWorld)
+    assert hints("status") == (True, False, True, False)
+    assert hints("logs__mark") == (False, False, False, False)
+    assert hints("wallet__pay") == (False, True, False, True)
+
+
 async def test_read_only_token_gets_403(daemon_factory: DaemonFactory) -> None:
     d = await daemon_factory()
     read = await scoped_endpoint(d.endpoint, "read")

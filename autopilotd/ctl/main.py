@@ -5,6 +5,8 @@
 COMMAND is a dotted command name (`logs.mark --message hi`), the same words with spaces
 (`logs mark --message hi`), or a short form: status, commands, logs, events, wait, stop, web.
 Options of a generic command come from `system.commands`, so new commands need no CLI change.
+The global options may also follow the command (`status --json`), except where the command
+declares an option of the same name: that one is the command's. `--` ends option scanning.
 
 Exit codes: 0 ok, 1 command error, 2 usage, 3 daemon not running, 4 wait timed out.
 """
@@ -33,21 +35,86 @@ class UsageError(Exception):
     pass
 
 
+# The global options: flag, whether it takes a value, help.
+GLOBAL_OPTIONS: tuple[tuple[str, bool, str], ...] = (
+    ("--home", True, "the daemon's --home directory"),
+    ("--manifest", True, "path to autopilotd.json"),
+    ("--rpc-url", True, "JSON-RPC URL (with --token, skips the manifest)"),
+    ("--token", True, "control token (prefer the manifest; argv is visible to others)"),
+    ("--json", False, "machine-readable output"),
+)
+_TAKES_VALUE = {flag: takes_value for flag, takes_value, _ in GLOBAL_OPTIONS}
+WAIT_RETRY_S = 0.2  # how often `wait` looks again for a daemon that is not up yet
+
+
 def _global_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="autopilotctl",
+        usage="autopilotctl [options] COMMAND [command options] [options]",
         description="Control a running autopilotd over JSON-RPC.",
         epilog="Commands: status, commands, logs, events, wait, stop, web, or any dotted command "
-        "name from 'autopilotctl commands' with --param value options.",
-        add_help=True,
+        "name from 'autopilotctl commands' with --param value options. The options above may "
+        "also follow the command, unless the command has an option of the same name.",
+        allow_abbrev=False,
     )
-    p.add_argument("--home", help="the daemon's --home directory")
-    p.add_argument("--manifest", help="path to autopilotd.json")
-    p.add_argument("--rpc-url", help="JSON-RPC URL (with --token, skips the manifest)")
-    p.add_argument("--token", help="control token (prefer the manifest; argv is visible to others)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("command", nargs=argparse.REMAINDER, help="command and its options")
+    for flag, takes_value, help_text in GLOBAL_OPTIONS:
+        if takes_value:
+            p.add_argument(flag, help=help_text)
+        else:
+            p.add_argument(flag, action="store_true", help=help_text)
     return p
+
+
+def _leading_options(argv: list[str]) -> tuple[list[str], list[str], bool]:
+    """Split argv at the command: (options before it, the command and the rest, scan the rest).
+
+    The rest is not scanned for global options when `--` came before the command.
+    """
+    i = 0
+    while i < len(argv) and argv[i].startswith("-"):
+        if argv[i] == "--":
+            return argv[:i], argv[i + 1 :], False
+        flag, eq, _ = argv[i].partition("=")
+        i += 2 if _TAKES_VALUE.get(flag) and not eq else 1
+    return argv[:i], argv[i:], True
+
+
+def _split_globals(
+    args: list[str], params: list[dict[str, Any]] | None = None
+) -> tuple[list[str], list[str]]:
+    """Pull the global options out of the words after the command: (global, the command's).
+
+    An option the command declares itself (`params`, from `system.commands`) stays with the
+    command, with its value; so does everything after `--`.
+    """
+    declared = {p["name"]: p for p in params or ()}
+    found: list[str] = []
+    own: list[str] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            own.extend(args[i + 1 :])
+            break
+        flag, eq, _ = arg.partition("=")
+        name = flag[2:].replace("-", "_")
+        negated = name.startswith("no_") and declared.get(name[3:], {}).get("type") == "boolean"
+        if arg.startswith("--") and (negated or name in declared):
+            # Mirror parse_params: which of the command's options take the next word as a value.
+            takes_value = not (negated or eq) and (
+                declared[name]["type"] != "boolean"
+                or (i + 1 < len(args) and not args[i + 1].startswith("--"))
+            )
+            width = 2 if takes_value else 1
+            own.extend(args[i : i + width])
+        elif flag in _TAKES_VALUE:
+            width = 2 if _TAKES_VALUE[flag] and not eq else 1
+            found.extend(args[i : i + width])
+        else:
+            width = 1
+            own.append(arg)
+        i += width
+    return found, own
 
 
 def _print(data: Any, as_json: bool) -> None:
@@ -112,24 +179,45 @@ async def _cmd_events(c: RpcClient, args: list[str], as_json: bool) -> int:
             return EXIT_OK
 
 
-async def _cmd_wait(c: RpcClient, args: list[str], as_json: bool) -> int:
+async def _cmd_wait(find: Callable[[], Endpoint], args: list[str], as_json: bool) -> int:
+    """Wait for a condition, and first for the daemon itself: scripts start it, then wait.
+
+    Until the daemon answers, the manifest is read again on each try (each start writes a new
+    token); a missing or stale manifest or a refused connection is retried within --timeout.
+    """
     p = argparse.ArgumentParser(prog="autopilotctl wait", exit_on_error=False)
     p.add_argument("condition", help="see 'autopilotctl wait.conditions'")
     p.add_argument("--timeout", type=float, default=60.0)
     ns = _parse(p, args)
     deadline = time.monotonic() + ns.timeout
     while True:
+        try:
+            async with RpcClient(find()) as c:
+                return await _wait_until(c, ns.condition, ns.timeout, deadline, as_json)
+        except DaemonNotRunning as exc:
+            if time.monotonic() >= deadline:
+                message = f"autopilotd did not come up within {ns.timeout:g} s: {exc.message}"
+                _print(
+                    {"condition": ns.condition, "met": False, "running": False, "error": message}
+                    if as_json
+                    else f"{ns.condition}: not met, {message}",
+                    as_json,
+                )
+                return EXIT_TIMEOUT
+        await asyncio.sleep(min(WAIT_RETRY_S, max(0.0, deadline - time.monotonic())))
+
+
+async def _wait_until(
+    c: RpcClient, condition: str, timeout: float, deadline: float, as_json: bool
+) -> int:
+    while True:
         left = max(0.0, deadline - time.monotonic())
-        result = await c.call(
-            "wait.until", {"condition": ns.condition, "timeout_s": min(left, 20.0)}
-        )
+        result = await c.call("wait.until", {"condition": condition, "timeout_s": min(left, 20.0)})
         if result["met"]:
-            _print(result if as_json else f"{ns.condition}: met", as_json)
+            _print(result if as_json else f"{condition}: met", as_json)
             return EXIT_OK
         if left <= 0:
-            _print(
-                result if as_json else f"{ns.condition}: not met after {ns.timeout:g} s", as_json
-            )
+            _print(result if as_json else f"{condition}: not met after {timeout:g} s", as_json)
             return EXIT_TIMEOUT
 
 
@@ -178,7 +266,6 @@ SHORT: dict[str, Callable[[RpcClient, list[str], bool], Coroutine[Any, Any, int]
     "commands": _cmd_commands,
     "logs": _cmd_logs,
     "events": _cmd_events,
-    "wait": _cmd_wait,
     "stop": _cmd_stop,
     "web": _cmd_web,
 }
@@ -277,31 +364,51 @@ def _convert(cmd: str, name: str, kind: str, raw: str, previous: Any) -> Any:
         ) from None
 
 
-async def _generic(c: RpcClient, words: list[str], as_json: bool) -> int:
-    commands = {cmd["name"]: cmd for cmd in await c.call("system.commands")}
-    name, rest = _split_command(words, set(commands))
-    if "--help" in rest or "-h" in rest:
-        print(render_commands([commands[name]], markdown=False, full=True), end="")
-        return EXIT_OK
-    result = await c.call(name, parse_params(commands[name], rest))
-    _print(result, as_json)
+def _locate(ns: argparse.Namespace) -> Endpoint:
+    return locate(home=ns.home, manifest=ns.manifest, rpc_url=ns.rpc_url, token=ns.token)
+
+
+def _where(ns: argparse.Namespace) -> tuple[str | None, ...]:
+    return ns.home, ns.manifest, ns.rpc_url, ns.token
+
+
+async def _generic(leading: list[str], words: list[str], scan: bool) -> int:
+    # The command's parameters come from the daemon, so it is found taking every global option
+    # after the command as global. An option the command turns out to declare is the command's;
+    # if that was one saying where the daemon is, the command goes to the daemon found without it.
+    first = _global_parser().parse_args(leading + (_split_globals(words)[0] if scan else []))
+    async with RpcClient(_locate(first)) as client:
+        commands = {cmd["name"]: cmd for cmd in await client.call("system.commands")}
+        name, rest = _split_command(words, set(commands))
+        trailing, rest = _split_globals(rest, commands[name]["params"]) if scan else ([], rest)
+        ns = _global_parser().parse_args(leading + trailing)
+        if "--help" in rest or "-h" in rest:
+            print(render_commands([commands[name]], markdown=False, full=True), end="")
+            return EXIT_OK
+        params = parse_params(commands[name], rest)
+        if _where(ns) == _where(first):
+            result = await client.call(name, params)
+        else:
+            async with RpcClient(_locate(ns)) as elsewhere:
+                result = await elsewhere.call(name, params)
+    _print(result, ns.json)
     return EXIT_OK
 
 
 async def run(argv: list[str]) -> int:
-    ns = _global_parser().parse_args(argv)
-    words: list[str] = ns.command
+    leading, words, scan = _leading_options(argv)
     if not words:
+        _global_parser().parse_args(leading)  # --help, or a bad option
         raise UsageError("no command given; try 'autopilotctl status' or 'autopilotctl commands'")
-    endpoint: Endpoint = locate(
-        home=ns.home, manifest=ns.manifest, rpc_url=ns.rpc_url, token=ns.token
-    )
-    async with RpcClient(endpoint) as client:
-        if words[0] in SHORT and (
-            words[0] == "wait" or len(words) == 1 or words[1].startswith("-")
-        ):
-            return await SHORT[words[0]](client, words[1:], ns.json)
-        return await _generic(client, words, ns.json)
+    command, args = words[0], words[1:]
+    if command != "wait" and not (command in SHORT and (not args or args[0].startswith("-"))):
+        return await _generic(leading, words, scan)
+    trailing, args = _split_globals(args) if scan else ([], args)
+    ns = _global_parser().parse_args(leading + trailing)
+    if command == "wait":
+        return await _cmd_wait(lambda: _locate(ns), args, ns.json)
+    async with RpcClient(_locate(ns)) as client:
+        return await SHORT[command](client, args, ns.json)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,7 +69,14 @@ class McpBridge:
             description = cmd["help"]
             if cmd["moves_money"]:
                 description += "\n\nEach call waits until the user approves it outside this chat."
-            out.append(types.Tool(name=name, description=description, input_schema=_schema(cmd)))
+            out.append(
+                types.Tool(
+                    name=name,
+                    description=description,
+                    input_schema=_schema(cmd),
+                    annotations=_annotations(cmd),
+                )
+            )
         return out
 
     async def call(self, name: str, arguments: dict[str, Any] | None) -> types.CallToolResult:
@@ -111,6 +118,22 @@ class McpBridge:
         if status != "approved":
             raise RpcError(-32031, f"the user did not approve this {command} (approval {status})")
         return (await self._client.call("approvals.execute", {"id": approval_id}))["result"]
+
+
+def _annotations(cmd: dict[str, Any]) -> types.ToolAnnotations:
+    """Hints for the client's confirmation prompts, from the command's access and money flag.
+
+    A read command changes nothing, so repeating it is harmless; a money-moving one cannot be
+    undone and pays someone on the network.
+    """
+    read = cmd["access"] == "read"
+    money = bool(cmd["moves_money"])
+    return types.ToolAnnotations(
+        read_only_hint=read,
+        destructive_hint=money,
+        idempotent_hint=read,
+        open_world_hint=money,
+    )
 
 
 def _schema(cmd: dict[str, Any]) -> dict[str, Any]:
