@@ -81,6 +81,10 @@ async def test_invoice_turns_paid_and_the_scoreboard_rises_live(
         await payer.fill("#pay-bolt11", bolt11)
         await payer.click("#pane-pay_invoice button[type=submit]")
         await payer.wait_for_selector("[data-testid=confirm-pay]")
+        await payer.click("[data-testid=cancel-pay]")  # back to the paste form, and again
+        await payer.fill("#pay-bolt11", bolt11)
+        await payer.click("#pane-pay_invoice button[type=submit]")
+        await payer.wait_for_selector("[data-testid=confirm-pay]")
         assert "4\u2009200" in await payer.inner_text("#pane-pay_invoice")
         await payer.screenshot(path=artifact("flow-pay-confirm.png"))
         await payer.click("[data-testid=confirm-pay]")
@@ -183,7 +187,9 @@ async def test_attack_page_changes_nothing(
     pages["attack.html"] = ATTACK.format(ui=ui, rebind=rebind)
     before = (await daemon.call("status"))["seq"]
     events_before = len(await _events(daemon))
-    async with chromium("--host-resolver-rules=MAP rebind.test 127.0.0.1") as ctx:
+    async with chromium(
+        "--host-resolver-rules=MAP rebind.test 127.0.0.1", errors_expected_from=(attacker, rebind)
+    ) as ctx:
         victim = await ctx.new_page()
         await _login(victim, daemon)  # the browser holds a valid session cookie
         page = await ctx.new_page()
@@ -236,8 +242,13 @@ async def test_activity_feed_filters_and_follows_new_events(daemon: InProcessDae
         await page.screenshot(path=artifact("flow-activity-live.png"))
 
 
+# The login page is answered with HTTP 401 (no session), and Chromium logs every page that
+# loads with an error status; only that page's own load is expected, not a pane's.
+LOGIN_PAGE_401 = r"^(http://[^/]+/): console error: .* status of 401 \(Unauthorized\) \(at \1\)$"
+
+
 async def test_log_out_shows_the_login_page(daemon: InProcessDaemon) -> None:
-    async with chromium() as ctx:
+    async with chromium(errors_expected=(LOGIN_PAGE_401,)) as ctx:
         page = await ctx.new_page()
         await _login(page, daemon)
         cookies = await ctx.cookies()
@@ -249,6 +260,48 @@ async def test_log_out_shows_the_login_page(daemon: InProcessDaemon) -> None:
         await page.screenshot(path=artifact("login.png"))
         await page.reload()
         assert await page.locator("#hud").count() == 0
+
+
+def _sections_changed(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The snapshot sections that differ, the daemon's age (always moving) left out."""
+
+    def plain(snapshot: dict[str, Any]) -> dict[str, Any]:
+        daemon = {k: v for k, v in snapshot["daemon"].items() if k != "uptime_s"}
+        return {**snapshot, "daemon": daemon, "seq": None}
+
+    a, b = plain(before), plain(after)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+async def test_an_idle_page_asks_for_nothing_while_its_times_move(daemon: InProcessDaemon) -> None:
+    """Over two ticks of the stream with nothing changing, no pane and not the scoreboard is
+    re-rendered (not one request to /pane/), yet the uptime on the page moves on by itself."""
+    async with chromium() as ctx:
+        page = await ctx.new_page()
+        ticks: list[str] = []
+        cdp = await ctx.new_cdp_session(page)
+        await cdp.send("Network.enable")
+        cdp.on(
+            "Network.eventSourceMessageReceived",
+            lambda m: ticks.append(m["data"]) if m["eventName"] == "tick" else None,
+        )
+        await _login(page, daemon)
+        await page.wait_for_function("!document.querySelector('.htmx-request')")  # opened
+        uptime = page.locator("[data-testid=hud-uptime] time[data-since]")
+        first = await uptime.inner_text()
+        before = await daemon.call("status")
+        ticks.clear()
+        asked: list[str] = []
+        page.on("request", lambda r: asked.append(r.url) if "/pane/" in r.url else None)
+        await page.wait_for_timeout(11_000)  # two ticks (TICK_S = 5 s)
+        after = await daemon.call("status")
+        last = await uptime.inner_text()
+        await page.screenshot(path=artifact("idle.png"))
+    changed = _sections_changed(before, after)
+    assert (after["seq"], changed) == (before["seq"], []), "the daemon was not idle"
+    assert len(ticks) >= 2, ticks
+    assert asked == []
+    assert first != last, (first, last)
 
 
 async def test_an_action_that_fails_shows_why_in_its_pane(daemon: InProcessDaemon) -> None:

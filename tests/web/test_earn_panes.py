@@ -60,11 +60,15 @@ def _snapshot(**sections: Any) -> dict[str, Any]:
     return Snapshot(seq=7, daemon=daemon, **sections).to_json(NOW)
 
 
-async def _render(name: str, snapshot: dict[str, Any]) -> tuple[dict[str, Any], str]:
+async def _block(name: str, snapshot: dict[str, Any]) -> tuple[dict[str, Any], str]:
     pane = BY_NAME[name]
     rt: Any = SimpleNamespace(clock=lambda: NOW)
     data = await pane.load(View(rt, snapshot))
-    html = WebUI(rt, WebAuth(1)).block(pane, data)
+    return data, WebUI(rt, WebAuth(1)).block(pane, data)
+
+
+async def _render(name: str, snapshot: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    data, html = await _block(name, snapshot)
     return data, html_lib.unescape(TAG_RE.sub(" ", html))
 
 
@@ -86,6 +90,23 @@ async def test_go_online_says_online_and_the_price() -> None:
     snap["wallet"]["state"] = "ready"
     _, text = await _render("go_online", snap)
     assert "ONLINE" in text and "Go Offline" in text and "21 sats each" in text
+
+
+async def test_times_are_rendered_with_their_start_so_the_page_moves_them() -> None:
+    """Time online and uptime: today's words, and the absolute start beside them (no heartbeat)."""
+    provider = ProviderSection(
+        state=ProviderState.ONLINE, reason="online: accepting jobs", online_since=NOW - 65
+    )
+    snap = _snapshot(provider=provider)
+    snap["provider"].pop("heartbeat_at", None)  # the provider does not publish one
+    _, html = await _block("provider_status", snap)
+    text = " ".join(html_lib.unescape(TAG_RE.sub(" ", html)).split())
+    assert "Online for 1 min 5 s" in text and "Heartbeat" not in text
+    assert f'<time data-since="{NOW - 65}"' in html
+    _, html = await _block(HUD.name, snap)
+    assert f'<time data-since="{NOW - 100}" title="since' in html and ">1 min 40 s</time>" in html
+    _, html = await _block("earnings_scoreboard", snap)
+    assert '<time data-age="100.0">1 min 40 s</time>' in html  # the pane has only the age
 
 
 async def test_active_job_walks_its_stages_with_the_next_event() -> None:

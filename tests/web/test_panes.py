@@ -96,6 +96,28 @@ def test_no_template_marks_anything_safe() -> None:
         assert "Markup(" not in path.read_text(), path
 
 
+def test_no_selector_of_a_template_can_match_nothing() -> None:
+    """htmx logs an error for an hx-include that matches nothing (a pane without kept fields),
+    and hx-include is inherited by every button inside; app.js sends a pane's kept fields."""
+    for path in TEMPLATES.rglob("*.html"):
+        assert "hx-include" not in path.read_text(), path
+
+
+def test_relative_times_are_rendered_where_the_page_can_move_them() -> None:
+    """`ago` and `duration` only inside the macros that write <time data-since> (or data-age)."""
+    for path in TEMPLATES.rglob("*.html"):
+        if path.name != "macros.html":
+            assert not re.search(r"\|\s*(ago|duration)\b", path.read_text()), path
+
+
+async def test_nothing_on_the_page_is_refreshed_by_the_tick(web: WebClient) -> None:
+    _, page = await web.get("/")
+    live = re.findall(r'data-live="([^"]*)"', page)
+    assert len(live) == len(PANES) + 1  # every pane and the scoreboard
+    assert not [kinds for kinds in live if "tick" in kinds.split()]
+    assert 'data-testid="hud-uptime"' in page and "<time data-since=" in page
+
+
 def test_the_palette_has_one_command_per_pane() -> None:
     commands = [p.command for p in PANES]
     assert len(commands) == len(set(commands)) == 19

@@ -1,5 +1,6 @@
 // The page's own behaviour: open panes, the command palette (Ctrl-K), live refresh over
-// server-sent events, copy buttons. No inline script anywhere (the CSP forbids it).
+// server-sent events, relative times, copy buttons. No inline script anywhere (the CSP
+// forbids it).
 "use strict";
 (() => {
   const $ = (sel, root = document) => root.querySelector(sel);
@@ -7,11 +8,17 @@
   const hasHtmx = () => typeof window.htmx !== "undefined";
 
   // -- panes ------------------------------------------------------------------------------
-  // A live refresh would abort an action in flight inside the same pane (hx-sync replace),
-  // and its answer would never show: hold the refresh until the action has answered.
+  // A pane (and the scoreboard) is re-rendered when opened and, while open, on the signals
+  // its data-live names: `snapshot` (a new snapshot) or `events` (a domain event); never on
+  // the stream's tick. One request at a time: a refresh asked for while the pane's own
+  // refresh or an action inside it is in flight is held until that one has answered, then
+  // runs once. Requests that still meet (an action clicked during a refresh) queue behind each
+  // other (hx-sync "queue all"): none is aborted, so every action's answer shows.
+  const busy = (el) => el.classList.contains("htmx-request") || el.querySelector(".htmx-request");
+
   function refresh(el) {
     if (!hasHtmx() || !el || !el.dataset.live || el.dataset.editing) return;
-    if (el.querySelector(".htmx-request")) {
+    if (busy(el)) {
       el.dataset.stale = "1";
       return;
     }
@@ -20,9 +27,20 @@
 
   document.addEventListener("htmx:afterRequest", (e) => {
     const pane = e.target.closest && e.target.closest("[data-live]");
-    if (pane && pane !== e.target && pane.dataset.stale) {
+    if (pane && pane.dataset.stale) {
       delete pane.dataset.stale;
       setTimeout(() => refresh(pane), 0);
+    }
+  });
+
+  // A pane's kept fields (class "keep": a filter, the page of a list being read, a form being
+  // filled in) go with its refresh, so that a re-render keeps them. Only the pane's own
+  // refresh carries them, not the buttons and forms inside it.
+  document.addEventListener("htmx:configRequest", (e) => {
+    const el = e.detail.elt;
+    if (e.detail.verb !== "get" || !el.dataset || !el.dataset.live) return;
+    for (const input of el.querySelectorAll(".keep[name]")) {
+      e.detail.parameters.set(input.name, input.value);
     }
   });
 
@@ -32,18 +50,21 @@
     });
   }
 
+  // the rail's buttons (not <body>, whose data-open names the pane shown first)
+  const railButtons = $$(".rail [data-open]");
+
   function openPane(name) {
     const target = document.getElementById(`pane-${name}`);
     if (!target) return false;
     $$(".pane").forEach((p) => p.classList.toggle("open", p === target));
-    $$("[data-open]").forEach((b) => b.classList.toggle("active", b.dataset.open === name));
+    railButtons.forEach((b) => b.classList.toggle("active", b.dataset.open === name));
     document.body.dataset.open = name;
     if (location.hash !== `#${name}`) history.replaceState(null, "", `#${name}`);
     refresh(target);
     return true;
   }
 
-  $$("[data-open]").forEach((b) => b.addEventListener("click", () => openPane(b.dataset.open)));
+  railButtons.forEach((b) => b.addEventListener("click", () => openPane(b.dataset.open)));
 
   // -- command palette --------------------------------------------------------------------
   const dialog = $("#palette");
@@ -122,6 +143,44 @@
     });
   });
 
+  // -- relative times ---------------------------------------------------------------------
+  // "up 5 min 3 s", "3 s ago": the server renders the text and, beside it, the absolute time
+  // (<time data-since="unix seconds">); the page moves the text on every second by itself,
+  // without a request (the daemon runs on this computer: its clock is the browser's). A
+  // <time data-age="seconds"> (a pane that has only the age) is given its data-since when it
+  // arrives.
+  function duration(seconds) {
+    // the same words as the server's `duration` filter (autopilotd/web/render.py)
+    const s = Math.floor(seconds);
+    if (s < 60) return `${s} s`;
+    if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
+    if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+    return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+  }
+
+  function anchorTimes(root) {
+    const now = Date.now() / 1000;
+    const own = root.matches && root.matches("time[data-age]") ? [root] : [];
+    for (const el of [...own, ...$$("time[data-age]", root)]) {
+      el.dataset.since = String(now - Number(el.dataset.age));
+      delete el.dataset.age;
+    }
+  }
+
+  function moveTimes() {
+    const now = Date.now() / 1000;
+    for (const el of $$("time[data-since]")) {
+      const since = Number(el.dataset.since);
+      if (!Number.isFinite(since)) continue;
+      const text = duration(Math.max(0, now - since)) + ("ago" in el.dataset ? " ago" : "");
+      if (el.textContent !== text) el.textContent = text;
+    }
+  }
+
+  document.addEventListener("htmx:load", (e) => anchorTimes(e.target));
+  anchorTimes(document.body);
+  setInterval(moveTimes, 1000);
+
   // -- live -------------------------------------------------------------------------------
   const live = $("#live");
   function setLive(state, seq) {
@@ -145,10 +204,7 @@
       refreshLive("snapshot");
     });
     source.addEventListener("activity", () => refreshLive("events"));
-    source.addEventListener("tick", (e) => {
-      setLive("live", seqOf(e));
-      refreshLive("tick");
-    });
+    source.addEventListener("tick", (e) => setLive("live", seqOf(e))); // only says "live"
     source.onerror = () => {
       setLive("lost");
       if (source.readyState === EventSource.CLOSED) {
