@@ -74,8 +74,8 @@ def _parser() -> argparse.ArgumentParser:
 
 PASSTHROUGH = {
     "devnet": ("autopilotd.devnet.cli", "the devnet"),
-    "relay": ("autopilotd.nostr.relay", "the local relay"),
-    "buyer": ("autopilotd.buyer.loop", "the buying loop"),
+    "relay": ("autopilotd.adapters.local_relay", "the local relay"),
+    "buyer": ("autopilotd.ctl.buyer", "the buying loop"),
 }
 
 
@@ -130,7 +130,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         paths = Paths.resolve(args.home)
         config = load_config(paths)
         _configure_logging(config.log_level)
-        from autopilotd.runtime.daemon import run_daemon
+        from autopilotd.daemon import run_daemon
 
         return asyncio.run(run_daemon(config))
     if args.cmd == "demo":

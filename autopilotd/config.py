@@ -27,6 +27,7 @@ from urllib.parse import urlsplit
 import tomlkit
 import tomlkit.exceptions
 
+from autopilotd.codec import CodecError, from_text
 from autopilotd.errors import UserError
 from autopilotd.paths import Paths, private_dir, write_private_atomic
 
@@ -158,36 +159,30 @@ def _settable_fields() -> dict[str, dataclasses.Field[Any]]:
 
 
 def _coerce(name: str, kind: Any, value: Any, source: str) -> Any:
-    """Turn a TOML or environment value into the field's type, or say clearly why not."""
+    """Turn a TOML or environment value into the field's type, or say clearly why not.
+
+    Text (an environment variable) is read by the one codec (codec.py) that autopilotctl and
+    the web forms use too; a TOML value must already have the field's type.
+    """
     if isinstance(kind, str):  # postponed annotations
         kind = {"str": str, "int": int, "float": float, "bool": bool}.get(kind, kind)
     origin = typing.get_origin(kind)
     if origin in (typing.Union, types.UnionType):
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
-    try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
-                return True
-            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(value)
-        if kind is int:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return int(value)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError(value)
-            return float(value)
-        if kind is str:
-            if not isinstance(value, str):
-                raise ValueError(value)
-            return value
-    except ValueError:
-        pass
+    wanted = _KINDS.get(kind)
+    if isinstance(value, str) and wanted not in (None, "string"):
+        try:
+            return from_text(wanted, value)
+        except CodecError:
+            pass
+    elif kind is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    elif isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
     raise UserError(f"{source}: setting '{name}' must be a {getattr(kind, '__name__', kind)}")
+
+
+_KINDS: dict[Any, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
 
 
 def load_config(paths: Paths, env: Mapping[str, str] | None = None) -> Config:

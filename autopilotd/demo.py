@@ -22,9 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from autopilotd.buyer import loop as buyer_loop
 from autopilotd.children import die_with_parent
-from autopilotd.ctl.client import RpcClient, RpcError, locate
+from autopilotd.client import RpcClient, RpcError, locate
+from autopilotd.ctl import buyer as buyer_loop
 from autopilotd.devnet import Devnet
 from autopilotd.errors import AutopilotError, DaemonNotRunning, UserError
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 import inspect
 import types
 import typing
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
-from autopilotd.errors import Forbidden, InvalidParams, NotFound
+from autopilotd.codec import Bounds
+from autopilotd.errors import Forbidden, InvalidParams, NotFound, NotReady
 
 Access = Literal["read", "control", "spend", "owner"]
 """Who may call a command.
@@ -66,6 +67,7 @@ class Param:
     default: Any = None
     choices: tuple[str, ...] | None = None
     nullable: bool = False
+    bounds: Bounds | None = None
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "type": self.type, "required": self.required}
@@ -73,6 +75,8 @@ class Param:
             out["default"] = self.default
         if self.choices is not None:
             out["choices"] = list(self.choices)
+        if self.bounds is not None:
+            out.update(self.bounds.schema())
         return out
 
     def json_schema(self) -> dict[str, Any]:
@@ -83,6 +87,8 @@ class Param:
             schema = {"type": self.type}
         if self.choices is not None:
             schema["enum"] = list(self.choices)
+        if self.bounds is not None:
+            schema.update(self.bounds.schema())
         if self.nullable:
             schema = {"anyOf": [schema, {"type": "null"}]}
         if not self.required:
@@ -117,6 +123,9 @@ class Param:
             raise InvalidParams(
                 f"parameter '{self.name}' must be one of: {', '.join(self.choices)}"
             )
+        why = self.bounds.violation(value) if self.bounds is not None else None
+        if why is not None:
+            raise InvalidParams(f"parameter '{self.name}' {why}")
         return value
 
 
@@ -130,6 +139,7 @@ class Command:
     params: tuple[Param, ...]
     access: Access
     moves_money: bool
+    needs: tuple[str, ...] = ()
 
     @property
     def summary(self) -> str:
@@ -142,6 +152,7 @@ class Command:
             "summary": self.summary,
             "access": self.access,
             "moves_money": self.moves_money,
+            "needs": list(self.needs),
             "params": [p.describe() for p in self.params],
         }
 
@@ -175,6 +186,10 @@ class RegistrationError(TypeError):
 
 def _param_from_annotation(func_name: str, param: inspect.Parameter, hint: Any) -> Param:
     nullable = False
+    bounds: Bounds | None = None
+    if typing.get_origin(hint) is Annotated:
+        hint, *extra = typing.get_args(hint)
+        bounds = next((e for e in extra if isinstance(e, Bounds)), None)
     origin = typing.get_origin(hint)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
@@ -200,7 +215,9 @@ def _param_from_annotation(func_name: str, param: inspect.Parameter, hint: Any) 
         raise RegistrationError(f"{func_name}: parameter '{param.name}' has unsupported type")
     if default is not None and not isinstance(default, str | int | float | bool):
         raise RegistrationError(f"{func_name}: default of '{param.name}' must be a JSON scalar")
-    return Param(param.name, kind, required, default, choices, nullable)
+    if bounds is not None and kind not in ("integer", "number", "string"):
+        raise RegistrationError(f"{func_name}: bounds on '{param.name}' need a number or text")
+    return Param(param.name, kind, required, default, choices, nullable, bounds)
 
 
 def _json_result(hint: Any) -> bool:
@@ -218,7 +235,13 @@ def _json_result(hint: Any) -> bool:
     return origin is Literal
 
 
-def inspect_command(name: str, func: CommandFunc, access: Access, moves_money: bool) -> Command:
+def inspect_command(
+    name: str,
+    func: CommandFunc,
+    access: Access,
+    moves_money: bool,
+    needs: Iterable[str] = (),
+) -> Command:
     """Build a Command from a function, refusing anything clients could not call safely."""
     if not inspect.iscoroutinefunction(func):
         raise RegistrationError(f"{name}: a command must be an 'async def'")
@@ -230,7 +253,7 @@ def inspect_command(name: str, func: CommandFunc, access: Access, moves_money: b
     if moves_money and access != "owner":
         raise RegistrationError(f"{name}: a command that moves money needs access='owner'")
     try:
-        hints = typing.get_type_hints(func)
+        hints = typing.get_type_hints(func, include_extras=True)
     except NameError as exc:
         raise RegistrationError(f"{name}: annotations cannot be resolved ({exc})") from None
     if "return" not in hints or not _json_result(hints["return"]):
@@ -242,28 +265,57 @@ def inspect_command(name: str, func: CommandFunc, access: Access, moves_money: b
         if p.name not in hints:
             raise RegistrationError(f"{name}: parameter '{p.name}' needs a type annotation")
         params.append(_param_from_annotation(name, p, hints[p.name]))
-    return Command(name, func, doc.strip(), tuple(params), access, moves_money)
+    return Command(
+        name, func, doc.strip(), tuple(params), access, moves_money, tuple(sorted(set(needs)))
+    )
+
+
+class Preconditions(Protocol):
+    """What the registry asks before running a command that declares `needs`."""
+
+    names: frozenset[str]
+
+    def unmet(self, need: str) -> tuple[str, str] | None:
+        """Why `need` does not hold now, and what to do about it; None when it holds."""
+        ...
 
 
 class Registry:
-    """Commands by dotted name. Built once per daemon; never a module global."""
+    """Commands by dotted name. Built once per daemon; never a module global.
 
-    def __init__(self) -> None:
+    A command may declare what it needs (`needs={"wallet"}`): while a need does not hold, the
+    registry answers NotReady with the reason and the next step, the same for every caller,
+    and the command never runs. `system.commands` lists each command's needs.
+    """
+
+    def __init__(self, preconditions: Preconditions | None = None) -> None:
         self._commands: dict[str, Command] = {}
+        self._preconditions = preconditions
 
     def command(
-        self, name: str, *, access: Access = "read", moves_money: bool = False
+        self,
+        name: str,
+        *,
+        access: Access = "read",
+        moves_money: bool = False,
+        needs: Iterable[str] = (),
     ) -> Callable[[F], F]:
         """Decorator: register the function under `name`."""
 
         def decorator(func: F) -> F:
-            self.add(name, func, access=access, moves_money=moves_money)
+            self.add(name, func, access=access, moves_money=moves_money, needs=needs)
             return func
 
         return decorator
 
     def add(
-        self, name: str, func: CommandFunc, *, access: Access = "read", moves_money: bool = False
+        self,
+        name: str,
+        func: CommandFunc,
+        *,
+        access: Access = "read",
+        moves_money: bool = False,
+        needs: Iterable[str] = (),
     ) -> Command:
         parts = name.split(".")
         if not all(part and part.replace("_", "").isalnum() for part in parts):
@@ -272,7 +324,12 @@ class Registry:
             raise RegistrationError(f"{name!r}: names are lower case")
         if name in self._commands:
             raise RegistrationError(f"command {name!r} is registered twice")
-        cmd = inspect_command(name, func, access, moves_money)
+        needs = tuple(needs)
+        known = self._preconditions.names if self._preconditions is not None else frozenset()
+        unknown = sorted(set(needs) - known)
+        if unknown:
+            raise RegistrationError(f"{name}: unknown need(s) {', '.join(unknown)}")
+        cmd = inspect_command(name, func, access, moves_money, needs)
         self._commands[name] = cmd
         return cmd
 
@@ -299,4 +356,9 @@ class Registry:
         if ACCESS_RANK[scope] < ACCESS_RANK[cmd.access]:
             raise Forbidden(f"'{name}' needs '{cmd.access}' access; this token has '{scope}'")
         bound = cmd.bind(params)
+        for need in cmd.needs:
+            unmet = self._preconditions.unmet(need) if self._preconditions is not None else None
+            if unmet is not None:
+                reason, next_step = unmet
+                raise NotReady(reason, data={"need": need, "next_step": next_step})
         return await cmd.func(**bound)

@@ -27,7 +27,7 @@ from typing import Any
 
 from figures import latency_row
 
-from autopilotd.ctl.client import RpcClient, locate
+from autopilotd.client import RpcClient, locate
 from autopilotd.devnet import Devnet
 
 BIN = Path(sys.executable).parent

@@ -13,10 +13,14 @@ from typing import Any
 import pytest
 from support import DaemonFactory, DaemonProcess, InProcessDaemon, start_daemon_process
 
+from autopilotd.app import build
+from autopilotd.client import locate
 from autopilotd.config import Config
-from autopilotd.ctl.client import locate
+from autopilotd.daemon import run_daemon
 from autopilotd.paths import Paths
-from autopilotd.runtime.daemon import run_daemon
+from autopilotd.runtime.context import Runtime
+from autopilotd.runtime.sessionlog import SessionLog
+from autopilotd.store import Store
 
 
 @pytest.fixture
@@ -61,6 +65,18 @@ async def daemon(daemon_factory: DaemonFactory) -> InProcessDaemon:
     while any(s["state"] == "starting" for s in status["services"]):
         status = await d.call("status.wait", {"after_seq": status["seq"], "timeout_s": 5})
     return d
+
+
+@pytest.fixture
+async def runtime(tmp_path: Path) -> AsyncIterator[Runtime]:
+    """A wired daemon's kernel (commands registered), not running."""
+    paths = Paths.for_home(tmp_path)
+    log = SessionLog(paths.log_dir, "test", 5, 1 << 20)
+    log.open()
+    store = await Store.open(paths.database_file)
+    yield build(Config(paths=paths), log, store).rt
+    await store.close()
+    log.close()
 
 
 @pytest.fixture

@@ -12,27 +12,16 @@ from typing import Any
 
 import pytest
 
-from autopilotd.config import Config
 from autopilotd.ctl.render import render_commands
-from autopilotd.paths import Paths
-from autopilotd.runtime.daemon import make_runtime
-from autopilotd.sessionlog import SessionLog
-from autopilotd.store import Store
+from autopilotd.runtime.context import Runtime
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SURFACES = ["jsonrpc.md", "cli.md", "mcp.md", "service.md"]
 
 
 @pytest.fixture
-async def described(tmp_path: Path) -> Any:
-    paths = Paths.for_home(tmp_path)
-    log = SessionLog(paths.log_dir, "docs", 5, 1 << 20)
-    log.open()
-    store = await Store.open(paths.database_file)
-    rt = make_runtime(Config(paths=paths), log, store)
-    yield rt.registry.describe()
-    await store.close()
-    log.close()
+def described(runtime: Runtime) -> Any:
+    return runtime.registry.describe()
 
 
 async def test_command_reference_is_generated(described: list[dict[str, Any]]) -> None:

@@ -2,108 +2,140 @@
 
 A request is published with a bid. The first provider that sent both a non-error result and a
 payment-required invoice within the budget (decoded from the BOLT11 itself, never trusted from
-the event) is paid through our own wallet, with all of its guarantees. The request is done only
-when the result is in, our wallet reports the payment settled, and that provider's `success`
-arrived. Results from other providers get a kind 7000 `lost-race`.
+the event) is paid through our own wallet (the `Payer` port), with all of its guarantees. The
+request is done only when the result is in, our wallet reports the payment settled, and that
+provider's `success` arrived. Results from other providers get a kind 7000 `lost-race`.
+
+Time is timers, not polling: at a request's deadline an open request expires, and a finished
+one stops being followed (until then a slower provider's result still gets its lost-race); a
+failed payment is retried by a timer until the deadline (the payee may be restarting; the
+wallet pays an invoice at most once, so a retry can never pay twice). Owns the snapshot's
+`buyer` section.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
-from autopilotd.config import split_list
 from autopilotd.errors import NotFound, UserError
+from autopilotd.nostr.identity import NostrIdentity
 from autopilotd.nostr.nip90 import (
     KIND_EMBEDDINGS,
+    KIND_FEEDBACK,
     KIND_TEXT_GENERATION,
+    SERVED_KINDS,
     FeedbackStatus,
+    result_kind,
+)
+from autopilotd.nostr.nip90_buyer import (
     JobFeedback,
     JobResult,
     build_job_request,
     build_lost_race,
     parse_response,
-    result_kind,
 )
-from autopilotd.nostr.pool import RelayPool
-from autopilotd.nostr.port import PoolConfig, SubscriptionFilter
-from autopilotd.runtime.context import Runtime
-from autopilotd.runtime.snapshot import BuyerSection
-from autopilotd.store import Store
-from autopilotd.wallet.port import NodeError
+from autopilotd.ports.payments import Payer
+from autopilotd.ports.relays import RelayPoolPort, SubscriptionFilter
+from autopilotd.runtime.clock import Clock
+from autopilotd.runtime.events import EventBus
+from autopilotd.runtime.sections import BuyerSection
+from autopilotd.runtime.state import SectionWriter
+from autopilotd.runtime.timers import Timers
+from autopilotd.store.buys import BuyRequest, BuyRequests
+from autopilotd.vocab import BuyStatus, PaymentStatus
 
 logger = logging.getLogger(__name__)
 
 PAY_RETRY_S = 5.0
-COLUMNS = (
-    "request_id, kind, prompt, budget_msat, status, provider, result, payment_hash, reason, "
-    "created_at, updated_at, deadline_at"
-)
+CATCH_UP_S = 600
+KINDS = tuple(sorted(SERVED_KINDS))
 
 
 @dataclass
 class _Race:
-    """What each provider has sent for one open request (memory; the row is the record)."""
+    """What each provider has sent for one followed request (memory; the row is the record)."""
 
     results: dict[str, JobResult] = field(default_factory=dict)
     invoices: dict[str, JobFeedback] = field(default_factory=dict)
     successes: set[str] = field(default_factory=set)
     errors: dict[str, str] = field(default_factory=dict)
     lost_race_sent: set[str] = field(default_factory=set)
-    retry_at: float = 0.0
+    retry_due: bool = True
 
 
 class Buyer:
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.store: Store = rt.store
-        self.pool: RelayPool | None = None
+    name = "buyer"
+
+    def __init__(
+        self,
+        *,
+        pool: RelayPoolPort,
+        payer: Payer,
+        identity: NostrIdentity,
+        requests: BuyRequests,
+        writer: SectionWriter[BuyerSection],
+        events: EventBus,
+        clock: Clock,
+    ) -> None:
+        self._pool = pool
+        self._sub = pool.subscription("buyer")
+        self._payer = payer
+        self._identity = identity
+        self.requests = requests
+        self._writer = writer
+        self._events = events
+        self._clock = clock
+        self._timers = Timers(clock)
         self._races: dict[str, _Race] = {}
         self._changed = asyncio.Event()
         self._wake = asyncio.Event()
 
-    async def row(self, request_id: str) -> dict[str, Any]:
-        found = await self.store.fetchone(
-            f"SELECT {COLUMNS} FROM buy_requests WHERE request_id = ?", (request_id,)
-        )
-        if found is None:
-            raise NotFound(f"no request {request_id} of ours")
-        data = dict(zip(COLUMNS.split(", "), found, strict=True))
-        data["budget_sats"] = data["budget_msat"] // 1000
-        return data
+    # -- reading -----------------------------------------------------------------------------
 
-    async def _update(self, request_id: str, **fields: Any) -> None:
-        sets = ", ".join(f"{k} = ?" for k in fields)
-        async with self.store.transaction() as tx:
-            await tx.execute(
-                f"UPDATE buy_requests SET {sets}, updated_at = ? WHERE request_id = ?",
-                (*fields.values(), time.time(), request_id),
-            )
+    async def get(self, request_id: str) -> BuyRequest:
+        row = await self.requests.get(request_id)
+        if row is None:
+            raise NotFound(f"no request {request_id} of ours")
+        return row
+
+    async def wait(self, request_id: str, timeout: float) -> BuyRequest:
+        """The request once it is done, failed or expired, or as it is after `timeout`."""
+        try:
+            async with asyncio.timeout(timeout):
+                while not (row := await self.get(request_id)).finished:
+                    await self._changed.wait()
+        except TimeoutError:
+            row = await self.get(request_id)
+        return row
+
+    async def _update(self, request_id: str, **fields: object) -> BuyRequest:
+        row = await self.requests.update(request_id, **fields)
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
-        await self.publish_section()
+        await self._publish_section()
+        return row
 
-    async def publish_section(self) -> None:
-        rows = await self.store.fetchall(
-            "SELECT status, COUNT(*) FROM buy_requests GROUP BY status"
+    async def _publish_section(self) -> None:
+        counts = await self.requests.counts()
+        last = counts.last
+        self._writer.put(
+            BuyerSection(
+                open_requests=counts.open,
+                paid_requests=counts.paid,
+                last_request=None
+                if last is None
+                else {
+                    "request_id": last.request_id,
+                    "status": last.status.value,
+                    "provider": last.provider,
+                },
+            )
         )
-        counts: dict[str, int] = {str(r[0]): int(r[1]) for r in rows}
-        last = await self.store.fetchone(
-            f"SELECT {COLUMNS} FROM buy_requests ORDER BY created_at DESC LIMIT 1"
-        )
-        section = BuyerSection(
-            open_requests=int(counts.get("open", 0)) + int(counts.get("paying", 0)),
-            paid_requests=int(counts.get("paid", 0)) + int(counts.get("done", 0)),
-            last_request=None
-            if last is None
-            else {"request_id": last[0], "status": last[4], "provider": last[5]},
-        )
-        if section != self.rt.state.current.buyer:
-            self.rt.state.replace(buyer=section)
+
+    # -- buying ------------------------------------------------------------------------------
 
     async def submit(
         self,
@@ -113,39 +145,40 @@ class Buyer:
         providers: list[str],
         timeout_s: float,
         max_tokens: int | None,
-    ) -> dict[str, Any]:
-        if self.pool is None or not self.pool.relays():
+    ) -> BuyRequest:
+        if not self._pool.relays():
             raise UserError("buying needs relays: add one in Relay Connections (relays.add)")
-        if kind not in (KIND_TEXT_GENERATION, KIND_EMBEDDINGS):
+        if kind not in KINDS:
             raise UserError(f"kind must be {KIND_TEXT_GENERATION} or {KIND_EMBEDDINGS}")
-        if budget_sats < 1:
-            raise UserError("budget_sats must be at least 1")
         if not prompt.strip() or len(prompt) > 16_000:
             raise UserError("the prompt must be 1 to 16,000 characters")
-        if not 5 <= timeout_s <= 3600:
-            raise UserError("timeout_s must be between 5 and 3600")
-        self.rt.wallet.require_node()
-        identity = self.rt.identity
-        assert identity is not None
+        self._payer.check_ready()
         params: dict[str, str | int | float] = {}
         if max_tokens is not None:
             params["max_tokens"] = max_tokens
         event = build_job_request(
-            identity, kind, prompt, bid_msat=budget_sats * 1000, params=params, providers=providers
+            self._identity,
+            kind,
+            prompt,
+            bid_msat=budget_sats * 1000,
+            params=params,
+            providers=providers,
         )
-        rid = event.id().to_hex()
-        now = time.time()
-        async with self.store.transaction() as tx:
-            await tx.execute(
-                f"INSERT INTO buy_requests ({COLUMNS}) "
-                "VALUES (?, ?, ?, ?, 'open', NULL, NULL, NULL, NULL, ?, ?, ?)",
-                (rid, kind, prompt, budget_sats * 1000, now, now, now + timeout_s),
-            )
-        self._races[rid] = _Race()
+        rid = event.id
+        now = self._clock.now()
+        await self.requests.add(
+            request_id=rid,
+            kind=kind,
+            prompt=prompt,
+            budget_msat=budget_sats * 1000,
+            now=now,
+            deadline=now + timeout_s,
+        )
+        self._follow(rid, now + timeout_s)
         await self._resubscribe()
-        sent_at = time.time()
-        report = await self.pool.publish(event)
-        self.rt.events.publish(
+        sent_at = self._clock.now()
+        report = await self._pool.publish(event)
+        self._events.publish(
             "buyer.request_published",
             request_id=rid,
             kind=kind,
@@ -154,52 +187,56 @@ class Buyer:
             relays_accepted=len(report.accepted),
         )
         if not report.any_accepted:
-            await self._update(rid, status="failed", reason="no relay accepted the request")
-        else:
-            await self.publish_section()
-        return await self.row(rid)
+            return await self._update(
+                rid, status=BuyStatus.FAILED, reason="no relay accepted the request"
+            )
+        await self._publish_section()
+        return await self.get(rid)
 
-    async def apply_relays(self, relays: tuple[str, ...]) -> None:
-        """Settings changed the relays while running: the pool follows at once."""
-        if self.pool is not None:
-            await self.pool.set_relays(relays)
+    def _follow(self, rid: str, deadline: float) -> None:
+        self._races.setdefault(rid, _Race())
+        self._timers.at(f"deadline {rid}", deadline, lambda: self._deadline(rid))
+
+    async def _deadline(self, rid: str) -> None:
+        row = await self.get(rid)
+        if row.status is BuyStatus.OPEN:
+            await self._update(
+                rid, status=BuyStatus.EXPIRED, reason="no provider delivered in time"
+            )
+        if row.status is BuyStatus.PAYING:  # a payment in flight keeps its request followed
+            self._follow(rid, self._clock.now() + PAY_RETRY_S)
+            return
+        self._races.pop(rid, None)
+        await self._resubscribe()
 
     async def _resubscribe(self) -> None:
-        assert self.pool is not None
         ids = tuple(self._races)
         if not ids:
-            await self.pool.subscribe([])
+            await self._sub.set_filters([])
             return
-        kinds = (7000, result_kind(KIND_TEXT_GENERATION), result_kind(KIND_EMBEDDINGS))
-        await self.pool.subscribe(
-            [SubscriptionFilter(kinds=kinds, e=ids, since=int(time.time()) - 600)]
-        )
+        kinds = (KIND_FEEDBACK, *(result_kind(k) for k in KINDS))
+        since = int(self._clock.now()) - CATCH_UP_S
+        await self._sub.set_filters([SubscriptionFilter(kinds=kinds, e=ids, since=since)])
 
-    async def listen(self, pool: RelayPool) -> None:
-        identity = self.rt.identity
-        assert identity is not None
-        async for incoming in pool.events():
+    async def listen(self) -> None:
+        async for incoming in self._sub.events():
             rid = next(
-                (
-                    t[1]
-                    for t in incoming.event.tags
-                    if len(t) > 1 and t[0] == "e" and t[1] in self._races
-                ),
+                (t[1] for t in incoming.event.all("e") if len(t) > 1 and t[1] in self._races),
                 None,
             )
             if rid is None:
                 continue
-            answer = parse_response(incoming.event, request_id=rid, buyer=identity)
+            answer = parse_response(incoming.event, request_id=rid, buyer=self._identity)
             race = self._races[rid]
             if isinstance(answer, JobResult):
                 race.results.setdefault(answer.provider, answer)
-                self.rt.events.publish(
+                self._events.publish(
                     "buyer.result_received", request_id=rid, provider=answer.provider
                 )
             elif isinstance(answer, JobFeedback):
                 if answer.status == FeedbackStatus.PAYMENT_REQUIRED and answer.bolt11:
                     race.invoices.setdefault(answer.provider, answer)
-                    self.rt.events.publish(
+                    self._events.publish(
                         "buyer.invoice_received", request_id=rid, provider=answer.provider
                     )
                 elif answer.status == FeedbackStatus.SUCCESS:
@@ -211,7 +248,7 @@ class Buyer:
             self._wake.set()
 
     async def decide(self) -> None:
-        """Move each open request forward when what arrived allows it."""
+        """Move each followed request forward when what arrived allows it."""
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -219,163 +256,104 @@ class Buyer:
                 await self._step(rid)
 
     async def _step(self, rid: str) -> None:
-        race = self._races[rid]
-        row = await self.row(rid)
-        if row["status"] == "open" and time.time() >= race.retry_at:
-            winner = await self._winner(row, race)
-            if winner is not None:
-                await self._pay(row, race, winner)
-        row = await self.row(rid)
-        if row["status"] == "paid" and row["provider"] in race.successes:
-            await self._update(rid, status="done")
-        # A finished request stays followed until its deadline, so a slower provider's
-        # result still gets its lost-race (see expire()).
+        race = self._races.get(rid)
+        if race is None:
+            return
+        row = await self.get(rid)
+        if row.status in (BuyStatus.OPEN, BuyStatus.PAYING) and race.retry_due:
+            chosen = row.provider if row.status is BuyStatus.PAYING else self._winner(row, race)
+            if chosen is not None and chosen in race.invoices:
+                row = await self._pay(row, race, chosen)
+        if row.status is BuyStatus.PAID and row.provider in race.successes:
+            row = await self._update(rid, status=BuyStatus.DONE)
         await self._lost_races(row, race)
 
-    async def _winner(self, row: dict[str, Any], race: _Race) -> str | None:
-        for provider, result in race.results.items():
+    def _winner(self, row: BuyRequest, race: _Race) -> str | None:
+        for provider in race.results:
             invoice = race.invoices.get(provider)
             if invoice is None or provider in race.errors or not invoice.bolt11:
                 continue
             try:
-                decoded = self.rt.wallet.require_node().decode(invoice.bolt11)
-            except NodeError:
+                decoded = self._payer.decode_invoice(invoice.bolt11)
+            except UserError:
                 race.errors[provider] = "invalid invoice"
                 continue
-            if decoded.amount_msat is None or decoded.amount_msat > row["budget_msat"]:
+            if decoded.amount_msat is None or decoded.amount_msat > row.budget_msat:
                 race.errors[provider] = "invoice above budget"
                 continue
-            del result
             return provider
         return None
 
-    async def _pay(self, row: dict[str, Any], race: _Race, provider: str) -> None:
-        rid = row["request_id"]
-        invoice = race.invoices[provider]
-        result = race.results[provider]
+    async def _pay(self, row: BuyRequest, race: _Race, provider: str) -> BuyRequest:
+        rid = row.request_id
+        invoice, result = race.invoices[provider], race.results[provider]
         assert invoice.bolt11 is not None
-        decoded = self.rt.wallet.require_node().decode(invoice.bolt11)
-        await self._update(
-            rid,
-            status="paying",
-            provider=provider,
-            result=result.content,
-            payment_hash=decoded.payment_hash,
-        )
-        self.rt.events.publish("buyer.payment_sent", request_id=rid, provider=provider)
-        try:
-            paid = await self.rt.wallet.pay(
-                invoice.bolt11, None, None, description=f"nip90 {rid[:16]}"
+        if row.status is BuyStatus.OPEN:
+            decoded = self._payer.decode_invoice(invoice.bolt11)
+            await self._update(
+                rid,
+                status=BuyStatus.PAYING,
+                provider=provider,
+                result=result.content,
+                payment_hash=decoded.payment_hash,
             )
+            self._events.publish("buyer.payment_sent", request_id=rid, provider=provider)
+        try:
+            outcome = await self._payer.pay_invoice(invoice.bolt11, description=f"nip90 {rid[:16]}")
         except UserError as exc:
-            await self._payment_failed(row, race, f"payment failed: {exc.message}")
-            return
-        if paid["status"] == "succeeded":
-            await self._update(rid, status="paid")
-            self.rt.events.publish(
+            return await self._payment_failed(row, race, f"payment failed: {exc.message}")
+        if outcome.status is PaymentStatus.SUCCEEDED:
+            self._events.publish(
                 "buyer.payment_settled",
                 request_id=rid,
                 provider=provider,
-                payment_hash=paid["payment_hash"],
+                payment_hash=outcome.payment_hash,
             )
-        elif paid["status"] == "failed":
-            await self._payment_failed(row, race, f"payment failed: {paid.get('failure')}")
+            return await self._update(rid, status=BuyStatus.PAID)
+        if outcome.status is PaymentStatus.FAILED:
+            return await self._payment_failed(row, race, f"payment failed: {outcome.failure}")
+        # Still in flight: the row says paying; ask the wallet again later (it never pays twice).
+        race.retry_due = False
+        self._timers.at(f"retry {rid}", self._clock.now() + PAY_RETRY_S, lambda: self._retry(race))
+        return await self.get(rid)
 
-    async def _payment_failed(self, row: dict[str, Any], race: _Race, reason: str) -> None:
-        """Retry the same invoice until the deadline: the payee may be restarting.
+    async def _payment_failed(self, row: BuyRequest, race: _Race, reason: str) -> BuyRequest:
+        """Retry the same invoice until the deadline: the payee may be restarting."""
+        rid = row.request_id
+        retry_at = self._clock.now() + PAY_RETRY_S
+        if retry_at >= row.deadline_at:
+            return await self._update(rid, status=BuyStatus.FAILED, reason=reason)
+        race.retry_due = False
+        self._timers.at(f"retry {rid}", retry_at, lambda: self._retry(race))
+        return await self._update(rid, status=BuyStatus.OPEN, reason=f"{reason}; retrying")
 
-        The wallet pays an invoice at most once, so a retry can never pay twice.
-        """
-        rid = row["request_id"]
-        if time.time() + PAY_RETRY_S < row["deadline_at"]:
-            race.retry_at = time.time() + PAY_RETRY_S
-            await self._update(rid, status="open", reason=f"{reason}; retrying")
-        else:
-            await self._update(rid, status="failed", reason=reason)
+    async def _retry(self, race: _Race) -> None:
+        race.retry_due = True
+        self._wake.set()
 
-    async def _lost_races(self, row: dict[str, Any], race: _Race) -> None:
-        winner = row["provider"]
-        if winner is None or self.pool is None:
+    async def _lost_races(self, row: BuyRequest, race: _Race) -> None:
+        winner = row.provider
+        if winner is None:
             return
-        identity = self.rt.identity
-        assert identity is not None
         for provider, result in race.results.items():
             if provider != winner and provider not in race.lost_race_sent:
                 race.lost_race_sent.add(provider)
-                await self.pool.publish(
+                await self._pool.publish(
                     build_lost_race(
-                        identity,
-                        request_id=row["request_id"],
+                        self._identity,
+                        request_id=row.request_id,
                         provider=provider,
                         result_id=result.id,
                     )
                 )
 
-    async def expire(self) -> None:
-        while True:
-            now = time.time()
-            rows = await self.store.fetchall(
-                "SELECT request_id FROM buy_requests WHERE status = 'open' AND deadline_at < ?",
-                (now,),
-            )
-            for (rid,) in rows:
-                await self._update(rid, status="expired", reason="no provider delivered in time")
-            finished = await self.store.fetchall(
-                "SELECT request_id FROM buy_requests WHERE deadline_at < ? "
-                "AND status IN ('done', 'failed', 'expired')",
-                (now,),
-            )
-            if any(r.retry_at for r in self._races.values()):
-                self._wake.set()  # let due payment retries run
-            stale = [rid for (rid,) in finished if rid in self._races]
-            for rid in stale:
-                self._races.pop(rid, None)
-            if stale and self.pool is not None:
-                await self._resubscribe()
-            await asyncio.sleep(2.0)
-
-    async def wait(self, request_id: str, timeout: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while True:
-            row = await self.row(request_id)
-            left = deadline - time.monotonic()
-            if row["status"] in ("done", "failed", "expired") or left <= 0:
-                return row
-            try:
-                async with asyncio.timeout(left):
-                    await self._changed.wait()
-            except TimeoutError:
-                return await self.row(request_id)
-
-    async def resume(self) -> None:
-        rows = await self.store.fetchall(
-            "SELECT request_id FROM buy_requests WHERE status IN ('open', 'paying', 'paid') "
-            "OR deadline_at > ?",
-            (time.time(),),
-        )
-        for (rid,) in rows:
-            self._races[rid] = _Race()
-        await self.publish_section()
-
-
-class BuyerService:
-    name = "buyer"
-
-    def __init__(self, buyer: Buyer) -> None:
-        self.buyer = buyer
-
     async def run(self, ready: Callable[[], None]) -> None:
-        b = self.buyer
-        pool = RelayPool(PoolConfig(relays=split_list(b.rt.config.relays)))
-        b.pool = pool
-        try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(pool.run())
-                await b.resume()
-                await b._resubscribe()
-                ready()
-                tg.create_task(b.listen(pool))
-                tg.create_task(b.decide())
-                tg.create_task(b.expire())
-        finally:
-            b.pool = None
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._timers.run())
+            for row in await self.requests.followed(self._clock.now()):
+                self._follow(row.request_id, row.deadline_at)
+            await self._resubscribe()
+            await self._publish_section()
+            ready()
+            tg.create_task(self.listen())
+            tg.create_task(self.decide())

@@ -1,13 +1,14 @@
-"""Built-in commands. Each module has `register(registry, runtime)`."""
+"""The registry's commands. Each module has `register(registry, runtime, …)`: the built-in
+ones need only the kernel; the others get the service they drive from the composition root."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from autopilotd.commands import access, system
+from autopilotd.commands import access, settings, system
 from autopilotd.registry import Registry
 from autopilotd.runtime.context import Runtime
 
 Registrar = Callable[[Registry, Runtime], None]
 
-BUILTINS: tuple[Registrar, ...] = (system.register, access.register)
+BUILTINS: tuple[Registrar, ...] = (system.register, access.register, settings.register)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from autopilotd.commands.system import _clamp_timeout
+from autopilotd.commands.system import clamp_timeout
 from autopilotd.errors import InvalidParams
 from autopilotd.registry import Registry
 from autopilotd.runtime.context import Runtime
@@ -62,7 +62,7 @@ def register(reg: Registry, rt: Runtime) -> None:
     @reg.command("approvals.wait", access="spend")
     async def approvals_wait(id: str, timeout_s: float = 20.0) -> dict[str, Any]:
         """Wait (at most 25 s per call) until a person approves or denies the request."""
-        return (await rt.approvals.wait(id, _clamp_timeout(timeout_s))).to_json()
+        return (await rt.approvals.wait(id, clamp_timeout(timeout_s))).to_json()
 
     @reg.command("approvals.execute", access="spend")
     async def approvals_execute(id: str) -> dict[str, Any]:

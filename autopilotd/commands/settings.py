@@ -3,9 +3,10 @@
 `settings.update` is the one way in; `relays.add` and `relays.remove` compute the new `relays`
 value and go through it too. A change is checked by the rules `load_config` applies, written
 into `config.toml` (other keys and comments kept), then applied: a setting declared "now" in
-`Config` replaces the running value at once (the provider and the buyer follow); one declared
-"restart" stays pending, shown next to the running value, until autopilotd restarts.
-`rt.config` is always what runs. A setting fixed by an `AUTOPILOTD_*` variable is not saved,
+`Config` replaces the running value at once (`LiveConfig.apply`: the services that follow it
+registered their listeners, this module calls none of them); one declared "restart" stays
+pending, shown next to the running value, until autopilotd restarts. `rt.config` is always
+what runs. A setting fixed by an `AUTOPILOTD_*` variable is not saved,
 because the variable would win at the next start.
 """
 
@@ -107,16 +108,13 @@ class Settings:
         save_settings(self.rt.config.paths.config_file, {n: getattr(candidate, n) for n in changed})
         now = [n for n in changed if editable[n] == "now"]
         later = [n for n in changed if editable[n] == "restart"]
-        old = self.rt.config
-        self.rt.config = dataclasses.replace(old, **{n: getattr(candidate, n) for n in now})
+        running = dataclasses.replace(self.rt.config, **{n: getattr(candidate, n) for n in now})
         for name in later:
-            if getattr(candidate, name) == getattr(self.rt.config, name):
+            if getattr(candidate, name) == getattr(running, name):
                 self.pending.pop(name, None)  # back to what runs: nothing waits for a restart
             else:
                 self.pending[name] = getattr(candidate, name)
-        await self.rt.provider.apply_config(old, self.rt.config)
-        if self.rt.config.relays != old.relays:
-            await self.rt.buyer.apply_relays(split_list(self.rt.config.relays))
+        await self.rt.live.apply(running)
         result.update(applied=now, restart=[n for n in later if n in self.pending])
         self.rt.events.publish("settings.changed", **result)
         return result

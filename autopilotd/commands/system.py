@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import platform
 import sys
-from typing import Any
+from typing import Annotated, Any
 
 from autopilotd import __version__
+from autopilotd.codec import Bounds
 from autopilotd.errors import InvalidParams
 from autopilotd.registry import Registry
 from autopilotd.runtime.context import Runtime
@@ -41,7 +42,7 @@ def register(reg: Registry, rt: Runtime) -> None:
 
         The web UI and `autopilotctl status` render exactly this object.
         """
-        return rt.state.current.to_json(rt.clock())
+        return rt.state.current.to_json(rt.clock.now())
 
     @reg.command("status.wait")
     async def status_wait(after_seq: int, timeout_s: float = 20.0) -> dict[str, Any]:
@@ -49,22 +50,20 @@ def register(reg: Registry, rt: Runtime) -> None:
 
         Returns the current snapshot when `timeout_s` (at most 25) passes without change.
         """
-        timeout = _clamp_timeout(timeout_s)
+        timeout = clamp_timeout(timeout_s)
         snapshot = await rt.state.wait_for_change(after_seq, timeout)
-        return snapshot.to_json(rt.clock())
+        return snapshot.to_json(rt.clock.now())
 
     @reg.command("events.wait")
     async def events_wait(
-        after: int = 0, timeout_s: float = 20.0, limit: int = 200
+        after: int = 0, timeout_s: float = 20.0, limit: Annotated[int, Bounds(1, 1000)] = 200
     ) -> dict[str, Any]:
         """Return events with an id greater than `after`, waiting up to `timeout_s` for one.
 
         Long-poll: pass the last id you saw as `after`. `missed` is true when older events
         were dropped from the in-memory window before you asked (the session log has them all).
         """
-        if limit < 1 or limit > 1000:
-            raise InvalidParams("limit must be between 1 and 1000")
-        events, missed = await rt.events.wait(after, _clamp_timeout(timeout_s), limit)
+        events, missed = await rt.events.wait(after, clamp_timeout(timeout_s), limit)
         return {
             "events": [e.to_json() for e in events],
             "last_id": events[-1].id if events else max(after, 0),
@@ -72,10 +71,8 @@ def register(reg: Registry, rt: Runtime) -> None:
         }
 
     @reg.command("logs.tail")
-    async def logs_tail(lines: int = 50) -> dict[str, Any]:
+    async def logs_tail(lines: Annotated[int, Bounds(1, 1000)] = 50) -> dict[str, Any]:
         """Return the last `lines` records (at most 1000) of the current session log."""
-        if lines < 1 or lines > 1000:
-            raise InvalidParams("lines must be between 1 and 1000")
         return {
             "session": rt.log.session_id,
             "path": str(rt.log.path),
@@ -104,12 +101,18 @@ def register(reg: Registry, rt: Runtime) -> None:
         cond = rt.conditions.get(condition)
         snapshot = rt.state.current
         try:
-            async with asyncio.timeout(_clamp_timeout(timeout_s)):
+            async with asyncio.timeout(clamp_timeout(timeout_s)):
                 while not cond.predicate(snapshot):
                     snapshot = await rt.state.wait_for_change(snapshot.seq)
         except TimeoutError:
             pass
         return {"condition": condition, "met": cond.predicate(snapshot), "seq": snapshot.seq}
+
+    @reg.command("system.store")
+    async def system_store() -> dict[str, Any]:
+        """Show the database's health: journal mode, synchronous, foreign keys, integrity,
+        schema version and its path (what the start-up checks assert)."""
+        return {**await rt.store.settings(), "path": str(rt.store.path)}
 
     @reg.command("daemon.stop", access="control")
     async def daemon_stop() -> dict[str, Any]:
@@ -119,7 +122,8 @@ def register(reg: Registry, rt: Runtime) -> None:
         return {"stopping": True}
 
 
-def _clamp_timeout(timeout_s: float) -> float:
+def clamp_timeout(timeout_s: float) -> float:
+    """A long-poll's wait: never negative, at most LONG_POLL_MAX_S."""
     if timeout_s < 0:
         raise InvalidParams("timeout_s must not be negative")
     return min(timeout_s, LONG_POLL_MAX_S)

@@ -23,7 +23,17 @@ import webbrowser
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from autopilotd.ctl.client import Endpoint, RpcClient, RpcError, locate
+from autopilotd.client import Endpoint, RpcClient, RpcError, locate
+from autopilotd.ctl.args import (
+    UsageError,
+    global_parser,
+    leading_options,
+    no_more,
+    parse_args,
+    parse_params,
+    split_command,
+    split_globals,
+)
 from autopilotd.ctl.render import render_commands, render_status
 from autopilotd.errors import AutopilotError, DaemonNotRunning, UserError
 from autopilotd.manifest import pid_alive
@@ -31,90 +41,7 @@ from autopilotd.manifest import pid_alive
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_NOT_RUNNING, EXIT_TIMEOUT = 0, 1, 2, 3, 4
 
 
-class UsageError(Exception):
-    pass
-
-
-# The global options: flag, whether it takes a value, help.
-GLOBAL_OPTIONS: tuple[tuple[str, bool, str], ...] = (
-    ("--home", True, "the daemon's --home directory"),
-    ("--manifest", True, "path to autopilotd.json"),
-    ("--rpc-url", True, "JSON-RPC URL (with --token, skips the manifest)"),
-    ("--token", True, "control token (prefer the manifest; argv is visible to others)"),
-    ("--json", False, "machine-readable output"),
-)
-_TAKES_VALUE = {flag: takes_value for flag, takes_value, _ in GLOBAL_OPTIONS}
 WAIT_RETRY_S = 0.2  # how often `wait` looks again for a daemon that is not up yet
-
-
-def _global_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="autopilotctl",
-        usage="autopilotctl [options] COMMAND [command options] [options]",
-        description="Control a running autopilotd over JSON-RPC.",
-        epilog="Commands: status, commands, logs, events, wait, stop, web, or any dotted command "
-        "name from 'autopilotctl commands' with --param value options. The options above may "
-        "also follow the command, unless the command has an option of the same name.",
-        allow_abbrev=False,
-    )
-    for flag, takes_value, help_text in GLOBAL_OPTIONS:
-        if takes_value:
-            p.add_argument(flag, help=help_text)
-        else:
-            p.add_argument(flag, action="store_true", help=help_text)
-    return p
-
-
-def _leading_options(argv: list[str]) -> tuple[list[str], list[str], bool]:
-    """Split argv at the command: (options before it, the command and the rest, scan the rest).
-
-    The rest is not scanned for global options when `--` came before the command.
-    """
-    i = 0
-    while i < len(argv) and argv[i].startswith("-"):
-        if argv[i] == "--":
-            return argv[:i], argv[i + 1 :], False
-        flag, eq, _ = argv[i].partition("=")
-        i += 2 if _TAKES_VALUE.get(flag) and not eq else 1
-    return argv[:i], argv[i:], True
-
-
-def _split_globals(
-    args: list[str], params: list[dict[str, Any]] | None = None
-) -> tuple[list[str], list[str]]:
-    """Pull the global options out of the words after the command: (global, the command's).
-
-    An option the command declares itself (`params`, from `system.commands`) stays with the
-    command, with its value; so does everything after `--`.
-    """
-    declared = {p["name"]: p for p in params or ()}
-    found: list[str] = []
-    own: list[str] = []
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if arg == "--":
-            own.extend(args[i + 1 :])
-            break
-        flag, eq, _ = arg.partition("=")
-        name = flag[2:].replace("-", "_")
-        negated = name.startswith("no_") and declared.get(name[3:], {}).get("type") == "boolean"
-        if arg.startswith("--") and (negated or name in declared):
-            # Mirror parse_params: which of the command's options take the next word as a value.
-            takes_value = not (negated or eq) and (
-                declared[name]["type"] != "boolean"
-                or (i + 1 < len(args) and not args[i + 1].startswith("--"))
-            )
-            width = 2 if takes_value else 1
-            own.extend(args[i : i + width])
-        elif flag in _TAKES_VALUE:
-            width = 2 if _TAKES_VALUE[flag] and not eq else 1
-            found.extend(args[i : i + width])
-        else:
-            width = 1
-            own.append(arg)
-        i += width
-    return found, own
 
 
 def _print(data: Any, as_json: bool) -> None:
@@ -125,7 +52,7 @@ def _print(data: Any, as_json: bool) -> None:
 
 
 async def _cmd_status(c: RpcClient, args: list[str], as_json: bool) -> int:
-    _no_more(args, "status")
+    no_more(args, "status")
     snapshot = await c.call("status")
     print(json.dumps(snapshot) if as_json else render_status(snapshot))
     return EXIT_OK
@@ -133,7 +60,7 @@ async def _cmd_status(c: RpcClient, args: list[str], as_json: bool) -> int:
 
 async def _cmd_commands(c: RpcClient, args: list[str], as_json: bool) -> int:
     markdown = "--markdown" in args
-    _no_more([a for a in args if a != "--markdown"], "commands")
+    no_more([a for a in args if a != "--markdown"], "commands")
     commands = await c.call("system.commands")
     if as_json:
         print(json.dumps(commands))
@@ -145,7 +72,7 @@ async def _cmd_commands(c: RpcClient, args: list[str], as_json: bool) -> int:
 async def _cmd_logs(c: RpcClient, args: list[str], as_json: bool) -> int:
     p = argparse.ArgumentParser(prog="autopilotctl logs", exit_on_error=False)
     p.add_argument("--tail", type=int, default=50)
-    ns = _parse(p, args)
+    ns = parse_args(p, args)
     result = await c.call("logs.tail", {"lines": ns.tail})
     for record in result["records"]:
         if as_json:
@@ -162,7 +89,7 @@ async def _cmd_events(c: RpcClient, args: list[str], as_json: bool) -> int:
     p.add_argument("--after", type=int, default=0)
     p.add_argument("--follow", action="store_true", help="keep waiting for new events")
     p.add_argument("--timeout", type=float, default=0.0, help="seconds to wait for the first event")
-    ns = _parse(p, args)
+    ns = parse_args(p, args)
     after = ns.after
     while True:
         result = await c.call(
@@ -188,7 +115,7 @@ async def _cmd_wait(find: Callable[[], Endpoint], args: list[str], as_json: bool
     p = argparse.ArgumentParser(prog="autopilotctl wait", exit_on_error=False)
     p.add_argument("condition", help="see 'autopilotctl wait.conditions'")
     p.add_argument("--timeout", type=float, default=60.0)
-    ns = _parse(p, args)
+    ns = parse_args(p, args)
     deadline = time.monotonic() + ns.timeout
     while True:
         try:
@@ -224,7 +151,7 @@ async def _wait_until(
 async def _cmd_stop(c: RpcClient, args: list[str], as_json: bool) -> int:
     p = argparse.ArgumentParser(prog="autopilotctl stop", exit_on_error=False)
     p.add_argument("--timeout", type=float, default=30.0)
-    ns = _parse(p, args)
+    ns = parse_args(p, args)
     await c.call("daemon.stop")
     pid = c.endpoint.pid
     deadline = time.monotonic() + ns.timeout
@@ -246,7 +173,7 @@ def _has_display() -> bool:
 async def _cmd_web(c: RpcClient, args: list[str], as_json: bool) -> int:
     p = argparse.ArgumentParser(prog="autopilotctl web", exit_on_error=False)
     p.add_argument("--no-open", action="store_true", help="print the link, open no browser")
-    ns = _parse(p, args)
+    ns = parse_args(p, args)
     result = await c.call("web.login_url")
     url = result["url"]
     opened = False
@@ -271,99 +198,6 @@ SHORT: dict[str, Callable[[RpcClient, list[str], bool], Coroutine[Any, Any, int]
 }
 
 
-def _no_more(args: list[str], name: str) -> None:
-    if args:
-        raise UsageError(f"{name}: unexpected arguments: {' '.join(args)}")
-
-
-def _parse(p: argparse.ArgumentParser, args: list[str]) -> argparse.Namespace:
-    try:
-        return p.parse_args(args)
-    except (argparse.ArgumentError, SystemExit) as exc:
-        raise UsageError(f"{p.prog}: {exc}") from None
-
-
-def _split_command(words: list[str], names: set[str]) -> tuple[str, list[str]]:
-    """Find the command name: `a.b`, or the words `a b` joined by dots."""
-    head = [
-        w for w in words[: next((i for i, w in enumerate(words) if w.startswith("-")), len(words))]
-    ]
-    for n in range(len(head), 0, -1):
-        name = ".".join(head[:n])
-        if name in names:
-            return name, words[n:]
-    raise UsageError(f"unknown command '{' '.join(head) or words[0]}'; see 'autopilotctl commands'")
-
-
-def parse_params(command: dict[str, Any], args: list[str]) -> dict[str, Any]:
-    """Turn `--param value` options into typed JSON params, by the command's own description."""
-    params = {p["name"]: p for p in command["params"]}
-    out: dict[str, Any] = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--"):
-            raise UsageError(f"{command['name']}: unexpected argument '{arg}'")
-        key, eq, inline = arg[2:].partition("=")
-        name = key.replace("-", "_")
-        negated = (
-            name.startswith("no_") and name[3:] in params and params[name[3:]]["type"] == "boolean"
-        )
-        if negated:
-            out[name[3:]] = False
-            i += 1
-            continue
-        if name not in params:
-            known = ", ".join("--" + p.replace("_", "-") for p in params) or "none"
-            raise UsageError(f"{command['name']}: unknown option --{key} (options: {known})")
-        kind = params[name]["type"]
-        if kind == "boolean" and not eq and (i + 1 >= len(args) or args[i + 1].startswith("--")):
-            out[name] = True
-            i += 1
-            continue
-        if eq:
-            raw = inline
-            i += 1
-        else:
-            if i + 1 >= len(args):
-                raise UsageError(f"{command['name']}: --{key} needs a value")
-            raw = args[i + 1]
-            i += 2
-        out[name] = _convert(command["name"], name, kind, raw, out.get(name))
-    missing = [p for p, d in params.items() if d["required"] and p not in out]
-    if missing:
-        raise UsageError(
-            f"{command['name']}: missing " + ", ".join("--" + m.replace("_", "-") for m in missing)
-        )
-    return out
-
-
-def _convert(cmd: str, name: str, kind: str, raw: str, previous: Any) -> Any:
-    try:
-        if kind == "integer":
-            return int(raw)
-        if kind == "number":
-            return float(raw)
-        if kind == "boolean":
-            if raw.lower() in ("true", "yes", "1", "on"):
-                return True
-            if raw.lower() in ("false", "no", "0", "off"):
-                return False
-            raise ValueError(raw)
-        if kind == "array":
-            return [*(previous or []), raw]
-        if kind == "object":
-            value = json.loads(raw)
-            if not isinstance(value, dict):
-                raise ValueError(raw)
-            return value
-        return raw
-    except ValueError:
-        raise UsageError(
-            f"{cmd}: --{name.replace('_', '-')} expects a {kind}, not '{raw}'"
-        ) from None
-
-
 def _locate(ns: argparse.Namespace) -> Endpoint:
     return locate(home=ns.home, manifest=ns.manifest, rpc_url=ns.rpc_url, token=ns.token)
 
@@ -376,12 +210,12 @@ async def _generic(leading: list[str], words: list[str], scan: bool) -> int:
     # The command's parameters come from the daemon, so it is found taking every global option
     # after the command as global. An option the command turns out to declare is the command's;
     # if that was one saying where the daemon is, the command goes to the daemon found without it.
-    first = _global_parser().parse_args(leading + (_split_globals(words)[0] if scan else []))
+    first = global_parser().parse_args(leading + (split_globals(words)[0] if scan else []))
     async with RpcClient(_locate(first)) as client:
         commands = {cmd["name"]: cmd for cmd in await client.call("system.commands")}
-        name, rest = _split_command(words, set(commands))
-        trailing, rest = _split_globals(rest, commands[name]["params"]) if scan else ([], rest)
-        ns = _global_parser().parse_args(leading + trailing)
+        name, rest = split_command(words, set(commands))
+        trailing, rest = split_globals(rest, commands[name]["params"]) if scan else ([], rest)
+        ns = global_parser().parse_args(leading + trailing)
         if "--help" in rest or "-h" in rest:
             print(render_commands([commands[name]], markdown=False, full=True), end="")
             return EXIT_OK
@@ -396,15 +230,15 @@ async def _generic(leading: list[str], words: list[str], scan: bool) -> int:
 
 
 async def run(argv: list[str]) -> int:
-    leading, words, scan = _leading_options(argv)
+    leading, words, scan = leading_options(argv)
     if not words:
-        _global_parser().parse_args(leading)  # --help, or a bad option
+        global_parser().parse_args(leading)  # --help, or a bad option
         raise UsageError("no command given; try 'autopilotctl status' or 'autopilotctl commands'")
     command, args = words[0], words[1:]
     if command != "wait" and not (command in SHORT and (not args or args[0].startswith("-"))):
         return await _generic(leading, words, scan)
-    trailing, args = _split_globals(args) if scan else ([], args)
-    ns = _global_parser().parse_args(leading + trailing)
+    trailing, args = split_globals(args) if scan else ([], args)
+    ns = global_parser().parse_args(leading + trailing)
     if command == "wait":
         return await _cmd_wait(lambda: _locate(ns), args, ns.json)
     async with RpcClient(_locate(ns)) as client:

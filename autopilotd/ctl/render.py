@@ -43,6 +43,18 @@ def _signature(cmd: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _bounds(p: dict[str, Any]) -> str:
+    """ " (1..500)", " (≥ 1)", " (≤ 256 chars)" or "": a parameter's bounds, when it has any."""
+    low, high, length = p.get("minimum"), p.get("maximum"), p.get("maxLength")
+    if low is not None and high is not None:
+        return f" ({low:g}..{high:g})"
+    if low is not None:
+        return f" (≥ {low:g})"
+    if high is not None:
+        return f" (≤ {high:g})"
+    return f" (≤ {length} chars)" if length is not None else ""
+
+
 def render_commands(commands: list[dict[str, Any]], *, markdown: bool, full: bool = False) -> str:
     """A command list for the terminal, or the Markdown reference kept in docs/commands.md."""
     if markdown:
@@ -52,19 +64,25 @@ def render_commands(commands: list[dict[str, Any]], *, markdown: bool, full: boo
             "Generated from `system.commands` (`autopilotctl commands --markdown`); a test checks",
             "that this file matches the registry. Every command is reachable over JSON-RPC",
             "(method = name), from `autopilotctl NAME --param value`, and from MCP when its",
-            "access level is exposed there (see mcp.md).",
+            "access level is exposed there (see mcp.md). A bound in the type column (`1..500`)",
+            "is checked for every caller; a command's `needs` must hold, or it answers NotReady",
+            "with what to do.",
             "",
         ]
         for cmd in commands:
             out += [f"## `{cmd['name']}`", ""]
+            needs = cmd.get("needs") or []
             out += [
-                f"Access: `{cmd['access']}`" + (" · moves money" if cmd["moves_money"] else ""),
+                f"Access: `{cmd['access']}`"
+                + (" · moves money" if cmd["moves_money"] else "")
+                + (f" · needs: {', '.join(needs)}" if needs else ""),
                 "",
             ]
             if cmd["params"]:
                 out += ["| parameter | type | required | default |", "|---|---|---|---|"]
                 for p in cmd["params"]:
                     kind = " \\| ".join(p["choices"]) if p.get("choices") else p["type"]
+                    kind += _bounds(p)
                     default = "" if p["required"] else f"`{p['default']!r}`"
                     required = "yes" if p["required"] else "no"
                     out.append(f"| `{p['name']}` | {kind} | {required} | {default} |")

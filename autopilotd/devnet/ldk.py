@@ -12,8 +12,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from autopilotd.wallet.ldk_adapter import ChainSource as WalletChainSource
-from autopilotd.wallet.ldk_adapter import NodeSettings, build_node
+from autopilotd.adapters.ldk_node import ChainSource as WalletChainSource
+from autopilotd.adapters.ldk_node import NodeSettings, build_node
 
 
 @dataclass(frozen=True)

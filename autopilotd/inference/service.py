@@ -1,16 +1,19 @@
 """The local runtime service: supervise a psionic process (or watch a configured URL).
 
 It keeps the snapshot's `local_runtime` section true: state, models, device, dtype, queue and
-the last error, polled from psionic's /health. A psionic that exits is restarted a few times
-with growing pauses, then left in `error` with its exit code and the tail of its output, so a
-broken runtime is visible instead of being restarted forever.
+the last error, read from psionic's status every `POLL_S` (a new snapshot only when something
+changed). A psionic that exits is restarted a few times with growing pauses, then left in
+`error` with its exit code and the tail of its output, so a broken runtime is visible instead
+of being restarted forever.
+
+It is also the `Inference` the provider gets: requests go to the runtime only while it is
+ready, and fail with the runtime's state in words otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import os
 import shlex
@@ -22,11 +25,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from autopilotd.children import die_with_parent
-from autopilotd.inference.port import Inference, InferenceError, RuntimeStatus
-from autopilotd.inference.psionic_http import PsionicClient
 from autopilotd.loopback import free_port
-from autopilotd.runtime.context import Runtime
-from autopilotd.runtime.snapshot import LocalRuntimeSection, ModelView, RuntimeState
+from autopilotd.ports.inference import (
+    Completion,
+    InferenceClient,
+    InferenceError,
+    RuntimeStatus,
+)
+from autopilotd.runtime.configs import LiveConfig
+from autopilotd.runtime.sections import LocalRuntimeSection, ModelView, RuntimeState
+from autopilotd.runtime.state import SectionWriter
 
 logger = logging.getLogger(__name__)
 
@@ -40,25 +48,33 @@ def psionic_command() -> list[str]:
     return [str(beside)] if beside.exists() else [sys.executable, "-m", "psionic.cli"]
 
 
-class LocalRuntime:
-    """Holds the inference client the job flow uses, and publishes the runtime's state."""
+ClientFactory = Callable[[str], InferenceClient]
+"""Makes the client of the runtime at a URL (the psionic adapter; a fake in fast tests)."""
 
-    def __init__(self, rt: Runtime, client: Inference | None = None) -> None:
-        self.rt = rt
-        self.client: Inference | None = client
+
+class LocalRuntime:
+    """The runtime's client and state; see the module docstring."""
+
+    name = "local_runtime"
+
+    def __init__(
+        self,
+        *,
+        config: LiveConfig,
+        writer: SectionWriter[LocalRuntimeSection],
+        client_factory: ClientFactory,
+    ) -> None:
+        self._config = config
+        self._writer = writer
+        self._client_factory = client_factory
+        self.client: InferenceClient | None = None
+        self._output: deque[str] = deque(maxlen=40)
 
     def section(self) -> LocalRuntimeSection:
-        return self.rt.state.current.local_runtime
+        return self._writer.current
 
     def publish(self, **changes: object) -> None:
-        old = self.section()
-        new = dataclasses.replace(old, updated_at=time.time(), **changes)  # type: ignore[arg-type]
-        if dataclasses.replace(new, updated_at=old.updated_at) != old:
-            self.rt.state.replace(local_runtime=new)
-            if new.state is not old.state:
-                self.rt.events.publish(
-                    "runtime.state_changed", state=new.state.value, reason=new.reason
-                )
+        self._writer.set(**changes)
 
     def publish_status(self, status: RuntimeStatus) -> None:
         models = tuple(ModelView(m.id, m.kind, m.warm) for m in status.models)
@@ -85,26 +101,58 @@ class LocalRuntime:
             last_error=status.last_error,
         )
 
-    def require(self) -> Inference:
+    def require(self) -> InferenceClient:
         if self.client is None or self.section().state is not RuntimeState.READY:
             section = self.section()
             raise InferenceError(f"the local runtime is {section.state.value}: {section.reason}")
         return self.client
 
+    # -- Inference (the provider's port) ---------------------------------------------------
 
-class LocalRuntimeService:
-    name = "local_runtime"
+    async def status(self) -> RuntimeStatus:
+        return await self.require().status()
 
-    def __init__(self, runtime: LocalRuntime) -> None:
-        self.runtime = runtime
-        self._output: deque[str] = deque(maxlen=40)
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        model: str | None,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        seed: int | None = None,
+    ) -> Completion:
+        return await self.require().chat(
+            messages,
+            model=model,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+        )
+
+    async def embed(self, texts: list[str], *, model: str | None) -> list[list[float]]:
+        return await self.require().embed(texts, model=model)
+
+    async def warm(self, model: str) -> None:
+        await self._running().warm(model)
+
+    async def unload(self, model: str) -> None:
+        await self._running().unload(model)
+
+    def _running(self) -> InferenceClient:
+        if self.client is None:
+            raise InferenceError(f"the local runtime is {self.section().state.value}")
+        return self.client
+
+    # -- supervision -------------------------------------------------------------------------
 
     async def run(self, ready: Callable[[], None]) -> None:
-        cfg = self.runtime.rt.config
+        cfg = self._config.current
         if cfg.runtime_mode == "url":
-            client = PsionicClient(cfg.runtime_url)
-            self.runtime.client = client
-            self.runtime.publish(
+            client = self._client_factory(cfg.runtime_url)
+            self.client = client
+            self.publish(
                 state=RuntimeState.STARTING, reason="connecting", url=cfg.runtime_url, managed=False
             )
             ready()
@@ -119,7 +167,7 @@ class LocalRuntimeService:
             code = await self._run_once()
             restarts += 1
             if restarts > MAX_RESTARTS:
-                self.runtime.publish(
+                self.publish(
                     state=RuntimeState.ERROR,
                     reason=f"psionic exited {restarts} times (last exit code {code})",
                     next_step="see runtime.status and the logs, then restart autopilotd",
@@ -127,7 +175,7 @@ class LocalRuntimeService:
                 )
                 await asyncio.Event().wait()
             pause = min(30.0, 2.0**restarts)
-            self.runtime.publish(
+            self.publish(
                 state=RuntimeState.ERROR,
                 reason=f"psionic exited (code {code}); restarting in {pause:.0f} s",
                 next_step=None,
@@ -136,7 +184,7 @@ class LocalRuntimeService:
             await asyncio.sleep(pause)
 
     async def _run_once(self) -> int:
-        cfg = self.runtime.rt.config
+        cfg = self._config.current
         port = cfg.runtime_port or free_port()
         url = f"http://127.0.0.1:{port}"
         cmd = [
@@ -148,7 +196,7 @@ class LocalRuntimeService:
             str(port),
             *shlex.split(cfg.runtime_args),
         ]
-        self.runtime.publish(
+        self.publish(
             state=RuntimeState.STARTING,
             reason="starting psionic and loading models",
             url=url,
@@ -164,8 +212,8 @@ class LocalRuntimeService:
             preexec_fn=die_with_parent,  # psionic runs in its own session: nothing else stops it
             env={**os.environ, "HF_HUB_OFFLINE": "1"},
         )
-        client = PsionicClient(url)
-        self.runtime.client = client
+        client = self._client_factory(url)
+        self.client = client
         try:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._drain(proc))
@@ -174,7 +222,7 @@ class LocalRuntimeService:
                 watcher.cancel()
             return code
         finally:
-            self.runtime.client = None
+            self.client = None
             await client.close()
             if proc.returncode is None:
                 await _terminate(proc)
@@ -186,7 +234,9 @@ class LocalRuntimeService:
             self._output.append(line)
             logger.debug("psionic: %s", line)
 
-    async def _watch(self, client: PsionicClient, proc: asyncio.subprocess.Process | None) -> None:
+    async def _watch(
+        self, client: InferenceClient, proc: asyncio.subprocess.Process | None
+    ) -> None:
         started = time.monotonic()
         seen_healthy = False
         while True:
@@ -194,20 +244,20 @@ class LocalRuntimeService:
                 status = await client.status()
             except InferenceError as exc:
                 if seen_healthy:
-                    self.runtime.publish(
+                    self.publish(
                         state=RuntimeState.DEGRADED,
                         reason=exc.reason,
                         next_step="wait; psionic may be busy or restarting",
                     )
                 elif time.monotonic() - started > START_TIMEOUT_S:
-                    self.runtime.publish(
+                    self.publish(
                         state=RuntimeState.ERROR,
                         reason="psionic did not come up in time",
                         next_step="see the session log",
                     )
             else:
                 seen_healthy = True
-                self.runtime.publish_status(status)
+                self.publish_status(status)
             await asyncio.sleep(POLL_S)
 
 

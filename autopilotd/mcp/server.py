@@ -19,7 +19,7 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 
 from autopilotd import __version__
-from autopilotd.ctl.client import Endpoint, RpcClient, RpcError, locate
+from autopilotd.client import Endpoint, RpcClient, RpcError, locate
 from autopilotd.errors import AutopilotError
 from autopilotd.registry import Access
 

@@ -1,4 +1,8 @@
-"""Untrusted Nostr events as plain data: size and shape checks, then a real id/signature check.
+"""Nostr events as plain data (`SignedEvent`): shape checks, then a real id/signature check.
+
+`SignedEvent` is the project's own event type: what the relay pool delivers (shape, id and
+signature checked) and what our builders sign (nostr/nip90.py) and the pool publishes. No
+other part of the daemon sees nostr-sdk's types.
 
 Everything that arrives from a relay goes through `parse_raw` before anything else looks at
 it: the JSON text is size-capped before it is parsed, the parsed object must have NIP-01's
@@ -7,7 +11,7 @@ content), and the tag caps (count, value length) are applied while walking the t
 These checks are cheap and run on plain Python values; only `verify` builds a nostr-sdk
 `Event` and checks the id hash and the BIP-340 signature, so it runs last (RELIABILITY N1).
 
-`parse_raw` never raises for bad input: it returns a `RawEvent` or a `ShapeError` whose
+`parse_raw` never raises for bad input: it returns a `SignedEvent` or a `ShapeError` whose
 `reason` is one of `too-large`, `too-many-tags`, `tag-too-long` or `malformed`.
 """
 
@@ -48,8 +52,12 @@ class ShapeError:
 
 
 @dataclass(frozen=True)
-class RawEvent:
-    """A NIP-01 event with the right shape; its id and signature are NOT yet checked."""
+class SignedEvent:
+    """A NIP-01 event as plain data.
+
+    From `parse_raw` its shape is checked but its id and signature are not (that is
+    `verify`'s job); from the relay pool and from our own builders both hold.
+    """
 
     id: str
     pubkey: str
@@ -112,7 +120,7 @@ def check_tags(tags: object, caps: EventCaps) -> tuple[tuple[str, ...], ...] | S
 
 def parse_raw(
     data: str | bytes | Mapping[str, Any], caps: EventCaps | None = None
-) -> RawEvent | ShapeError:
+) -> SignedEvent | ShapeError:
     """Parse and shape-check one untrusted event (text, bytes or an already decoded object)."""
     caps = caps or EventCaps()
     too_large = ShapeError("too-large", f"event exceeds {caps.max_event_bytes} bytes")
@@ -153,7 +161,7 @@ def parse_raw(
     sig: Any = obj.get("sig")
     if not (_is_hex(ident, 64) and _is_hex(pubkey, 64) and _is_hex(sig, 128)):
         return ShapeError("malformed", "id, pubkey or sig is not lower-case hex of the right size")
-    return RawEvent(
+    return SignedEvent(
         id=str(ident),
         pubkey=str(pubkey),
         created_at=int(created_at),
@@ -165,7 +173,7 @@ def parse_raw(
     )
 
 
-def verify(raw: RawEvent) -> sdk.Event | VerifyFailure:
+def verify(raw: SignedEvent) -> sdk.Event | VerifyFailure:
     """Check the id hash and the BIP-340 signature; return the nostr-sdk Event when both hold."""
     try:
         event = sdk.Event.from_json(raw.json)
@@ -181,7 +189,15 @@ def verify(raw: RawEvent) -> sdk.Event | VerifyFailure:
     return event
 
 
-def event_json(event: sdk.Event) -> dict[str, Any]:
-    """A nostr-sdk Event as a plain JSON object."""
-    out: dict[str, Any] = json.loads(event.as_json())
+def from_sdk(event: sdk.Event) -> SignedEvent:
+    """A nostr-sdk Event (one we signed, or one the SDK verified) as a SignedEvent."""
+    parsed = parse_raw(event.as_json(), EventCaps(1 << 30, 1 << 30, 1 << 30))
+    if isinstance(parsed, ShapeError):  # the SDK's own events always have NIP-01's shape
+        raise ValueError(f"nostr-sdk produced an event of the wrong shape: {parsed.detail}")
+    return parsed
+
+
+def event_json(event: SignedEvent) -> dict[str, Any]:
+    """An event as a plain JSON object."""
+    out: dict[str, Any] = json.loads(event.json)
     return out

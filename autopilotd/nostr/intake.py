@@ -1,8 +1,10 @@
 """Provider intake: validate untrusted job requests cheapest-first into `JobRequest`s.
 
-`RequestValidator.validate` runs the checks of RELIABILITY N1-N5 in exactly this order and
-stops at the first failure, so junk costs as little as possible and no compute, job row or
-invoice ever follows a rejection:
+Two parts: `RequestParser`, pure (an event in, a `JobRequest` or a `Rejection` out, no state,
+no policy), and `RequestValidator`, the admission policy around it (minimum bid, per-buyer
+rate, signature, counters). `RequestValidator.validate` runs the checks of RELIABILITY N1-N5
+in exactly this order and stops at the first failure, so junk costs as little as possible
+and no compute, job row or invoice ever follows a rejection:
 
 1. size and tag caps (64 KiB event, 2,000 tags, 1,024-byte tag values) and NIP-01 shape;
 2. kind served (5050 text generation, `KIND_EMBEDDINGS`);
@@ -23,6 +25,7 @@ for bad input. `counters` counts each outcome per reason for the snapshot.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -33,7 +36,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from autopilotd.nostr import crypto
-from autopilotd.nostr.events import EventCaps, RawEvent, ShapeError, check_tags, parse_raw, verify
+from autopilotd.nostr.events import (
+    EventCaps,
+    ShapeError,
+    SignedEvent,
+    check_tags,
+    parse_raw,
+    verify,
+)
 from autopilotd.nostr.identity import NostrIdentity
 from autopilotd.nostr.nip90 import SERVED_KINDS, JobInput, JobRequest
 from autopilotd.nostr.reasons import Rejection, RejectionCounters, RejectReason
@@ -124,47 +134,39 @@ def _float(value: str, low: float, high: float, low_open: bool = False) -> float
     return number
 
 
-class RequestValidator:
-    """Validates job requests addressed to `identity` under `policy` (see the module doc)."""
+@dataclass(frozen=True)
+class Screened:
+    """A request past the cheap checks (1–5 of the module doc), before policy and signature."""
 
-    def __init__(
-        self,
-        identity: NostrIdentity,
-        policy: IntakePolicy | None = None,
-        *,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    raw: SignedEvent
+    tags: tuple[tuple[str, ...], ...]
+    bid_msat: int
+    expires_at: int
+    targets: tuple[str, ...]
+    scheme: crypto.Scheme | None
+
+
+class RequestParser:
+    """Turns an event addressed to `identity` into a `JobRequest`: pure, no policy, no state.
+
+    `screen` runs checks 1–5 (with the bid read but not compared), `build` reads the `i` and
+    `param` tags. `parse` is both at once, without the signature check: it is for requests
+    this daemon stored after admitting them, parsed again as of when they arrived.
+    """
+
+    def __init__(self, identity: NostrIdentity, policy: IntakePolicy) -> None:
         self.identity = identity
-        self.policy = policy or IntakePolicy()
-        self.clock = clock
-        self.counters = RejectionCounters()
-        self.buckets = TokenBuckets(
-            self.policy.buyer_burst, self.policy.buyer_refill_per_s, self.policy.max_buyers_tracked
-        )
+        self.policy = policy
 
-    def validate(
-        self, data: str | bytes | Mapping[str, Any] | RawEvent, *, now: float | None = None
-    ) -> JobRequest | Rejection:
-        """One untrusted event in, a `JobRequest` or a `Rejection` out; never raises for input.
+    def parse(self, data: str | SignedEvent, *, now: float) -> JobRequest | Rejection:
+        screened = self.screen(data, now)
+        return screened if isinstance(screened, Rejection) else self.build(screened)
 
-        `data` is the event's JSON (text, bytes or decoded), or the `RawEvent` a
-        `pool.IncomingEvent` carries (already shape-checked with the same caps).
-        """
-        outcome = self._validate(data, self.clock() if now is None else now)
-        if isinstance(outcome, Rejection):
-            self.counters.add(outcome.reason)
-            logger.debug(
-                "request %s rejected: %s (%s)", outcome.event_id, outcome.reason, outcome.detail
-            )
-        else:
-            self.counters.accepted += 1
-        return outcome
-
-    def _validate(
-        self, data: str | bytes | Mapping[str, Any] | RawEvent, now: float
-    ) -> JobRequest | Rejection:
+    def screen(
+        self, data: str | bytes | Mapping[str, Any] | SignedEvent, now: float
+    ) -> Screened | Rejection:
         policy = self.policy
-        raw = data if isinstance(data, RawEvent) else parse_raw(data, policy.caps)
+        raw = data if isinstance(data, SignedEvent) else parse_raw(data, policy.caps)
         if isinstance(raw, ShapeError):
             return Rejection(RejectReason(raw.reason), raw.detail)
 
@@ -209,19 +211,11 @@ class RequestValidator:
         bid_msat = _decimal(bid[1], MAX_MSAT)
         if bid_msat is None:
             return reject(RejectReason.BAD_BID, "bid is not an amount in msats")
-        if bid_msat < policy.min_bid_msat:
-            return reject(RejectReason.BID_TOO_LOW, f"bid {bid_msat} < {policy.min_bid_msat}")
+        return Screened(raw, tags, bid_msat, expires_at, targets, scheme)
 
-        if not self.buckets.allows(raw.pubkey, now):
-            return reject(RejectReason.RATE_LIMITED, "buyer is over its request rate")
-
-        checked = verify(raw)
-        if isinstance(checked, str):
-            return reject(RejectReason(checked), "id or signature check failed")
-        self.buckets.take(raw.pubkey, now)
-        return self._build(raw, tags, bid_msat, expires_at, targets, scheme)
-
-    def _open(self, raw: RawEvent) -> tuple[tuple[tuple[str, ...], ...], crypto.Scheme] | Rejection:
+    def _open(
+        self, raw: SignedEvent
+    ) -> tuple[tuple[tuple[str, ...], ...], crypto.Scheme] | Rejection:
         """Decrypt an encrypted request's content into its private tags."""
         undecryptable = Rejection(RejectReason.UNDECRYPTABLE, "", raw.id, raw.pubkey)
         opened = crypto.decrypt(self.identity, raw.pubkey, raw.content)
@@ -237,15 +231,10 @@ class RequestValidator:
             return Rejection(RejectReason(checked.reason), checked.detail, raw.id, raw.pubkey)
         return checked, scheme
 
-    def _build(
-        self,
-        raw: RawEvent,
-        tags: tuple[tuple[str, ...], ...],
-        bid_msat: int,
-        expires_at: int,
-        targets: tuple[str, ...],
-        scheme: crypto.Scheme | None,
-    ) -> JobRequest | Rejection:
+    def build(self, screened: Screened) -> JobRequest | Rejection:
+        """Read the inputs and parameters of a screened request."""
+        raw, tags, bid_msat = screened.raw, screened.tags, screened.bid_msat
+
         def malformed(detail: str) -> Rejection:
             return Rejection(RejectReason.MALFORMED, detail, raw.id, raw.pubkey)
 
@@ -295,15 +284,87 @@ class RequestValidator:
             pubkey=raw.pubkey,
             kind=raw.kind,
             created_at=raw.created_at,
-            expires_at=expires_at,
+            expires_at=screened.expires_at,
             bid_msat=bid_msat,
             inputs=tuple(inputs),
             params=tuple(params),
             output=output,
             relays=relays,
-            targets=targets,
-            encrypted=scheme is not None,
-            scheme=scheme,
+            targets=screened.targets,
+            encrypted=screened.scheme is not None,
+            scheme=screened.scheme,
             json=raw.json,
             **known,
         )
+
+
+class RequestValidator:
+    """Admission of untrusted requests: the parser, then this provider's policy (the minimum
+    bid, each buyer's rate), then the signature, counting every outcome by reason."""
+
+    def __init__(
+        self,
+        identity: NostrIdentity,
+        policy: IntakePolicy | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.identity = identity
+        self.parser = RequestParser(identity, policy or IntakePolicy())
+        self.clock = clock
+        self.counters = RejectionCounters()
+        self.buckets = TokenBuckets(
+            self.policy.buyer_burst, self.policy.buyer_refill_per_s, self.policy.max_buyers_tracked
+        )
+
+    @property
+    def policy(self) -> IntakePolicy:
+        return self.parser.policy
+
+    def set_min_bid(self, min_bid_msat: int) -> None:
+        """A changed price applies from the next request."""
+        self.parser.policy = dataclasses.replace(self.policy, min_bid_msat=min_bid_msat)
+
+    def validate(
+        self, data: str | bytes | Mapping[str, Any] | SignedEvent, *, now: float | None = None
+    ) -> JobRequest | Rejection:
+        """One untrusted event in, a `JobRequest` or a `Rejection` out; never raises for input.
+
+        `data` is the event's JSON (text, bytes or decoded), or the `SignedEvent` an
+        `IncomingEvent` carries (already shape-checked with the same caps).
+        """
+        outcome = self._validate(data, self.clock() if now is None else now)
+        if isinstance(outcome, Rejection):
+            self.counters.add(outcome.reason)
+            logger.debug(
+                "request %s rejected: %s (%s)", outcome.event_id, outcome.reason, outcome.detail
+            )
+        else:
+            self.counters.accepted += 1
+        return outcome
+
+    def _validate(
+        self, data: str | bytes | Mapping[str, Any] | SignedEvent, now: float
+    ) -> JobRequest | Rejection:
+        screened = self.parser.screen(data, now)
+        if isinstance(screened, Rejection):
+            return screened
+        raw = screened.raw
+        if screened.bid_msat < self.policy.min_bid_msat:
+            return Rejection(
+                RejectReason.BID_TOO_LOW,
+                f"bid {screened.bid_msat} < {self.policy.min_bid_msat}",
+                raw.id,
+                raw.pubkey,
+            )
+        if not self.buckets.allows(raw.pubkey, now):
+            return Rejection(
+                RejectReason.RATE_LIMITED, "buyer is over its request rate", raw.id, raw.pubkey
+            )
+        checked = verify(raw)
+        if isinstance(checked, str):
+            return Rejection(
+                RejectReason(checked), "id or signature check failed", raw.id, raw.pubkey
+            )
+        self.buckets.take(raw.pubkey, now)
+        return self.parser.build(screened)

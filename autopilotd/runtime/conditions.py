@@ -6,13 +6,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from autopilotd.errors import InvalidParams
-from autopilotd.runtime.snapshot import (
+from autopilotd.runtime.sections import (
     DaemonState,
     ProviderState,
     RuntimeState,
-    Snapshot,
     WalletState,
 )
+from autopilotd.runtime.snapshot import Snapshot
 
 Predicate = Callable[[Snapshot], bool]
 

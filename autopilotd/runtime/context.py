@@ -1,30 +1,31 @@
-"""What a running daemon is made of, handed explicitly to commands and services."""
+"""The kernel of a running daemon: what the composition root hands to commands and services.
+
+`Runtime` holds only the kernel's parts: the running configuration, the state store, the
+event bus, the store, the registry, the clock, the session log, the credentials and the stop
+event. It knows no service: services get their collaborators (as ports) in their own
+constructors from the composition root (app.py), and talk through ports, the snapshot and
+events, never through this object.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from autopilotd.config import Config
 from autopilotd.registry import Registry
 from autopilotd.runtime.approvals import Approvals
-from autopilotd.runtime.conditions import Conditions
+from autopilotd.runtime.clock import Clock
+from autopilotd.runtime.conditions import Conditions, builtin_conditions
+from autopilotd.runtime.configs import LiveConfig
 from autopilotd.runtime.events import EventBus
+from autopilotd.runtime.facts import NEEDS
+from autopilotd.runtime.sessionlog import SessionLog
 from autopilotd.runtime.state import StateStore
 from autopilotd.runtime.tokens import TokenBook
-from autopilotd.sessionlog import SessionLog
 from autopilotd.store import Store
-from autopilotd.web.auth import WebAuth
-
-if TYPE_CHECKING:
-    from autopilotd.buyer.service import Buyer
-    from autopilotd.inference.service import LocalRuntime
-    from autopilotd.nostr.identity import NostrIdentity
-    from autopilotd.provider.service import Provider
-    from autopilotd.wallet.service import Wallet
 
 
 class Service(Protocol):
@@ -39,25 +40,37 @@ class Service(Protocol):
     async def run(self, ready: Callable[[], None]) -> None: ...
 
 
+class SnapshotNeeds:
+    """The registry's preconditions, read from the snapshot's derived blockers."""
+
+    names = frozenset(NEEDS)
+
+    def __init__(self, state: StateStore) -> None:
+        self._state = state
+
+    def unmet(self, need: str) -> tuple[str, str] | None:
+        blocker = self._state.current.facts.blocker(need)
+        return None if blocker is None else (blocker.reason, blocker.next_step)
+
+
 @dataclass
 class Runtime:
-    config: Config
+    live: LiveConfig
     state: StateStore
     events: EventBus
     store: Store
     log: SessionLog
     registry: Registry
-    tokens: TokenBook
-    approvals: Approvals
-    conditions: Conditions
-    wallet: Wallet = field(init=False)
-    local_runtime: LocalRuntime = field(init=False)
-    web_auth: WebAuth = field(default_factory=WebAuth)
-    provider: Provider = field(init=False)
-    buyer: Buyer = field(init=False)
-    identity: NostrIdentity | None = None
+    clock: Clock
+    tokens: TokenBook = field(default_factory=TokenBook)
+    approvals: Approvals = field(default_factory=Approvals)
+    conditions: Conditions = field(default_factory=builtin_conditions)
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
-    clock: Callable[[], float] = time.time
+
+    @property
+    def config(self) -> Config:
+        """The configuration that runs now."""
+        return self.live.current
 
     def request_stop(self) -> None:
         self.stop_requested.set()

@@ -3,6 +3,11 @@
 One connection is the one writer. Opening checks WAL, `synchronous=FULL`, foreign keys and
 `PRAGMA integrity_check`, and applies migrations; if any of that fails the daemon refuses to
 start with a message that says what is wrong, rather than run on a store it cannot trust.
+
+Repositories (the other modules of this package) hold all of the daemon's SQL. Each is built
+over an `Sql`: the `Store` itself (each write its own transaction), or a `Tx` from
+`Store.transaction()`, which hands several repositories one transaction: a unit of work that
+is committed whole or not at all.
 """
 
 from __future__ import annotations
@@ -13,9 +18,9 @@ import os
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import aiosqlite
 
@@ -26,6 +31,48 @@ from autopilotd.store.migrations import MIGRATIONS
 logger = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
+
+
+class Sql(Protocol):
+    """What a repository runs its SQL on: the Store, or one transaction of it."""
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+
+    def write(self) -> AbstractAsyncContextManager[Tx]:
+        """A transaction to write in: a new one on the Store, the same one inside a Tx."""
+        ...
+
+
+class Tx:
+    """One open `BEGIN IMMEDIATE` transaction (see `Store.transaction`)."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
+        """Run one statement; returns the number of rows it changed."""
+        cursor = await self._conn.execute(sql, params)
+        count = cursor.rowcount
+        await cursor.close()
+        return int(count)
+
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        await self._conn.executemany(sql, rows)
+
+    async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        async with self._conn.execute(sql, params) as cur:
+            row = await cur.fetchone()
+        return None if row is None else tuple(row)
+
+    async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        async with self._conn.execute(sql, params) as cur:
+            return [tuple(r) for r in await cur.fetchall()]
+
+    @asynccontextmanager
+    async def write(self) -> AsyncIterator[Tx]:
+        yield self
 
 
 class Store:
@@ -130,7 +177,7 @@ class Store:
             logger.info("applied migration %d (%s) to %s", version, name, self.path)
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+    async def transaction(self) -> AsyncIterator[Tx]:
         """One `BEGIN IMMEDIATE` unit: committed whole or rolled back whole.
 
         The commit is shielded from cancellation so a cancelled caller never leaves a
@@ -139,11 +186,14 @@ class Store:
         async with self._write_lock:
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self._conn
+                yield Tx(self._conn)
             except BaseException:
                 await asyncio.shield(self._conn.execute("ROLLBACK"))
                 raise
             await asyncio.shield(self._conn.execute("COMMIT"))
+
+    def write(self) -> AbstractAsyncContextManager[Tx]:
+        return self.transaction()
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
         async with self._conn.execute(sql, params) as cur:

@@ -48,6 +48,10 @@ class View:
         """Run a registry command as the logged-in owner (the web session's scope)."""
         return await self.rt.registry.call(command, params or {}, scope="owner")
 
+    @property
+    def now(self) -> float:
+        return self.rt.clock.now()
+
     def acted(self, command: str) -> Action | None:
         return self.action if self.action and self.action.command == command else None
 

@@ -14,11 +14,9 @@ from typing import Any
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from autopilotd.codec import CodecError, from_text
 from autopilotd.errors import InvalidParams
 from autopilotd.registry import Command, Param
-
-TRUE = frozenset({"true", "on", "yes", "1"})
-FALSE = frozenset({"false", "off", "no", "0", ""})
 
 
 async def read_params(request: web.Request, cmd: Command) -> dict[str, Any]:
@@ -58,32 +56,10 @@ def from_form(cmd: Command, form: MultiDictProxy[Any] | Mapping[str, Any]) -> di
 
 
 def convert(p: Param, raw: str) -> Any:
-    text = raw.strip()
+    """A form field's text as the parameter's value (codec.py: the same rules as the CLI's)."""
+    if p.type == "boolean" and not raw.strip():
+        return False  # an unchecked box sends nothing, or an empty value
     try:
-        if p.type == "integer":
-            return int(text.replace("_", "").replace(",", ""))
-        if p.type == "number":
-            return float(text)
-        if p.type == "boolean":
-            if text.lower() in TRUE:
-                return True
-            if text.lower() in FALSE:
-                return False
-            raise ValueError(text)
-        if p.type == "object":
-            value = json.loads(text)
-            if not isinstance(value, dict):
-                raise ValueError(text)
-            return value
-    except ValueError:
-        raise InvalidParams(f"'{p.name}' must be {_kind(p.type)}") from None
-    return raw
-
-
-def _kind(kind: str) -> str:
-    return {
-        "integer": "a whole number",
-        "number": "a number",
-        "boolean": "yes or no",
-        "object": "a JSON object",
-    }.get(kind, kind)
+        return from_text(p.type, raw)
+    except CodecError as exc:
+        raise InvalidParams(f"'{p.name}' {exc}") from None

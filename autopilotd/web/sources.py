@@ -1,7 +1,9 @@
 """Loaders of the panes whose data exists now: the snapshot, plus read commands.
 
 Each returns plain JSON (the pane's JSON twin). None of them decides anything a command or
-the snapshot does not already say: they select, order and label.
+the snapshot does not already say: they select, order and label. What follows from several
+sections (alerts, whether the daemon earns now, the milestone to celebrate) is the
+snapshot's own `facts`.
 """
 
 from __future__ import annotations
@@ -10,56 +12,17 @@ import itertools
 import re
 from typing import Any
 
+from autopilotd.commands.wallet import REVEAL_CONFIRMATION
 from autopilotd.config import split_list
 from autopilotd.errors import AutopilotError
-from autopilotd.wallet.commands import REVEAL_CONFIRMATION
+from autopilotd.vocab import JobStage, PaymentStatus
 from autopilotd.web.panes import View
 from autopilotd.web.qr import qr_path
 from autopilotd.web.tailnet import tailnet_status
 
-BAD_STATES = ("failed", "degraded", "error")
 HISTORY_PAGE = 25
 FEED_SHOWN = 100
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
-
-
-def alerts(snapshot: dict[str, Any]) -> list[dict[str, Any]]:
-    """Every failed service and every section in a degraded or error state, with what to do."""
-    out: list[dict[str, Any]] = []
-    for s in snapshot["services"]:
-        if s["state"] == "failed":
-            out.append(
-                {
-                    "source": f"service {s['name']}",
-                    "state": s["state"],
-                    "what": s["last_error"] or "it stopped",
-                    "do": s["next_step"] or "read 'autopilotctl logs', then restart autopilotd",
-                    "since": s["since"],
-                }
-            )
-    for name, section in snapshot.items():
-        if isinstance(section, dict) and section.get("state") in BAD_STATES:
-            out.append(
-                {
-                    "source": name.replace("_", " "),
-                    "state": section["state"],
-                    "what": section.get("reason") or section.get("last_error") or "",
-                    "do": section.get("next_step") or "read 'autopilotctl logs'",
-                    "since": section.get("updated_at"),
-                }
-            )
-    return out
-
-
-def earning(snapshot: dict[str, Any]) -> dict[str, Any]:
-    """Whether this daemon can earn right now, in words, from the provider section."""
-    wallet_ready = snapshot["wallet"]["state"] == "ready"
-    provider = snapshot["provider"]
-    return {
-        "possible": provider["state"] == "online" and wallet_ready,
-        "why": provider["reason"],
-        "wallet_ready": wallet_ready,
-    }
 
 
 async def hud(v: View) -> dict[str, Any]:
@@ -70,23 +33,30 @@ async def hud(v: View) -> dict[str, Any]:
         "wallet": s["wallet"],
         "provider": s["provider"],
         "earnings": s["earnings"],
-        "alerts": len(alerts(s)),
-        "earning": earning(s),
+        "alerts": len(s["facts"]["alerts"]),
+        "earning": s["facts"]["earning"],
+        "celebrate": s["facts"]["celebrate"],
     }
 
 
 # -- earn ------------------------------------------------------------------------------------
 
-STAGES = ("received", "accepted", "running", "delivered", "paid")
+STAGES = (
+    JobStage.RECEIVED,
+    JobStage.ACCEPTED,
+    JobStage.RUNNING,
+    JobStage.DELIVERED,
+    JobStage.PAID,
+)
 NEXT_EVENT = {
-    "received": "accept it: a kind 7000 'processing' goes to the buyer",
-    "accepted": "run it on the local model",
-    "running": "the model finishes; the result is published, then the invoice",
-    "delivered": "the buyer pays the invoice; it counts once the wallet reports it settled",
-    "paid": "nothing: paid, and counted in earnings",
-    "delivered_unpaid": "nothing: the buyer did not pay in time (a late payment still counts)",
-    "failed": "nothing: the job failed",
-    "rejected": "nothing: the request was refused",
+    JobStage.RECEIVED: "accept it: a kind 7000 'processing' goes to the buyer",
+    JobStage.ACCEPTED: "run it on the local model",
+    JobStage.RUNNING: "the model finishes; the result is published, then the invoice",
+    JobStage.DELIVERED: "the buyer pays the invoice; it counts once the wallet reports it settled",
+    JobStage.PAID: "nothing: paid, and counted in earnings",
+    JobStage.DELIVERED_UNPAID: "nothing: the buyer did not pay (a late payment still counts)",
+    JobStage.FAILED: "nothing: the job failed",
+    JobStage.REJECTED: "nothing: the request was refused",
 }
 
 
@@ -94,9 +64,9 @@ async def go_online(v: View) -> dict[str, Any]:
     s = v.snapshot
     return {
         "provider": s["provider"],
-        "earning": earning(s),
-        "relays_connected": sum(1 for r in s["relays"] if r["connected"]),
-        "relays": len(s["relays"]),
+        "earning": s["facts"]["earning"],
+        "relays_connected": s["facts"]["relays"]["connected"],
+        "relays": s["facts"]["relays"]["total"],
     }
 
 
@@ -107,7 +77,8 @@ async def provider_status(v: View) -> dict[str, Any]:
     runtime = s["local_runtime"]
     return {
         "provider": provider,
-        "online_for_s": None if since is None else max(0.0, v.rt.clock() - since),
+        "identity": s["identity"],
+        "online_for_s": None if since is None else max(0.0, v.now - since),
         "models": runtime["models"],
         "runtime": {k: runtime[k] for k in ("state", "reason", "device", "dtype", "queue_depth")},
         "queue_depth": s["jobs"]["queue_depth"],
@@ -134,12 +105,12 @@ async def active_job(v: View) -> dict[str, Any]:
     job = jobs["active"][0] if jobs["active"] else None
     current = job is not None
     if job is None:
-        last = v.snapshot["earnings"]["last_job"]
+        last = v.snapshot["jobs"]["last"]
         job = await v.call("jobs.get", {"request_id": last["request_id"]}) if last else None
     if job is None:
         return {"job": None, "current": False, "stages": [], "next": None, "others": 0}
     stage = job["stage"]
-    reached = STAGES.index(stage) if stage in STAGES else STAGES.index("delivered")
+    reached = STAGES.index(stage) if stage in STAGES else STAGES.index(JobStage.DELIVERED)
     failed_at = None if stage in STAGES else stage
     return {
         "job": job,
@@ -147,8 +118,8 @@ async def active_job(v: View) -> dict[str, Any]:
         "stages": [
             {
                 "name": name,
-                "done": i < reached or (i == reached and stage == "paid"),
-                "now": i == reached and stage not in ("paid",) and failed_at is None,
+                "done": i < reached or (i == reached and stage == JobStage.PAID),
+                "now": i == reached and stage != JobStage.PAID and failed_at is None,
             }
             for i, name in enumerate(STAGES)
         ],
@@ -170,8 +141,11 @@ async def earnings_scoreboard(v: View) -> dict[str, Any]:
     since = s["provider"]["online_since"]
     return {
         "earnings": e,
+        "last_job": s["jobs"]["last"],
         "uptime_s": s["daemon"]["uptime_s"],
-        "online_for_s": None if since is None else max(0.0, v.rt.clock() - since),
+        "started_at": s["daemon"]["started_at"],
+        "online_since": since,
+        "online_for_s": None if since is None else max(0.0, v.now - since),
         "chart": sats_chart(e["series"]),
     }
 
@@ -278,7 +252,7 @@ async def _receipt(v: View, payment_hash: str) -> dict[str, Any]:
         return {"payment_hash": payment_hash, "paid": False, "status": "waiting"}
     return {
         "payment_hash": payment_hash,
-        "paid": row["status"] == "succeeded",
+        "paid": row["status"] == PaymentStatus.SUCCEEDED,
         "status": row["status"],
         "amount_sats": row["amount_sats"],
     }
@@ -288,7 +262,7 @@ async def identity_keys(v: View) -> dict[str, Any]:
     reveal = v.acted("wallet.reveal_mnemonic")
     words = reveal.result["mnemonic"].split() if reveal and reveal.error is None else None
     return {
-        "identity": v.rt.identity.public().to_json() if v.rt.identity is not None else None,
+        "identity": v.snapshot["identity"],
         "node_id": v.snapshot["wallet"]["node_id"],
         "confirm_phrase": REVEAL_CONFIRMATION,
         "mnemonic": words,
@@ -325,17 +299,21 @@ def _haystack(event: dict[str, Any]) -> str:
 
 async def alerts_recovery(v: View) -> dict[str, Any]:
     s = v.snapshot
-    return {"alerts": alerts(s), "earning": earning(s), "services": s["services"]}
+    return {
+        "alerts": s["facts"]["alerts"],
+        "earning": s["facts"]["earning"],
+        "services": s["services"],
+    }
 
 
 async def sync_health(v: View) -> dict[str, Any]:
-    store = await v.rt.store.settings()
+    store = await v.call("system.store")
     log = await v.call("logs.tail", {"lines": 1})
     return {
-        "store": {**store, "path": str(v.rt.store.path)},
+        "store": store,
         "session_log": {"session": log["session"], "path": log["path"]},
-        # signed job events no relay has accepted yet (sent again on every tick)
-        "outbox_waiting": len(await v.rt.provider.jobs.unpublished()),
+        # signed job events no relay has accepted yet (sent again when a relay connects)
+        "outbox_waiting": v.snapshot["jobs"]["outbox_waiting"],
         "relays": v.snapshot["relays"],
         "nexus": v.snapshot.get("sync"),
     }
@@ -396,7 +374,7 @@ async def relay_connections(v: View) -> dict[str, Any]:
     shown = await v.call("settings.show")
     relays = next(e for e in shown["editable"] if e["name"] == "relays")
     rows = {r["url"]: r for r in v.snapshot["relays"]}
-    for url in split_list(v.rt.config.relays):
+    for url in split_list(relays["value"]):
         rows.setdefault(url, {"url": url, "state": "not started", "connected": False})
     typed = v.query.get("url") or (act.params.get("url", "") if act is not None else "")
     added = act is not None and act.command == "relays.add" and act.error is None

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
-from autopilotd.rpc.security import SECURITY_HEADERS
+from autopilotd.guard import SECURITY_HEADERS
 from autopilotd.runtime.context import Runtime
 
 WAIT_S = 1.0  # how long one wait for a snapshot lasts before events and ticks are checked

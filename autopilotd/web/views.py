@@ -8,7 +8,7 @@
     POST /logout           end the session
 
 Reading needs the session cookie; every POST also needs the session's CSRF token in the
-`X-CSRF-Token` header. Host and Origin are checked before any of this (rpc/security.py).
+`X-CSRF-Token` header. Host and Origin are checked before any of this (guard.py).
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class WebUI:
     # -- rendering -------------------------------------------------------------------------
 
     def view(self, request: web.Request, action: Action | None = None) -> View:
-        snapshot = self.rt.state.current.to_json(self.rt.clock())
+        snapshot = self.rt.state.current.to_json(self.rt.clock.now())
         return View(self.rt, snapshot, dict(request.query), action)
 
     async def load(self, pane: Pane, v: View) -> dict[str, Any]:

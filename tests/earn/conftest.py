@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from harness import Net, WalletDaemon
+from support.devnet import Net, WalletDaemon
 
+from autopilotd.adapters.local_relay import local_relay
 from autopilotd.devnet import Devnet
-from autopilotd.nostr.relay import local_relay
 
 CHANNEL_SATS = 1_000_000
 PRICE_SATS = 21

@@ -9,9 +9,10 @@ import time
 from typing import Any
 
 import pytest
-from harness import WalletDaemon
+from support.devnet import WalletDaemon
 
-from autopilotd.nostr.pool import PoolConfig, RelayPool, SubscriptionFilter, running
+from autopilotd.adapters.relay_pool import PoolConfig, RelayPool, running
+from autopilotd.ports.relays import SubscriptionFilter
 
 from .conftest import PRICE_SATS, Market
 
@@ -133,6 +134,7 @@ async def test_two_providers_race_for_one_request(market: Market) -> None:
     second = market.net.daemon("provider2", **market.provider_settings()).start()
     await market.net.channel(second, 1_000_000, 50_000)
     second.wait_usable()
+    await _go_online(first)  # the test does not rely on an earlier one having done it
     await _go_online(second)
     assert first.ctl_json("provider.status")["provider"]["state"] == "online"
     row = await _buy(buyer, "Race: say one word.")
@@ -160,12 +162,13 @@ async def test_two_providers_race_for_one_request(market: Market) -> None:
 async def _authored(relay_url: str, pubkey: str, kinds: tuple[int, ...]) -> list[Any]:
     """Every event of `kinds` by `pubkey` the relay holds (a fresh subscription from 0)."""
     pool = RelayPool(PoolConfig(relays=(relay_url,)))
+    sub = pool.subscription("test")
+    await sub.set_filters([SubscriptionFilter(kinds=kinds, authors=(pubkey,), since=0)])
     found: list[Any] = []
     async with running(pool):
-        await pool.subscribe([SubscriptionFilter(kinds=kinds, authors=(pubkey,), since=0)])
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(3):
-                async for incoming in pool.events():
+                async for incoming in sub.events():
                     found.append(incoming.event)
     return found
 

@@ -6,7 +6,7 @@ import sqlite3
 
 import pytest
 
-from autopilotd.nostr.relay import local_relay
+from autopilotd.adapters.local_relay import local_relay
 
 from .conftest import Market
 from .test_earn_e2e import _buy, _go_online

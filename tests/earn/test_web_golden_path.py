@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 import pytest
-from harness import WalletDaemon
-from web.browser import artifact, chromium
+from support.browser import artifact, chromium
+from support.devnet import WalletDaemon
 
 from .conftest import PRICE_SATS, Market
 from .test_earn_e2e import _buy_start, _domain_events

@@ -1,14 +1,10 @@
-"""Fixtures for the Nostr layer: identities, local relays on loopback, pools."""
+"""Fixtures for the Nostr layer: a provider's and a buyer's identity."""
 
 from __future__ import annotations
-
-import contextlib
-from collections.abc import AsyncIterator
 
 import pytest
 
 from autopilotd.nostr.identity import NostrIdentity, generate_identity
-from autopilotd.nostr.relay import RunningRelay, local_relay
 
 
 @pytest.fixture
@@ -19,9 +15,3 @@ def provider() -> NostrIdentity:
 @pytest.fixture
 def buyer() -> NostrIdentity:
     return generate_identity()
-
-
-@pytest.fixture
-async def relays() -> AsyncIterator[list[RunningRelay]]:
-    async with contextlib.AsyncExitStack() as stack:
-        yield [await stack.enter_async_context(local_relay()) for _ in range(3)]

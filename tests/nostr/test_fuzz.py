@@ -16,11 +16,12 @@ import nostr_sdk as sdk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from autopilotd.nostr import crypto, nip90
+from autopilotd.nostr import crypto
 from autopilotd.nostr.events import parse_raw
 from autopilotd.nostr.identity import generate_identity
 from autopilotd.nostr.intake import IntakePolicy, RequestValidator
-from autopilotd.nostr.nip90 import JobFeedback, JobRequest, JobResult
+from autopilotd.nostr.nip90 import JobRequest
+from autopilotd.nostr.nip90_buyer import JobFeedback, JobResult, parse_response
 from autopilotd.nostr.reasons import Rejection
 
 NOW = int(time.time())
@@ -92,7 +93,7 @@ def test_validate_event_objects(event: dict[str, Any]) -> None:
 def test_validate_arbitrary_text(data: str | bytes) -> None:
     assert _outcome_ok(_validator().validate(data))
     assert isinstance(
-        nip90.parse_response(data, request_id="0" * 64, buyer=BUYER),
+        parse_response(data, request_id="0" * 64, buyer=BUYER),
         JobFeedback | JobResult | Rejection,
     )
 

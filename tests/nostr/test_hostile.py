@@ -19,10 +19,11 @@ from collections.abc import Callable, Iterator
 import nostr_sdk as sdk
 import pytest
 
-from autopilotd.nostr import crypto, nip90
+from autopilotd.nostr import crypto
 from autopilotd.nostr.identity import NostrIdentity, generate_identity
 from autopilotd.nostr.intake import IntakePolicy, RequestValidator
 from autopilotd.nostr.nip90 import JobRequest
+from autopilotd.nostr.nip90_buyer import build_job_request
 from autopilotd.nostr.reasons import Rejection, RejectReason
 
 PER_CLASS = 720
@@ -210,10 +211,10 @@ def test_valid_requests_pass_so_the_corpus_means_something(
     gen = Corpus(provider)
     for _ in range(20):
         assert isinstance(validator.validate(gen.valid()), JobRequest)
-    secret = nip90.build_job_request(
+    secret = build_job_request(
         gen.buyer(), 5050, "hidden", bid_msat=5000, encrypt_to=provider.pubkey_hex, created_at=NOW
     )
-    opened = validator.validate(secret.as_json())
+    opened = validator.validate(secret.json)
     assert isinstance(opened, JobRequest) and opened.prompt == "hidden" and opened.encrypted
 
 

@@ -9,32 +9,44 @@ import nostr_sdk as sdk
 import pytest
 
 from autopilotd.nostr import crypto, nip90
-from autopilotd.nostr.events import RawEvent, compact_json, parse_raw, verify
+from autopilotd.nostr.events import SignedEvent, compact_json, event_json, parse_raw, verify
 from autopilotd.nostr.identity import NostrIdentity, generate_identity
 from autopilotd.nostr.intake import IntakePolicy, RequestValidator, TokenBuckets
-from autopilotd.nostr.nip90 import FeedbackStatus, JobFeedback, JobInput, JobRequest, JobResult
+from autopilotd.nostr.nip90 import FeedbackStatus, JobInput, JobRequest
+from autopilotd.nostr.nip90_buyer import (
+    JobFeedback,
+    JobResult,
+    build_job_request,
+    build_lost_race,
+    parse_response,
+)
 from autopilotd.nostr.reasons import Rejection, RejectReason
 
 NOW = int(time.time())
 
 
-def _raw(event: sdk.Event) -> RawEvent:
-    raw = parse_raw(event.as_json())
-    assert isinstance(raw, RawEvent)
+def _text(event: SignedEvent | sdk.Event | str) -> str:
+    """The event's JSON text: ours (a builder's), one signed with nostr-sdk, or as given."""
+    if isinstance(event, str):
+        return event
+    return event.json if isinstance(event, SignedEvent) else event.as_json()
+
+
+def _raw(event: SignedEvent) -> SignedEvent:
+    raw = parse_raw(event.json)
+    assert isinstance(raw, SignedEvent)
     assert isinstance(verify(raw), sdk.Event)
     return raw
 
 
-def _accept(validator: RequestValidator, event: sdk.Event | str) -> JobRequest:
-    data = event if isinstance(event, str) else event.as_json()
-    outcome = validator.validate(data, now=NOW)
+def _accept(validator: RequestValidator, event: SignedEvent | sdk.Event | str) -> JobRequest:
+    outcome = validator.validate(_text(event), now=NOW)
     assert isinstance(outcome, JobRequest), outcome
     return outcome
 
 
-def _reject(validator: RequestValidator, event: sdk.Event | str) -> RejectReason:
-    data = event if isinstance(event, str) else event.as_json()
-    outcome = validator.validate(data, now=NOW)
+def _reject(validator: RequestValidator, event: SignedEvent | sdk.Event | str) -> RejectReason:
+    outcome = validator.validate(_text(event), now=NOW)
     assert isinstance(outcome, Rejection), outcome
     return outcome.reason
 
@@ -47,7 +59,7 @@ def validator(provider: NostrIdentity) -> RequestValidator:
 def test_request_round_trip_with_params(
     validator: RequestValidator, provider: NostrIdentity, buyer: NostrIdentity
 ) -> None:
-    event = nip90.build_job_request(
+    event = build_job_request(
         buyer,
         nip90.KIND_TEXT_GENERATION,
         [JobInput("Say hi", "text"), JobInput("https://x.example/doc", "url", "", "ctx")],
@@ -60,7 +72,7 @@ def test_request_round_trip_with_params(
         created_at=NOW,
     )
     req = _accept(validator, event)
-    assert (req.id, req.pubkey, req.kind) == (event.id().to_hex(), buyer.pubkey_hex, 5050)
+    assert (req.id, req.pubkey, req.kind) == (event.id, buyer.pubkey_hex, 5050)
     assert req.prompt == "Say hi" and req.inputs[1] == JobInput(
         "https://x.example/doc", "url", None, "ctx"
     )
@@ -76,9 +88,7 @@ def test_request_round_trip_with_params(
 def test_provider_events(
     validator: RequestValidator, provider: NostrIdentity, buyer: NostrIdentity
 ) -> None:
-    req = _accept(
-        validator, nip90.build_job_request(buyer, 5050, "q", bid_msat=5000, created_at=NOW)
-    )
+    req = _accept(validator, build_job_request(buyer, 5050, "q", bid_msat=5000, created_at=NOW))
 
     processing = _raw(nip90.build_feedback(provider, req, FeedbackStatus.PROCESSING))
     assert processing.kind == 7000 and processing.pubkey == provider.pubkey_hex
@@ -121,34 +131,32 @@ def test_provider_events(
 def test_buyer_parses_answers_to_its_request_only(
     validator: RequestValidator, provider: NostrIdentity, buyer: NostrIdentity
 ) -> None:
-    req = _accept(
-        validator, nip90.build_job_request(buyer, 5050, "q", bid_msat=5000, created_at=NOW)
-    )
+    req = _accept(validator, build_job_request(buyer, 5050, "q", bid_msat=5000, created_at=NOW))
     fb = nip90.build_feedback(
         provider, req, FeedbackStatus.PAYMENT_REQUIRED, amount_msat=5000, bolt11="lnbc1"
     )
-    parsed = nip90.parse_response(fb.as_json(), request_id=req.id, buyer=buyer)
+    parsed = parse_response(fb.json, request_id=req.id, buyer=buyer)
     assert isinstance(parsed, JobFeedback)
     assert (parsed.status, parsed.amount_msat, parsed.bolt11) == ("payment-required", 5000, "lnbc1")
     assert parsed.provider == provider.pubkey_hex
     res = nip90.build_result(provider, req, "out", amount_msat=5000)
-    got = nip90.parse_response(res.as_json(), request_id=req.id, buyer=buyer)
+    got = parse_response(res.json, request_id=req.id, buyer=buyer)
     assert isinstance(got, JobResult) and got.content == "out" and got.kind == 6050
 
-    other = nip90.parse_response(res.as_json(), request_id="0" * 64, buyer=buyer)
+    other = parse_response(res.json, request_id="0" * 64, buyer=buyer)
     assert isinstance(other, Rejection) and other.reason == RejectReason.NOT_FOR_US
-    stranger = nip90.parse_response(res.as_json(), request_id=req.id, buyer=generate_identity())
+    stranger = parse_response(res.json, request_id=req.id, buyer=generate_identity())
     assert isinstance(stranger, Rejection) and stranger.reason == RejectReason.NOT_FOR_US
-    forged = json.loads(res.as_json())
+    forged = event_json(res)
     forged["content"] = "forged"
-    bad = nip90.parse_response(forged, request_id=req.id, buyer=buyer)
+    bad = parse_response(forged, request_id=req.id, buyer=buyer)
     assert isinstance(bad, Rejection) and bad.reason == RejectReason.BAD_ID
     note = (
         sdk.EventBuilder(sdk.Kind(1), "hi")
         .tags([sdk.Tag.parse(["e", req.id])])
         .finalize(provider.keys)
     )
-    wrong = nip90.parse_response(note.as_json(), request_id=req.id, buyer=buyer)
+    wrong = parse_response(note.as_json(), request_id=req.id, buyer=buyer)
     assert isinstance(wrong, Rejection) and wrong.reason == RejectReason.WRONG_KIND
 
 
@@ -160,7 +168,7 @@ def test_encrypted_round_trip(
     buyer: NostrIdentity,
 ) -> None:
     if scheme == "nip44":
-        event = nip90.build_job_request(
+        event = build_job_request(
             buyer,
             5050,
             "secret prompt",
@@ -179,13 +187,13 @@ def test_encrypted_round_trip(
             .custom_created_at(sdk.Timestamp.from_secs(NOW))  # the validator's clock, not now
             .finalize(buyer.keys)
         )
-    assert "secret prompt" not in event.as_json()
+    assert "secret prompt" not in _text(event)
     req = _accept(validator, event)
     assert req.encrypted and req.scheme == scheme
     assert (req.prompt, req.max_tokens, req.bid_msat) == ("secret prompt", 8, 3000)
     result = nip90.build_result(provider, req, "secret answer", amount_msat=3000)
-    assert "secret answer" not in result.as_json() and "secret prompt" not in result.as_json()
-    got = nip90.parse_response(result.as_json(), request_id=req.id, buyer=buyer)
+    assert "secret answer" not in result.json and "secret prompt" not in result.json
+    got = parse_response(result.json, request_id=req.id, buyer=buyer)
     assert isinstance(got, JobResult) and got.encrypted and got.content == "secret answer"
 
 
@@ -246,17 +254,17 @@ def test_forged_requests_cannot_spend_a_buyers_allowance(
 ) -> None:
     validator = RequestValidator(provider, IntakePolicy(buyer_burst=2, buyer_refill_per_s=0.5))
 
-    def request(at: int) -> sdk.Event:
-        return nip90.build_job_request(buyer, 5050, "q", bid_msat=5000, created_at=at)
+    def request(at: int) -> SignedEvent:
+        return build_job_request(buyer, 5050, "q", bid_msat=5000, created_at=at)
 
     for _ in range(50):  # an attacker replays the buyer's pubkey with bad signatures
-        forged = json.loads(request(NOW).as_json())
+        forged = event_json(request(NOW))
         forged["sig"] = "1" * 128
         assert validator.validate(json.dumps(forged), now=NOW).reason == RejectReason.BAD_SIGNATURE  # type: ignore[union-attr]
-    assert isinstance(validator.validate(request(NOW).as_json(), now=NOW), JobRequest)
-    assert isinstance(validator.validate(request(NOW).as_json(), now=NOW), JobRequest)
+    assert isinstance(validator.validate(request(NOW).json, now=NOW), JobRequest)
+    assert isinstance(validator.validate(request(NOW).json, now=NOW), JobRequest)
     assert _reject(validator, request(NOW)) == RejectReason.RATE_LIMITED
-    later = validator.validate(request(NOW + 2).as_json(), now=NOW + 2)  # one token refilled
+    later = validator.validate(request(NOW + 2).json, now=NOW + 2)  # one token refilled
     assert isinstance(later, JobRequest)
 
 
@@ -279,7 +287,7 @@ def test_embeddings_result_format() -> None:
 
 def test_lost_race_feedback(provider: NostrIdentity, buyer: NostrIdentity) -> None:
     raw = _raw(
-        nip90.build_lost_race(
+        build_lost_race(
             buyer, request_id="a" * 64, provider=provider.pubkey_hex, result_id="b" * 64
         )
     )

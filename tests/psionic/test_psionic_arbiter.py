@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
-from support_psionic import CHAT, FakeEngine, serve_models
+from support.psionic import CHAT, FakeEngine, serve_models
 
 from psionic.arbiter import (
     SIGNATURE_HEADER,

@@ -8,7 +8,7 @@ import struct
 from typing import Any
 
 import pytest
-from support_psionic import CHAT, EMBED, serve_models
+from support.psionic import CHAT, EMBED, serve_models
 
 CHAT_BODY = {
     "model": CHAT.id,

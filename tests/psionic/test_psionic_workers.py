@@ -7,7 +7,7 @@ import threading
 import time
 from typing import Any
 
-from support_psionic import CHAT, FakeEngine, serve_models
+from support.psionic import CHAT, FakeEngine, serve_models
 
 BODY = {"model": CHAT.id, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 100000}
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from harness import Net
+from support.devnet import Net
 
 from autopilotd.devnet import Devnet
 

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from support import InProcessDaemon
 
-from autopilotd.wallet.fake import FakeNetwork
+from autopilotd.adapters.fake_lightning import FakeNetwork
 
 CSRF_RE = re.compile(r"hx-headers='([^']*)'")
 

@@ -8,10 +8,10 @@ from typing import Any
 
 from support import DaemonFactory, InProcessDaemon, wallet_daemon
 
+from autopilotd.adapters.fake_lightning import FakeNetwork
+from autopilotd.commands.wallet import REVEAL_CONFIRMATION
 from autopilotd.registry import Registry
 from autopilotd.runtime.context import Runtime
-from autopilotd.wallet.commands import REVEAL_CONFIRMATION
-from autopilotd.wallet.fake import FakeNetwork
 from autopilotd.web.params import from_form
 
 from .conftest import WebClient

@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 from support import InProcessDaemon
 
-from autopilotd.ctl.client import RpcError
+from autopilotd.client import RpcError
 from autopilotd.ctl.main import run as ctl_run
 from autopilotd.web.auth import LOGIN_TTL_S, WebAuth
 

@@ -12,16 +12,18 @@ from typing import Any
 import pytest
 from support import DaemonFactory
 
-from autopilotd.ctl.client import RpcError
-from autopilotd.runtime.snapshot import (
+from autopilotd.client import RpcError
+from autopilotd.runtime.sections import (
     Blocker,
     DaemonSection,
     EarningsSection,
     JobsSection,
     ProviderSection,
     ProviderState,
-    Snapshot,
+    WalletSection,
+    WalletState,
 )
+from autopilotd.runtime.snapshot import Snapshot
 from autopilotd.web.auth import WebAuth
 from autopilotd.web.catalog import BY_NAME, HUD
 from autopilotd.web.panes import View
@@ -62,7 +64,7 @@ def _snapshot(**sections: Any) -> dict[str, Any]:
 
 async def _block(name: str, snapshot: dict[str, Any]) -> tuple[dict[str, Any], str]:
     pane = BY_NAME[name]
-    rt: Any = SimpleNamespace(clock=lambda: NOW)
+    rt: Any = SimpleNamespace(clock=SimpleNamespace(now=lambda: NOW))
     data = await pane.load(View(rt, snapshot))
     return data, WebUI(rt, WebAuth(1)).block(pane, data)
 
@@ -86,8 +88,7 @@ async def test_go_online_says_online_and_the_price() -> None:
     provider = ProviderSection(
         state=ProviderState.ONLINE, reason="online: accepting jobs", price_sats=21
     )
-    snap = _snapshot(provider=provider)
-    snap["wallet"]["state"] = "ready"
+    snap = _snapshot(provider=provider, wallet=WalletSection(state=WalletState.READY))
     _, text = await _render("go_online", snap)
     assert "ONLINE" in text and "Go Offline" in text and "21 sats each" in text
 
@@ -106,7 +107,7 @@ async def test_times_are_rendered_with_their_start_so_the_page_moves_them() -> N
     _, html = await _block(HUD.name, snap)
     assert f'<time data-since="{NOW - 100}" title="since' in html and ">1 min 40 s</time>" in html
     _, html = await _block("earnings_scoreboard", snap)
-    assert '<time data-age="100.0">1 min 40 s</time>' in html  # the pane has only the age
+    assert f'<time data-since="{NOW - 100}" title="since' in html and ">1 min 40 s</time>" in html
 
 
 async def test_active_job_walks_its_stages_with_the_next_event() -> None:
@@ -138,7 +139,7 @@ async def test_the_inbox_marks_offline_rows_as_previews_and_escapes_content() ->
     }
     jobs = JobsSection(inbox=(preview,), rejections={"bid_too_low": 3, "bad_signature": 1})
     pane = BY_NAME["job_inbox"]
-    rt: Any = SimpleNamespace(clock=lambda: NOW)
+    rt: Any = SimpleNamespace(clock=SimpleNamespace(now=lambda: NOW))
     data = await pane.load(View(rt, _snapshot(jobs=jobs)))
     html = WebUI(rt, WebAuth(1)).block(pane, data)
     assert "<script>" not in html and "<img" not in html and "&lt;script&gt;" in html
@@ -160,7 +161,6 @@ async def test_scoreboard_chart_milestones_and_the_celebration() -> None:
             {"sats": 50, "reached_at": None, "celebrated": False},
             {"sats": 100, "reached_at": None, "celebrated": False},
         ),
-        celebrate=25,
     )
     snap = _snapshot(earnings=earnings)
     data, text = await _render("earnings_scoreboard", snap)
@@ -168,7 +168,8 @@ async def test_scoreboard_chart_milestones_and_the_celebration() -> None:
     assert "42" in text
     _, hud = await _render(HUD.name, snap)
     assert "25 sats earned!" in hud and "Nice!" in hud and "Earned today" in hud
-    done = dataclasses.replace(earnings, celebrate=None)
+    seen = tuple({**m, "celebrated": m["reached_at"] is not None} for m in earnings.milestones)
+    done = dataclasses.replace(earnings, milestones=seen)
     _, hud = await _render(HUD.name, _snapshot(earnings=done))
     assert "sats earned!" not in hud
 

@@ -11,12 +11,11 @@ from typing import Any
 import pytest
 from support import DaemonFactory, wallet_daemon
 
+from autopilotd.adapters.fake_lightning import FakeNetwork
 from autopilotd.errors import UserError
-from autopilotd.wallet.fake import FakeNetwork
 from autopilotd.web.auth import WebAuth
 from autopilotd.web.catalog import BY_NAME, HUD, PANES
 from autopilotd.web.panes import View
-from autopilotd.web.sources import alerts, earning
 from autopilotd.web.views import WebUI
 
 from .conftest import WebClient
@@ -155,26 +154,6 @@ async def test_alerts_list_failures_with_what_to_do(
     assert "cannot reach its relay" in html and "What to do:" in html
     _, hud = await web.get_json("/pane/hud")
     assert hud["alerts"] == 1
-
-
-def test_alerts_read_the_state_of_every_section() -> None:
-    snapshot: dict[str, Any] = {
-        "seq": 7,
-        "services": [],
-        "daemon": {"state": "ready"},
-        "wallet": {"state": "degraded", "reason": "the node does not answer", "next_step": "wait"},
-        "local_runtime": {"state": "error", "reason": "psionic exited", "next_step": None},
-        "provider": {"state": "online", "reason": "serving"},
-    }
-    found = alerts(snapshot)
-    assert [(a["source"], a["state"]) for a in found] == [
-        ("wallet", "degraded"),
-        ("local runtime", "error"),
-    ]
-    assert found[1]["do"] == "read 'autopilotctl logs'"
-    assert earning(snapshot) == {"possible": False, "why": "serving", "wallet_ready": False}
-    snapshot["wallet"]["state"] = "ready"
-    assert earning(snapshot)["possible"] is True
 
 
 async def test_a_placeholder_shows_its_section_once_it_exists() -> None:

@@ -146,9 +146,7 @@
   // -- relative times ---------------------------------------------------------------------
   // "up 5 min 3 s", "3 s ago": the server renders the text and, beside it, the absolute time
   // (<time data-since="unix seconds">); the page moves the text on every second by itself,
-  // without a request (the daemon runs on this computer: its clock is the browser's). A
-  // <time data-age="seconds"> (a pane that has only the age) is given its data-since when it
-  // arrives.
+  // without a request (the daemon runs on this computer: its clock is the browser's).
   function duration(seconds) {
     // the same words as the server's `duration` filter (autopilotd/web/render.py)
     const s = Math.floor(seconds);
@@ -156,15 +154,6 @@
     if (s < 3600) return `${Math.floor(s / 60)} min ${s % 60} s`;
     if (s < 86400) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
     return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
-  }
-
-  function anchorTimes(root) {
-    const now = Date.now() / 1000;
-    const own = root.matches && root.matches("time[data-age]") ? [root] : [];
-    for (const el of [...own, ...$$("time[data-age]", root)]) {
-      el.dataset.since = String(now - Number(el.dataset.age));
-      delete el.dataset.age;
-    }
   }
 
   function moveTimes() {
@@ -177,8 +166,6 @@
     }
   }
 
-  document.addEventListener("htmx:load", (e) => anchorTimes(e.target));
-  anchorTimes(document.body);
   setInterval(moveTimes, 1000);
 
   // -- live -------------------------------------------------------------------------------

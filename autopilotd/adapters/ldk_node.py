@@ -1,0 +1,320 @@
+"""The real Lightning node: ldk-node through the Python bindings the project builds.
+
+`scripts/build-ldk-node.sh` builds the bindings from the crates.io crate and installs the
+`ldk_node` module into the environment; it is imported lazily, so a daemon whose wallet is off
+never needs it. Every node call blocks, so each goes through `asyncio.to_thread`; events come
+from `next_event_async`. This module is the only place that knows ldk-node's types.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from autopilotd.blocking import in_daemon_thread
+from autopilotd.config import Config, split_list
+from autopilotd.errors import StartupCheckFailed
+from autopilotd.loopback import free_port
+from autopilotd.paths import private_dir
+from autopilotd.ports.lightning import (
+    Balances,
+    Invoice,
+    LightningNode,
+    NodeError,
+    NodeEvent,
+    NodePayment,
+    OtherEvent,
+    PaymentFailed,
+    PaymentReceived,
+    PaymentSucceeded,
+)
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+NETWORKS = {"regtest": "REGTEST", "signet": "SIGNET", "bitcoin": "BITCOIN", "testnet": "TESTNET"}
+ERROR_TEXT = {
+    "InsufficientFunds": "not enough funds or channel capacity",
+    "DuplicatePayment": "this invoice was already paid or is being paid",
+    "InvalidInvoice": "not a valid BOLT11 invoice",
+    "InvalidNetwork": "the invoice is for another network",
+    "InvalidAmount": "the amount is not valid for this invoice",
+    "PaymentSendingFailed": "the node could not send the payment",
+    "NotRunning": "the Lightning node is not running",
+    "ConnectionFailed": "could not connect to the peer",
+}
+
+
+def ldk_module() -> ModuleType:
+    try:
+        return importlib.import_module("ldk_node")
+    except ImportError:
+        raise StartupCheckFailed(
+            "the ldk_node bindings are not installed; run 'make setup native' "
+            "(scripts/build-ldk-node.sh builds them)"
+        ) from None
+
+
+@dataclass(frozen=True)
+class ChainSource:
+    """Where the node reads the chain: a bitcoind-compatible RPC (the devnet shim) or Esplora."""
+
+    bitcoind_host: str | None = None
+    bitcoind_port: int = 0
+    bitcoind_user: str = ""
+    bitcoind_password: str = ""
+    esplora_url: str | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> ChainSource:
+        if config.wallet_bitcoind_rpc_url:
+            url = urlsplit(config.wallet_bitcoind_rpc_url)
+            if not url.hostname or not url.port:
+                raise StartupCheckFailed(
+                    "wallet_bitcoind_rpc_url must be http://user:pass@host:port"
+                )
+            return cls(url.hostname, url.port, url.username or "", url.password or "")
+        return cls(esplora_url=config.wallet_esplora_url)
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    network: str
+    storage_dir: Path
+    listen_port: int
+    chain: ChainSource
+    alias: str | None = None
+    trusted_peers_no_reserve: tuple[str, ...] = ()
+    forward_to_unannounced_channels: bool = False  # an LSP's switch (the devnet hub sets it)
+    log_level: str = "INFO"
+
+
+def build_node(settings: NodeSettings, mnemonic: str | None = None) -> Any:
+    """Build (not start) an ldk-node; one way of doing it, for the daemon and the devnet alike.
+
+    `trusted_peers_no_reserve` lists node ids whose inbound anchor channels are accepted
+    without the on-chain reserve (about 25,000 sats per channel) otherwise required.
+    """
+    ldk = ldk_module()
+    private_dir(settings.storage_dir)
+    config = ldk.default_config()
+    config.storage_dir_path = str(settings.storage_dir)
+    config.network = getattr(ldk.Network, NETWORKS[settings.network])
+    config.listening_addresses = [f"127.0.0.1:{settings.listen_port}"]
+    if settings.trusted_peers_no_reserve and config.anchor_channels_config is not None:
+        config.anchor_channels_config.trusted_peers_no_reserve = list(
+            settings.trusted_peers_no_reserve
+        )
+    builder = ldk.Builder.from_config(config)
+    chain = settings.chain
+    if chain.bitcoind_host:
+        builder.set_chain_source_bitcoind_rpc(
+            chain.bitcoind_host, chain.bitcoind_port, chain.bitcoind_user, chain.bitcoind_password
+        )
+    elif chain.esplora_url:
+        builder.set_chain_source_esplora(chain.esplora_url, None)
+    builder.set_filesystem_logger(
+        str(settings.storage_dir / "ldk_node.log"), getattr(ldk.LogLevel, settings.log_level)
+    )
+    if mnemonic is not None:
+        builder.set_entropy_bip39_mnemonic(mnemonic, None)
+    if settings.alias:
+        builder.set_node_alias(settings.alias)
+    if settings.forward_to_unannounced_channels:
+        # LDK refuses to forward into unannounced channels by default; ldk-node 0.7's bindings
+        # reach that switch only through the async-payments server role (see docs/devnet.md).
+        builder.set_async_payments_role(ldk.AsyncPaymentsRole.SERVER)
+    return builder.build()
+
+
+def _reason(exc: BaseException) -> NodeError:
+    kind = type(exc).__name__
+    return NodeError(ERROR_TEXT.get(kind, f"node error ({kind})"), kind=kind)
+
+
+class LdkNode(LightningNode):
+    """LightningNode over an ldk_node.Node."""
+
+    def __init__(self, settings: NodeSettings, mnemonic: str) -> None:
+        self._ldk = ldk_module()
+        self.network = settings.network
+        self.settings = settings
+        try:
+            self._node = build_node(settings, mnemonic)
+        except self._ldk.BuildError as exc:
+            raise NodeError(f"cannot build the node ({type(exc).__name__})") from None
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return await in_daemon_thread(fn, name="ldk-node")
+        except self._ldk.NodeError as exc:
+            raise _reason(exc) from None
+
+    async def start(self) -> None:
+        await self._call(self._node.start)
+
+    async def stop(self) -> None:
+        try:
+            await self._call(self._node.stop)
+        except NodeError as exc:
+            logger.warning("stopping the node: %s", exc.reason)
+
+    def node_id(self) -> str:
+        return str(self._node.node_id())
+
+    async def sync(self) -> None:
+        await self._call(self._node.sync_wallets)
+
+    async def connect(self, node_id: str, address: str) -> None:
+        await self._call(lambda: self._node.connect(node_id, address, True))
+
+    async def balances(self) -> Balances:
+        b = await self._call(self._node.list_balances)
+        channels = await self._call(self._node.list_channels)
+        usable = [c for c in channels if c.is_usable]
+        pending = sum(_sweep_amount(p) for p in b.pending_balances_from_channel_closures)
+        pending += b.total_onchain_balance_sats - b.spendable_onchain_balance_sats
+        return Balances(
+            lightning_sats=b.total_lightning_balance_sats,
+            spendable_msat=sum(c.outbound_capacity_msat for c in usable),
+            receivable_msat=sum(c.inbound_capacity_msat for c in usable),
+            onchain_sats=b.total_onchain_balance_sats,
+            onchain_spendable_sats=b.spendable_onchain_balance_sats,
+            pending_sats=pending,
+        )
+
+    def _invoice(self, inv: Any) -> Invoice:
+        described = inv.invoice_description()
+        description = getattr(described, "description", "") or ""
+        return Invoice(
+            bolt11=str(inv),
+            payment_hash=str(inv.payment_hash()).lower(),
+            amount_msat=inv.amount_milli_satoshis(),
+            description=str(description),
+            expires_at=int(inv.seconds_since_epoch() + inv.expiry_time_seconds()),
+            network=_network_name(inv.network()),
+        )
+
+    async def create_invoice(self, amount_msat: int, description: str, expiry_s: int) -> Invoice:
+        text = self._ldk.Bolt11InvoiceDescription.DIRECT(description=description)
+        inv = await self._call(
+            lambda: self._node.bolt11_payment().receive(amount_msat, text, expiry_s)
+        )
+        return self._invoice(inv)
+
+    def decode(self, bolt11: str) -> Invoice:
+        try:
+            return self._invoice(self._ldk.Bolt11Invoice.from_str(bolt11))
+        except self._ldk.NodeError as exc:
+            raise _reason(exc) from None
+
+    async def pay(self, bolt11: str, amount_msat: int | None, max_fee_msat: int) -> None:
+        invoice = self._ldk.Bolt11Invoice.from_str(bolt11)
+        params = self._ldk.RouteParametersConfig(
+            max_total_routing_fee_msat=max_fee_msat,
+            max_total_cltv_expiry_delta=1008,
+            max_path_count=10,
+            max_channel_saturation_power_of_half=2,
+        )
+        bolt = self._node.bolt11_payment()
+        if amount_msat is None:
+            await self._call(lambda: bolt.send(invoice, params))
+        else:
+            await self._call(lambda: bolt.send_using_amount(invoice, amount_msat, params))
+
+    def _payment(self, p: Any) -> NodePayment | None:
+        kind = p.kind
+        payment_hash = getattr(kind, "hash", None)
+        if payment_hash is None:
+            return None  # on-chain and BOLT12 payments are not this wallet's business yet
+        direction = "in" if p.direction == self._ldk.PaymentDirection.INBOUND else "out"
+        status = {
+            self._ldk.PaymentStatus.PENDING: "pending",
+            self._ldk.PaymentStatus.SUCCEEDED: "succeeded",
+            self._ldk.PaymentStatus.FAILED: "failed",
+        }[p.status]
+        preimage = getattr(kind, "preimage", None)
+        return NodePayment(
+            payment_hash=str(payment_hash).lower(),
+            direction=direction,  # type: ignore[arg-type]
+            status=status,  # type: ignore[arg-type]
+            amount_msat=p.amount_msat,
+            fee_msat=p.fee_paid_msat,
+            preimage=None if preimage is None else str(preimage).lower(),
+            updated_at=int(p.latest_update_timestamp),
+        )
+
+    async def payment(self, payment_hash: str) -> NodePayment | None:
+        # For BOLT11 payments ldk-node's payment id is the payment hash.
+        found = await self._call(lambda: self._node.payment(payment_hash))
+        return None if found is None else self._payment(found)
+
+    async def payments(self) -> list[NodePayment]:
+        found = await self._call(self._node.list_payments)
+        return [p for p in (self._payment(x) for x in found) if p is not None]
+
+    async def next_event(self) -> NodeEvent:
+        event = await self._node.next_event_async()
+        ev = self._ldk.Event
+        if isinstance(event, ev.PAYMENT_RECEIVED):
+            return PaymentReceived(str(event.payment_hash).lower(), int(event.amount_msat))
+        if isinstance(event, ev.PAYMENT_SUCCESSFUL):
+            preimage = event.payment_preimage
+            return PaymentSucceeded(
+                str(event.payment_hash).lower(),
+                None if preimage is None else str(preimage).lower(),
+                event.fee_paid_msat,
+            )
+        if isinstance(event, ev.PAYMENT_FAILED):
+            reason = event.reason
+            return PaymentFailed(
+                None if event.payment_hash is None else str(event.payment_hash).lower(),
+                "unknown" if reason is None else _enum_name(reason),
+            )
+        return OtherEvent(type(event).__name__)
+
+    async def event_handled(self) -> None:
+        await self._call(self._node.event_handled)
+
+    async def onchain_address(self) -> str:
+        return str(await self._call(lambda: self._node.onchain_payment().new_address()))
+
+    def listening(self) -> str:
+        return f"127.0.0.1:{self.settings.listen_port}"
+
+
+def _sweep_amount(balance: Any) -> int:
+    return int(getattr(balance, "amount_satoshis", 0))
+
+
+def _enum_name(value: Any) -> str:
+    name = getattr(value, "name", None)
+    return str(name if name is not None else value)
+
+
+def _network_name(value: Any) -> str:
+    name = _enum_name(value).lower()
+    return {"bitcoin": "bitcoin", "regtest": "regtest", "signet": "signet"}.get(name, name)
+
+
+def ldk_node_factory(config: Config) -> Callable[[str], LightningNode]:
+    """The daemon's node factory: settings from config, storage under the daemon's data dir."""
+
+    def make(mnemonic: str) -> LightningNode:
+        port = config.wallet_listen_port or free_port()
+        settings = NodeSettings(
+            network=config.wallet_network,
+            storage_dir=config.paths.data_dir / "wallet" / "ldk",
+            listen_port=port,
+            chain=ChainSource.from_config(config),
+            trusted_peers_no_reserve=split_list(config.wallet_trusted_peers_no_reserve),
+        )
+        return LdkNode(settings, mnemonic)
+
+    return make

@@ -1,0 +1,168 @@
+"""The composition root: the one module that picks the concrete services and adapters and
+wires them together. Everything else gets its collaborators handed in, typed as ports.
+
+    kernel    Runtime: config, state store, event bus, store, registry, clock, log, stop
+    adapters  the relay pool (nostr-sdk), the Lightning node (ldk-node), psionic over HTTP
+    services  relays, wallet, local runtime, provider, buyer (each owns its snapshot sections)
+    commands  the registry's commands, each given the service it drives
+
+`Adapters` replaces real adapters in fast tests only; the daemon and the demo never use it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from autopilotd import __version__
+from autopilotd.adapters.ldk_node import ldk_node_factory
+from autopilotd.adapters.psionic_http import PsionicClient
+from autopilotd.adapters.relay_pool import PoolConfig, RelayPool
+from autopilotd.buyer.service import Buyer
+from autopilotd.commands import BUILTINS, Registrar
+from autopilotd.commands import buyer as buyer_commands
+from autopilotd.commands import provider as provider_commands
+from autopilotd.commands import runtime as runtime_commands
+from autopilotd.commands import wallet as wallet_commands
+from autopilotd.config import Config, split_list
+from autopilotd.inference.service import ClientFactory, LocalRuntime
+from autopilotd.nostr.identity import NostrIdentity, identity_from_mnemonic
+from autopilotd.ports.relays import RelayPoolPort
+from autopilotd.provider.service import ProviderService
+from autopilotd.registry import Registry
+from autopilotd.relays.service import RelaysService
+from autopilotd.runtime.clock import Clock, SystemClock
+from autopilotd.runtime.configs import LiveConfig
+from autopilotd.runtime.context import Runtime, Service, SnapshotNeeds
+from autopilotd.runtime.events import EventBus
+from autopilotd.runtime.sections import DaemonSection, IdentitySection
+from autopilotd.runtime.sessionlog import SessionLog
+from autopilotd.runtime.snapshot import Snapshot
+from autopilotd.runtime.state import StateStore
+from autopilotd.store import Store
+from autopilotd.store.buys import BuyRequests
+from autopilotd.store.ledger import Ledger
+from autopilotd.wallet.runner import NodeFactory, WalletService
+from autopilotd.wallet.seed import load_or_create_seed
+from autopilotd.wallet.service import Wallet
+from autopilotd.web import commands as web_commands
+from autopilotd.web.auth import WebAuth
+
+
+@dataclass(frozen=True)
+class Adapters:
+    """Replacements for the real adapters, for fast tests (never used by the daemon itself)."""
+
+    node_factory: NodeFactory | None = None
+    inference: ClientFactory | None = None
+    relay_pool: RelayPoolPort | None = None
+    clock: Clock | None = None
+
+
+@dataclass
+class App:
+    """A wired daemon: the kernel, the services to run, and the control plane."""
+
+    rt: Runtime
+    services: Sequence[Service]
+    auth: WebAuth
+    seed_created: bool
+
+
+def load_identity(config: Config) -> tuple[NostrIdentity, bool]:
+    """The daemon's Nostr identity from the wallet's one seed (created if there is none)."""
+    mnemonic, created = load_or_create_seed(config.paths.data_dir)
+    identity = identity_from_mnemonic(mnemonic)
+    del mnemonic
+    return identity, created
+
+
+def build(
+    config: Config,
+    log: SessionLog,
+    store: Store,
+    *,
+    registrars: Iterable[Registrar] = (),
+    adapters: Adapters | None = None,
+    started_at: float | None = None,
+) -> App:
+    """Wire one daemon. Nothing runs yet: the daemon (daemon.py) runs `App.services`."""
+    adapters = adapters or Adapters()
+    clock = adapters.clock or SystemClock()
+    identity, seed_created = load_identity(config)
+    public = identity.public()
+    events = EventBus(sink=log)
+    state = StateStore(
+        Snapshot(
+            seq=0,
+            daemon=DaemonSection(
+                version=__version__,
+                pid=os.getpid(),
+                started_at=time.time() if started_at is None else started_at,
+                home=config.paths.display_home(),
+                session_id=log.session_id,
+            ),
+            identity=IdentitySection(npub=public.npub, hex=public.hex),
+        ),
+        events,
+        clock,
+    )
+    live = LiveConfig(config)
+    rt = Runtime(
+        live=live,
+        state=state,
+        events=events,
+        store=store,
+        log=log,
+        registry=Registry(SnapshotNeeds(state)),
+        clock=clock,
+    )
+    pool: RelayPoolPort = adapters.relay_pool or RelayPool(
+        PoolConfig(relays=split_list(config.relays))
+    )
+    wallet = Wallet(config=live, ledger=Ledger(store), writer=state.writer("wallet"), events=events)
+    local = LocalRuntime(
+        config=live,
+        writer=state.writer("local_runtime"),
+        client_factory=adapters.inference or PsionicClient,
+    )
+    provider = ProviderService(
+        pool=pool,
+        payments=wallet,
+        inference=local,
+        identity=identity,
+        store=store,
+        state=state,
+        config=live,
+        events=events,
+        clock=clock,
+    )
+    buyer = Buyer(
+        pool=pool,
+        payer=wallet,
+        identity=identity,
+        requests=BuyRequests(store),
+        writer=state.writer("buyer"),
+        events=events,
+        clock=clock,
+    )
+    auth = WebAuth()
+    for register in BUILTINS:
+        register(rt.registry, rt)
+    wallet_commands.register(rt.registry, rt, wallet)
+    runtime_commands.register(rt.registry, rt, local)
+    provider_commands.register(rt.registry, rt, provider)
+    buyer_commands.register(rt.registry, rt, buyer)
+    web_commands.register(rt.registry, auth)
+    for register in registrars:
+        register(rt.registry, rt)
+
+    services: list[Service] = [RelaysService(pool, state.writer("relays"), live)]
+    if config.wallet_network != "off":
+        services.append(WalletService(wallet, adapters.node_factory or ldk_node_factory(config)))
+    if config.runtime_mode != "off":
+        services.append(local)
+    services += [provider, buyer]
+    return App(rt, services, auth, seed_created)

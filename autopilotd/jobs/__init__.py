@@ -1,1 +1,0 @@
-"""Provider jobs: the persistent NIP-90 job state machine, its outbox, and earnings."""

@@ -1,0 +1,125 @@
+"""Intake: the provider's subscription on the relays, and what becomes of each request.
+
+Requests of the served kinds (and kind 7000 feedback addressed to us) arrive through the
+provider's own subscription of the daemon's relay pool (`since` with an overlap window; the
+pool deduplicates across relays and reconnects). Each request goes through the validator
+(nostr/intake.py: the pure parser, then this provider's policy and the signature); a refused
+one is only counted, by reason. A valid one is, in this order:
+
+- ours (we also buy): ignored, not even a preview;
+- seen while offline: shown as a read-only preview, never accepted;
+- beyond the queue: refused as `busy`;
+- otherwise recorded as a job (once per request id) and queued for the job flow.
+
+Feedback is looked at only for `lost-race` (flow.lost_race).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from autopilotd.config import Config
+from autopilotd.nostr.identity import NostrIdentity
+from autopilotd.nostr.intake import RequestValidator
+from autopilotd.nostr.nip90 import KIND_FEEDBACK, JobRequest
+from autopilotd.nostr.reasons import Rejection
+from autopilotd.ports.relays import RelaySubscription, SubscriptionFilter
+from autopilotd.provider.board import JobBoard
+from autopilotd.provider.dispatch import Dispatch
+from autopilotd.provider.flow import JobFlow
+from autopilotd.provider.presence import SERVED, Presence
+from autopilotd.runtime.clock import Clock
+from autopilotd.runtime.configs import LiveConfig
+from autopilotd.runtime.events import EventBus
+from autopilotd.store.jobs import Jobs
+from autopilotd.vocab import JobSource
+
+logger = logging.getLogger(__name__)
+
+CATCH_UP_S = 600
+"""How far back the subscription asks at start (jobs older than the ttl are refused anyway)."""
+
+
+class Intake:
+    def __init__(
+        self,
+        *,
+        subscription: RelaySubscription,
+        validator: RequestValidator,
+        identity: NostrIdentity,
+        presence: Presence,
+        board: JobBoard,
+        dispatch: Dispatch,
+        flow: JobFlow,
+        jobs: Jobs,
+        config: LiveConfig,
+        events: EventBus,
+        clock: Clock,
+    ) -> None:
+        self._sub = subscription
+        self._validator = validator
+        self._identity = identity
+        self._presence = presence
+        self._board = board
+        self._dispatch = dispatch
+        self._flow = flow
+        self._jobs = jobs
+        self._config = config
+        self._events = events
+        self._clock = clock
+
+    async def subscribe(self) -> None:
+        """Ask the relays for requests of the served kinds, and feedback addressed to us."""
+        since = int(self._clock.now()) - CATCH_UP_S
+        await self._sub.set_filters(
+            [
+                SubscriptionFilter(kinds=SERVED, since=since),
+                SubscriptionFilter(
+                    kinds=(KIND_FEEDBACK,), p=(self._identity.pubkey_hex,), since=since
+                ),
+            ]
+        )
+
+    async def run(self) -> None:
+        unsubscribe = self._config.on_change(self._config_changed)
+        try:
+            async for incoming in self._sub.events():
+                if incoming.event.kind == KIND_FEEDBACK:
+                    await self._flow.lost_race(incoming.event)
+                    continue
+                outcome = self._validator.validate(incoming.event, now=self._clock.now())
+                if isinstance(outcome, Rejection):
+                    self._board.counted(self._validator.counters.snapshot())
+                    continue
+                await self.admit(outcome, incoming.received_at)
+        finally:
+            unsubscribe()
+
+    async def _config_changed(self, old: Config, new: Config) -> None:
+        if new.provider_price_sats != old.provider_price_sats:
+            self._validator.set_min_bid(new.provider_price_sats * 1000)
+
+    async def admit(
+        self, request: JobRequest, received_at: float, source: JobSource = JobSource.NOSTR
+    ) -> None:
+        if request.pubkey == self._identity.pubkey_hex:
+            return  # our own request as a buyer: not a job for us, not even a preview
+        self._events.publish("provider.request_received", request_id=request.id, kind=request.kind)
+        if not self._presence.accepting():
+            self._board.preview(request, received_at)
+            await self._board.refresh()
+            return
+        if self._dispatch.full():
+            self._board.busy()
+            return
+        job, new = await self._jobs.receive(
+            request_id=request.id,
+            buyer_pubkey=request.pubkey,
+            kind=request.kind,
+            request_json=request.json,
+            price_msat=self._config.current.provider_price_sats * 1000,
+            source=source,
+        )
+        if new:
+            self._dispatch.enqueue(job.request_id)
+            await self._flow.notify(job)

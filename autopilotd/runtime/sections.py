@@ -1,0 +1,205 @@
+"""The sections of the Snapshot, one frozen dataclass each, with their lifecycle enums.
+
+Each section has exactly one writer (the service that owns it, through `StateStore.writer`);
+see snapshot.py for the whole and facts.py for what is derived from the sections together.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+from autopilotd.vocab import MILESTONES_SATS
+
+
+class DaemonState(enum.StrEnum):
+    STARTING = "starting"
+    READY = "ready"
+    STOPPING = "stopping"
+
+
+class ServiceState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    FAILED = "failed"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class IdentitySection:
+    """The daemon's public Nostr identity (derived from the wallet's words at start-up)."""
+
+    npub: str
+    hex: str
+
+
+@dataclass(frozen=True)
+class DaemonSection:
+    version: str
+    pid: int
+    started_at: float
+    home: str
+    session_id: str
+    state: DaemonState = DaemonState.STARTING
+    rpc_url: str | None = None
+    web_url: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """A service's lifecycle as the user sees it: what it is doing, what broke, what to do."""
+
+    name: str
+    state: ServiceState
+    since: float
+    last_error: str | None = None
+    next_step: str | None = None
+
+
+class WalletState(enum.StrEnum):
+    OFF = "off"
+    STARTING = "starting"
+    SYNCING = "syncing"
+    READY = "ready"
+    DEGRADED = "degraded"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class WalletBalance:
+    """Always the node's own figures (never computed from the ledger), plus open reservations."""
+
+    lightning_sats: int
+    spendable_sats: int
+    receivable_sats: int
+    onchain_sats: int
+    onchain_spendable_sats: int
+    pending_sats: int
+    reserved_sats: int
+
+
+@dataclass(frozen=True)
+class WalletSection:
+    state: WalletState = WalletState.OFF
+    reason: str = "the wallet is not configured"
+    next_step: str | None = "set wallet_network (and its chain source) in config.toml"
+    network: str | None = None
+    node_id: str | None = None
+    listening: str | None = None
+    balance: WalletBalance | None = None
+    last_payment: dict[str, Any] | None = None
+    updated_at: float | None = None
+
+
+class RuntimeState(enum.StrEnum):
+    OFF = "off"
+    STARTING = "starting"
+    READY = "ready"
+    DEGRADED = "degraded"
+    ERROR = "error"
+
+
+@dataclass(frozen=True)
+class ModelView:
+    id: str
+    kind: str
+    warm: bool
+
+
+@dataclass(frozen=True)
+class LocalRuntimeSection:
+    """The local inference runtime (psionic) as the daemon sees it over HTTP."""
+
+    state: RuntimeState = RuntimeState.OFF
+    reason: str = "no local runtime is configured"
+    next_step: str | None = 'set runtime_mode = "spawn" (or a runtime_url) in config.toml'
+    url: str | None = None
+    managed: bool = False
+    device: str | None = None
+    dtype: str | None = None
+    models: tuple[ModelView, ...] = ()
+    queue_depth: int = 0
+    last_error: str | None = None
+    updated_at: float | None = None
+
+    def has_model(self, kind: str) -> bool:
+        """A warm model of this kind ("chat" or "embeddings") is ready to run jobs."""
+        return self.state is RuntimeState.READY and any(
+            m.kind == kind and m.warm for m in self.models
+        )
+
+
+class ProviderState(enum.StrEnum):
+    OFFLINE = "offline"
+    CONNECTING = "connecting"
+    ONLINE = "online"
+    DEGRADED = "degraded"
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """Something that keeps the provider from earning, with what the user can do about it."""
+
+    id: str
+    reason: str
+    next_step: str
+
+
+@dataclass(frozen=True)
+class ProviderSection:
+    state: ProviderState = ProviderState.OFFLINE
+    reason: str = "offline: click Go Online (or run 'autopilotctl provider online')"
+    blockers: tuple[Blocker, ...] = ()
+    served_kinds: tuple[int, ...] = ()
+    price_sats: int = 0
+    max_inflight: int = 1
+    online_since: float | None = None
+    announced_at: float | None = None  # when the NIP-89 handler last reached a relay
+
+
+@dataclass(frozen=True)
+class RelayRow:
+    url: str
+    state: str
+    connected: bool
+    last_seen: float | None = None
+    last_error: str | None = None
+    events_in: int = 0
+    events_out: int = 0
+    publish_accepted: int = 0
+    publish_rejected: int = 0
+
+
+@dataclass(frozen=True)
+class JobsSection:
+    """The job inbox and active jobs, from the provider's own records."""
+
+    inbox: tuple[dict[str, Any], ...] = ()  # newest first; offline rows are previews
+    active: tuple[dict[str, Any], ...] = ()
+    rejections: dict[str, int] = field(default_factory=dict)
+    queue_depth: int = 0
+    outbox_waiting: int = 0  # signed job events no relay has accepted yet
+    last: dict[str, Any] | None = None  # the newest job: request_id, stage, reason
+
+
+@dataclass(frozen=True)
+class EarningsSection:
+    """Counted only from wallet-confirmed payments bound to jobs."""
+
+    sats_today: int = 0
+    lifetime_sats: int = 0
+    jobs_today: int = 0
+    lifetime_jobs: int = 0
+    last_payment: dict[str, Any] | None = None
+    series: tuple[tuple[float, int], ...] = ()  # (at, lifetime sats after it), recent credits
+    milestones: tuple[dict[str, Any], ...] = tuple(
+        {"sats": m, "reached_at": None, "celebrated": False} for m in MILESTONES_SATS
+    )
+
+
+@dataclass(frozen=True)
+class BuyerSection:
+    open_requests: int = 0
+    paid_requests: int = 0
+    last_request: dict[str, Any] | None = None
