@@ -2,8 +2,10 @@
 wires them together. Everything else gets its collaborators handed in, typed as ports.
 
     kernel    Runtime: config, state store, event bus, store, registry, clock, log, stop
-    adapters  the relay pool (nostr-sdk), the Lightning node (ldk-node), psionic over HTTP
-    services  relays, wallet, local runtime, provider, buyer (each owns its snapshot sections)
+    adapters  the relay pool (nostr-sdk), the Lightning node (ldk-node), psionic and a Nexus
+              over HTTP
+    services  relays, wallet, local runtime, provider, buyer, starter (each owns its snapshot
+              sections; the starter service is also a job source of the provider)
     commands  the registry's commands, each given the service it drives
 
 `Adapters` replaces real adapters in fast tests only; the daemon and the demo never use it.
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from autopilotd import __version__
 from autopilotd.adapters.ldk_node import ldk_node_factory
+from autopilotd.adapters.nexus_http import HttpNexus
 from autopilotd.adapters.psionic_http import PsionicClient
 from autopilotd.adapters.relay_pool import PoolConfig, RelayPool
 from autopilotd.buyer.service import Buyer
@@ -26,9 +29,10 @@ from autopilotd.commands import buyer as buyer_commands
 from autopilotd.commands import provider as provider_commands
 from autopilotd.commands import runtime as runtime_commands
 from autopilotd.commands import wallet as wallet_commands
-from autopilotd.config import Config, split_list
+from autopilotd.config import Config
 from autopilotd.inference.service import ClientFactory, LocalRuntime
 from autopilotd.nostr.identity import NostrIdentity, identity_from_mnemonic
+from autopilotd.ports.nexus import NexusClient, NexusFactory
 from autopilotd.ports.relays import RelayPoolPort
 from autopilotd.provider.service import ProviderService
 from autopilotd.registry import Registry
@@ -41,6 +45,7 @@ from autopilotd.runtime.sections import DaemonSection, IdentitySection
 from autopilotd.runtime.sessionlog import SessionLog
 from autopilotd.runtime.snapshot import Snapshot
 from autopilotd.runtime.state import StateStore
+from autopilotd.starter.service import StarterService
 from autopilotd.store import Store
 from autopilotd.store.buys import BuyRequests
 from autopilotd.store.ledger import Ledger
@@ -58,6 +63,7 @@ class Adapters:
     node_factory: NodeFactory | None = None
     inference: ClientFactory | None = None
     relay_pool: RelayPoolPort | None = None
+    nexus: NexusFactory | None = None
     clock: Clock | None = None
 
 
@@ -120,13 +126,26 @@ def build(
         clock=clock,
     )
     pool: RelayPoolPort = adapters.relay_pool or RelayPool(
-        PoolConfig(relays=split_list(config.relays))
+        PoolConfig(relays=config.relay_urls()), identity=identity
     )
     wallet = Wallet(config=live, ledger=Ledger(store), writer=state.writer("wallet"), events=events)
     local = LocalRuntime(
         config=live,
         writer=state.writer("local_runtime"),
         client_factory=adapters.inference or PsionicClient,
+    )
+
+    def http_nexus(url: str) -> NexusClient:
+        return HttpNexus(url, identity)
+
+    starter = StarterService(
+        nexus=adapters.nexus or http_nexus,
+        store=store,
+        state=state,
+        writer=state.writer("starter"),
+        config=live,
+        events=events,
+        clock=clock,
     )
     provider = ProviderService(
         pool=pool,
@@ -138,6 +157,7 @@ def build(
         config=live,
         events=events,
         clock=clock,
+        sources=[starter],
     )
     buyer = Buyer(
         pool=pool,
@@ -164,5 +184,5 @@ def build(
         services.append(WalletService(wallet, adapters.node_factory or ldk_node_factory(config)))
     if config.runtime_mode != "off":
         services.append(local)
-    services += [provider, buyer]
+    services += [provider, buyer, starter]
     return App(rt, services, auth, seed_created)

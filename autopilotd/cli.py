@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("devnet", help="the offline regtest network: up, down, status, mine, fund …")
     sub.add_parser("relay", help="a local Nostr relay on loopback (for tests and the demo)")
     sub.add_parser("buyer", help="a headless loop that buys jobs with a running daemon's wallet")
+    sub.add_parser("nexus", help="a Nexus: relay, provider sessions, starter jobs, treasury")
     return p
 
 
@@ -76,6 +77,7 @@ PASSTHROUGH = {
     "devnet": ("autopilotd.devnet.cli", "the devnet"),
     "relay": ("autopilotd.adapters.local_relay", "the local relay"),
     "buyer": ("autopilotd.ctl.buyer", "the buying loop"),
+    "nexus": ("autopilotd.nexus.cli", "the Nexus"),
 }
 
 

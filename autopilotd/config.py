@@ -78,6 +78,9 @@ class Config:
     provider_queue_size: int = 8  # accepted jobs waiting to run; more are refused as busy
     provider_max_tokens: int = 256  # cap on a text-generation job's max_tokens
     provider_payment_timeout_s: float = 300.0  # after this a delivered job ends delivered_unpaid
+    # Starter demand: the Nexus whose starter jobs this provider takes while online ("" = none).
+    # Its relay (the same address, ws://) joins `relays` by itself.
+    nexus_url: str = _editable("", "now")
     # Local inference (psionic): "off", "spawn" (the daemon runs and supervises it) or "url".
     runtime_mode: str = "off"
     runtime_url: str = ""  # with runtime_mode = "url": where psionic answers (loopback)
@@ -93,6 +96,15 @@ class Config:
             out[f.name] = getattr(self, f.name)
         return out
 
+    def relay_urls(self) -> tuple[str, ...]:
+        """The relays the daemon uses: `relays`, then the Nexus's own relay if there is one."""
+        urls = split_list(self.relays)
+        if self.nexus_url:
+            nexus_relay = nexus_relay_url(self.nexus_url)
+            if nexus_relay not in urls:
+                urls = (*urls, nexus_relay)
+        return urls
+
     def updated(self, changes: Mapping[str, Any], source: str) -> Config:
         """This config with `changes`, coerced and validated exactly as `load_config` does."""
         values = _coerced(changes, source)
@@ -106,6 +118,13 @@ class Config:
 def split_list(value: str) -> tuple[str, ...]:
     """A comma-separated setting (relays, peers …) as its non-empty, trimmed items."""
     return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+def nexus_relay_url(nexus_url: str) -> str:
+    """A Nexus serves its relay on its own address: http://host:port → ws://host:port."""
+    parts = urlsplit(nexus_url.rstrip("/"))
+    scheme = "wss" if parts.scheme == "https" else "ws"
+    return f"{scheme}://{parts.netloc}{parts.path}"
 
 
 def editable_settings() -> dict[str, Applies]:
@@ -237,6 +256,12 @@ def _validate(config: Config) -> None:
     for url in split_list(config.relays):
         if not url.startswith(("ws://", "wss://")) or not _has_host(url):
             raise UserError(f"relay '{url}' must be a ws:// or wss:// URL")
+    if config.nexus_url and (
+        not config.nexus_url.startswith(("http://", "https://"))
+        or not _has_host(config.nexus_url)
+        or urlsplit(config.nexus_url).query
+    ):
+        raise UserError(f"nexus_url '{config.nexus_url}' must be an http:// or https:// URL")
     if config.provider_price_sats < 1 or config.provider_max_inflight < 1:
         raise UserError("provider_price_sats and provider_max_inflight must be at least 1")
     if config.provider_max_inflight > MAX_INFLIGHT:

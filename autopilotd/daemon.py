@@ -12,14 +12,11 @@ Order matters and is the point of this module:
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
+from collections.abc import Callable, Iterable
 
 from autopilotd import __version__
 from autopilotd.app import Adapters, App, build
@@ -28,7 +25,7 @@ from autopilotd.config import Config
 from autopilotd.control_plane import ControlPlane, bind_loopback
 from autopilotd.errors import StartupCheckFailed
 from autopilotd.manifest import SCHEMA_VERSION, Manifest, remove_manifest, write_manifest
-from autopilotd.paths import private_dir
+from autopilotd.paths import owner_lock, private_dir
 from autopilotd.runtime.context import Runtime, Service
 from autopilotd.runtime.notify import sd_notify
 from autopilotd.runtime.sections import DaemonState, ServiceState
@@ -45,24 +42,6 @@ ServiceFactory = Callable[[Runtime], Service]
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 78  # EX_CONFIG: systemd's Restart=on-failure will not loop on it forever
 EXIT_STOP_TIMEOUT = 70
-
-
-@contextlib.contextmanager
-def owner_lock(path: Path) -> Iterator[None]:
-    """One process owns a home's database at a time (RELIABILITY D3)."""
-    private_dir(path.parent)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StartupCheckFailed(
-                f"another autopilotd already runs with this home ({path.parent}); "
-                "stop it first, or use a different --home"
-            ) from None
-        yield
-    finally:
-        os.close(fd)
 
 
 async def run_daemon(

@@ -7,12 +7,17 @@ folders on macOS).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
+
+from autopilotd.errors import StartupCheckFailed
 
 APP = "autopilotd"
 
@@ -119,3 +124,21 @@ def write_private_atomic(path: Path, data: bytes) -> None:
     os.close(fd)
     tmp.replace(path)
     fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def owner_lock(path: Path) -> Iterator[None]:
+    """One process owns a home's database at a time (RELIABILITY D3): a daemon, or a Nexus."""
+    private_dir(path.parent)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StartupCheckFailed(
+                f"another autopilotd already runs with this home ({path.parent}); "
+                "stop it first, or use a different --home"
+            ) from None
+        yield
+    finally:
+        os.close(fd)

@@ -108,3 +108,31 @@ FINISHED_BUY_STATUSES: frozenset[BuyStatus] = frozenset(
 
 MILESTONES_SATS: tuple[int, ...] = (10, 25, 50, 100)
 """Lifetime earnings worth celebrating, each once (reached in the credit that crosses it)."""
+
+
+class OfferStatus(enum.StrEnum):
+    """A Nexus starter offer, one lease to one provider (nexus/desk.py).
+
+    awaiting_ack → running → paying → completed; or released (the provider gave it back),
+    expired (ack, heartbeat or execution window missed), payment_failed (retried with the
+    same invoice until the lease ends).
+    """
+
+    AWAITING_ACK = "awaiting_ack"
+    RUNNING = "running"
+    PAYING = "paying"
+    COMPLETED = "completed"
+    RELEASED = "released"
+    EXPIRED = "expired"
+    PAYMENT_FAILED = "payment_failed"
+
+
+LIVE_OFFER_STATUSES: frozenset[OfferStatus] = frozenset(
+    {
+        OfferStatus.AWAITING_ACK,
+        OfferStatus.RUNNING,
+        OfferStatus.PAYING,
+        OfferStatus.PAYMENT_FAILED,
+    }
+)
+"""Offers whose price is still reserved from the budget."""

@@ -1,12 +1,22 @@
 """An in-memory stand-in for psionic, for fast tests of the services that use inference.
 
-A chat model and an embeddings model, both warm; a completion echoes a fixed text. Never
-used by the daemon, the demo or the end-to-end tests: those run the real psionic.
+A chat model and an embeddings model, both warm; a completion echoes a fixed text. A test
+keeps a job running by clearing `running` (set it to let it finish), or makes it fail by
+setting `failure`. Never used by the daemon, the demo or the end-to-end tests: those run the
+real psionic.
 """
 
 from __future__ import annotations
 
-from autopilotd.ports.inference import Completion, InferenceClient, ModelInfo, RuntimeStatus
+import asyncio
+
+from autopilotd.ports.inference import (
+    Completion,
+    InferenceClient,
+    InferenceError,
+    ModelInfo,
+    RuntimeStatus,
+)
 
 CHAT_MODEL = "fake-chat"
 EMBEDDINGS_MODEL = "fake-embeddings"
@@ -17,6 +27,15 @@ class FakeInference:
         self.url = url
         self.reply = reply
         self.calls: list[str] = []
+        self.running = asyncio.Event()
+        self.running.set()
+        self.failure: str | None = None
+
+    async def _work(self, what: str) -> None:
+        self.calls.append(what)
+        await self.running.wait()
+        if self.failure is not None:
+            raise InferenceError(self.failure)
 
     async def close(self) -> None:
         return None
@@ -38,11 +57,11 @@ class FakeInference:
         top_p: float,
         seed: int | None = None,
     ) -> Completion:
-        self.calls.append("chat")
+        await self._work("chat")
         return Completion(self.reply, model or CHAT_MODEL, 1, 1, "stop")
 
     async def embed(self, texts: list[str], *, model: str | None) -> list[list[float]]:
-        self.calls.append("embed")
+        await self._work("embed")
         return [[float(len(t)), 1.0] for t in texts]
 
     async def warm(self, model: str) -> None:

@@ -3,7 +3,16 @@
 Loopback only: the host must be a loopback address (or `localhost`), anything else is refused.
 The SDK's builder rate-limits each connection to 60 events per minute by default, which a
 buyer daemon sending a job every few seconds plus its feedback already exceeds; we raise it
-to `DEFAULT_NOTES_PER_MINUTE`. Events live in the relay's memory and vanish with it.
+to `DEFAULT_NOTES_PER_MINUTE`. Events live in the relay's memory and vanish with it, unless a
+`database` is given (a Nexus keeps them in LMDB).
+
+A `database` and an `admit` write policy are Python objects the relay calls back from its own
+threads; UniFFI runs those async callbacks on the event loop registered with
+`nostr_sdk.uniffi_set_event_loop` (the SDK's one way to do it; without it every callback fails
+with "no running event loop" and the relay takes no event at all). That setting is
+process-wide and UniFFI then runs every nostr-sdk call on that loop, so it is lent only while
+such a relay runs (`_LoopLoan`) and cleared after the last one stops: a later event loop (the
+next test's) must not find a closed one there.
 
 Use `local_relay()` (an async context manager) in tests and the demo; `main(argv)` is the
 `autopilotd relay [--host 127.0.0.1] [--port N] [--print-url]` command: it binds, checks the
@@ -20,8 +29,8 @@ import ipaddress
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 
 import nostr_sdk as sdk
 
@@ -51,6 +60,24 @@ def check_loopback(host: str) -> str:
     raise RelayStartError(f"the local relay binds to loopback only, not {host!r}")
 
 
+class _LoopLoan:
+    """The running loop, lent to UniFFI for a relay's Python callbacks (module docstring)."""
+
+    holders = 0  # relays holding it: the SDK's setting is process-wide, so is this count
+
+    def __init__(self) -> None:
+        sdk.uniffi_set_event_loop(asyncio.get_running_loop())
+        _LoopLoan.holders += 1
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            _LoopLoan.holders -= 1
+            if _LoopLoan.holders == 0:
+                sdk.uniffi_set_event_loop(None)
+
+
 @dataclass(frozen=True)
 class RunningRelay:
     """A started local relay; `url` is what clients connect to."""
@@ -59,9 +86,12 @@ class RunningRelay:
     host: str
     port: int
     relay: sdk.LocalRelay
+    loan: _LoopLoan | None = field(default=None, repr=False, compare=False)
 
     def shutdown(self) -> None:
         self.relay.shutdown()
+        if self.loan is not None:
+            self.loan.release()
 
 
 async def _wait_listening(host: str, port: int, timeout: float) -> None:
@@ -78,6 +108,25 @@ async def _wait_listening(host: str, port: int, timeout: float) -> None:
             return
 
 
+Admit = Callable[[str, int], str | None]
+"""A write policy: (author pubkey, kind) → why the event is refused, or None to accept it."""
+
+
+class _WritePolicy(sdk.WritePolicy):  # type: ignore[misc]
+    def __init__(self, admit: Admit) -> None:
+        self._admit = admit
+
+    async def admit_event(self, event: sdk.Event, socket_addr: str) -> sdk.WritePolicyResult:
+        try:
+            reason = self._admit(event.author().to_hex(), event.kind().as_u16())
+        except Exception:  # a policy that breaks refuses, it never lets everything in
+            logger.exception("write policy failed")
+            reason = "error: the relay could not check this event"
+        if reason is None:
+            return sdk.WritePolicyResult.ACCEPT()
+        return sdk.WritePolicyResult.REJECT(reason)
+
+
 async def start_relay(
     host: str = DEFAULT_HOST,
     port: int = 0,
@@ -85,10 +134,15 @@ async def start_relay(
     notes_per_minute: int = DEFAULT_NOTES_PER_MINUTE,
     max_reqs: int = DEFAULT_MAX_REQS,
     database: sdk.NostrDatabase | None = None,
+    auth_writes: bool = False,
+    admit: Admit | None = None,
 ) -> RunningRelay:
     """Start a relay on `host:port` (0 = a free port) and return once it accepts connections.
 
     Pass the same `database` to a relay restarted on the same port to keep its events.
+    `auth_writes` asks every writer to authenticate first (NIP-42; the relay accepts only an
+    AUTH event whose `relay` tag is its own `ws://host:port`, so a relay behind a proxy must
+    leave NIP-42 to the proxy); `admit` decides which events are stored (a write policy).
     """
     check_loopback(host)
     if port == 0:
@@ -99,20 +153,29 @@ async def start_relay(
         .port(port)
         .rate_limit(sdk.RateLimit(max_reqs=max_reqs, notes_per_minute=notes_per_minute))
     )
+    loan = _LoopLoan() if database is not None or admit is not None else None
     if database is not None:
         builder = builder.database(database)
+    if auth_writes:
+        builder = builder.nip42(
+            sdk.LocalRelayBuilderNip42(mode=sdk.LocalRelayBuilderNip42Mode.WRITE)
+        )
+    if admit is not None:
+        builder = builder.write_policy(_WritePolicy(admit))
     relay = builder.build()
     try:
         await relay.run()
         await _wait_listening(host, port, 5.0)
     except (Exception, asyncio.CancelledError) as exc:
         relay.shutdown()
+        if loan is not None:
+            loan.release()
         if isinstance(exc, asyncio.CancelledError):
             raise
         raise RelayStartError(f"cannot start a relay on {host}:{port}: {exc}") from exc
     url = f"ws://{host}:{port}" if ":" not in host else f"ws://[{host}]:{port}"
     logger.info("local relay listening on %s", url)
-    return RunningRelay(url=url, host=host, port=port, relay=relay)
+    return RunningRelay(url=url, host=host, port=port, relay=relay, loan=loan)
 
 
 @contextlib.asynccontextmanager
@@ -132,6 +195,24 @@ async def local_relay(
         yield running
     finally:
         running.shutdown()
+
+
+async def has_recent(
+    database: sdk.NostrDatabase, *, author: str, kinds: tuple[int, ...], since: int
+) -> bool:
+    """Does the relay's database hold an event of `kinds` by `author` created since `since`?"""
+    try:
+        flt = (
+            sdk.Filter()
+            .kinds([sdk.Kind(k) for k in kinds])
+            .authors([sdk.PublicKey.parse(author)])
+            .since(sdk.Timestamp.from_secs(since))
+            .limit(1)
+        )
+    except Exception:  # not a valid key
+        return False
+    events = await database.query(flt)
+    return bool(events)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -32,6 +32,7 @@ from datetime import timedelta
 
 import nostr_sdk as sdk
 
+from autopilotd.nostr.identity import NostrIdentity
 from autopilotd.ports.relays import (
     LinkState,
     PublishOutcome,
@@ -136,13 +137,18 @@ class RelayLink:
         clock: Callable[[], float],
         changed: Callable[[RelayLink], None],
         deliver: Deliver,
+        identity: NostrIdentity | None = None,
     ) -> RelayLink:
+        """A link to `url`; with an identity it answers a relay's NIP-42 AUTH challenge."""
         try:
             sdk_url = sdk.RelayUrl.parse(url)
         except Exception as exc:
             raise ValueError(f"not a relay URL: {url!r}") from exc
         monitor = sdk.Monitor()
-        client = sdk.ClientBuilder().monitor(monitor).build()
+        builder = sdk.ClientBuilder().monitor(monitor)
+        if identity is not None:
+            builder = builder.authenticator(sdk.SignerAuthenticator(identity.keys))
+        client = builder.build()
         return cls(
             url, sdk_url, client, monitor, RelayHealth(url=url), timing, clock, changed, deliver
         )

@@ -14,9 +14,11 @@ cannot poison the set with a forged copy of a real event id. The first verified 
 every consumer whose filters it matches. When a consumer's queue is full the event is
 dropped for it (counted in `stats()`).
 
-Health: one `RelayHealth` row per relay; `on_health` listeners get each changed row,
-`on_removed` listeners the url of a relay taken out. Relays can be added and removed while
-`run()` runs (`set_relays`); a pool may have no relays at all (then it publishes nowhere).
+With an identity the pool answers a relay's NIP-42 AUTH challenge (a relay that asks writers
+to authenticate, like a Nexus's). Health: one `RelayHealth` row per relay; `on_health`
+listeners get each changed row, `on_removed` listeners the url of a relay taken out. Relays
+can be added and removed while `run()` runs (`set_relays`); a pool may have no relays at all
+(then it publishes nowhere).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import nostr_sdk as sdk
 
 from autopilotd.adapters.relay_link import LinkTiming, RelayLink, sdk_filter
 from autopilotd.nostr.events import EventCaps, ShapeError, SignedEvent, parse_raw, verify
+from autopilotd.nostr.identity import NostrIdentity
 from autopilotd.ports.relays import (
     IncomingEvent,
     LinkState,
@@ -129,8 +132,15 @@ class Subscription:
 class RelayPool:
     """The pool; see the module docstring. Not shared between event loops."""
 
-    def __init__(self, config: PoolConfig, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: PoolConfig,
+        *,
+        identity: NostrIdentity | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.config = config
+        self._identity = identity
         self._clock = clock
         self._subs: dict[str, Subscription] = {}
         self._seen = SeenIds(config.dedupe_capacity)
@@ -144,7 +154,9 @@ class RelayPool:
             self._links[url] = self._open(url)
 
     def _open(self, url: str) -> RelayLink:
-        return RelayLink.open(url, self.config.timing, self._clock, self._changed, self._deliver)
+        return RelayLink.open(
+            url, self.config.timing, self._clock, self._changed, self._deliver, self._identity
+        )
 
     # -- the consumers' view ---------------------------------------------------------------
 

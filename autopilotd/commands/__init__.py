@@ -5,10 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from autopilotd.commands import access, settings, system
+from autopilotd.commands import access, settings, starter, system
 from autopilotd.registry import Registry
 from autopilotd.runtime.context import Runtime
 
 Registrar = Callable[[Registry, Runtime], None]
 
-BUILTINS: tuple[Registrar, ...] = (system.register, access.register, settings.register)
+BUILTINS: tuple[Registrar, ...] = (
+    system.register,
+    access.register,
+    settings.register,
+    starter.register,
+)

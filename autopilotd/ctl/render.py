@@ -22,6 +22,9 @@ def render_status(snapshot: dict[str, Any]) -> str:
         if s.get("next_step"):
             line += f"  → {s['next_step']}"
         lines.append(line)
+    starter = snapshot.get("starter")
+    if starter and starter.get("state") != "off":
+        lines.append(f"  starter  {starter['state']}  — {starter['reason']}")
     return "\n".join(lines)
 
 

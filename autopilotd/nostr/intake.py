@@ -326,14 +326,20 @@ class RequestValidator:
         self.parser.policy = dataclasses.replace(self.policy, min_bid_msat=min_bid_msat)
 
     def validate(
-        self, data: str | bytes | Mapping[str, Any] | SignedEvent, *, now: float | None = None
+        self,
+        data: str | bytes | Mapping[str, Any] | SignedEvent,
+        *,
+        now: float | None = None,
+        min_bid_msat: int | None = None,
     ) -> JobRequest | Rejection:
         """One untrusted event in, a `JobRequest` or a `Rejection` out; never raises for input.
 
         `data` is the event's JSON (text, bytes or decoded), or the `SignedEvent` an
-        `IncomingEvent` carries (already shape-checked with the same caps).
+        `IncomingEvent` carries (already shape-checked with the same caps). `min_bid_msat`
+        replaces the policy's minimum for this one request (a job source's own price).
         """
-        outcome = self._validate(data, self.clock() if now is None else now)
+        minimum = self.policy.min_bid_msat if min_bid_msat is None else min_bid_msat
+        outcome = self._validate(data, self.clock() if now is None else now, minimum)
         if isinstance(outcome, Rejection):
             self.counters.add(outcome.reason)
             logger.debug(
@@ -344,16 +350,16 @@ class RequestValidator:
         return outcome
 
     def _validate(
-        self, data: str | bytes | Mapping[str, Any] | SignedEvent, now: float
+        self, data: str | bytes | Mapping[str, Any] | SignedEvent, now: float, min_bid_msat: int
     ) -> JobRequest | Rejection:
         screened = self.parser.screen(data, now)
         if isinstance(screened, Rejection):
             return screened
         raw = screened.raw
-        if screened.bid_msat < self.policy.min_bid_msat:
+        if screened.bid_msat < min_bid_msat:
             return Rejection(
                 RejectReason.BID_TOO_LOW,
-                f"bid {screened.bid_msat} < {self.policy.min_bid_msat}",
+                f"bid {screened.bid_msat} < {min_bid_msat}",
                 raw.id,
                 raw.pubkey,
             )

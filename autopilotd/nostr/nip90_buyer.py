@@ -101,12 +101,14 @@ def build_job_request(
     expires_at: int | None = None,
     encrypt_to: str | None = None,
     created_at: int | None = None,
+    extra_tags: Sequence[Sequence[str]] = (),
 ) -> SignedEvent:
     """Buyer side: sign a job request (a string `inputs` is one text input).
 
     `providers` become `p` tags (only they should answer). With `encrypt_to` (one provider's
     hex pubkey) the `i`/`param`/`bid`/`output` tags go NIP-44-encrypted into the content,
     with `["p", provider]` and `["encrypted"]` in the clear (NIP-90 encrypted requests).
+    `extra_tags` go in the clear as they are (a Nexus marks its starter jobs so).
     """
     if kind not in REQUEST_KINDS:
         raise ValueError(f"{kind} is not a job request kind")
@@ -131,10 +133,11 @@ def build_job_request(
     else:
         public = private + public
         public.extend(["p", p] for p in providers)
+    public.extend(list(t) for t in extra_tags)
     return sign(identity, kind, content, public, created_at)
 
 
-def _parse_amount(tag: tuple[str, ...] | None) -> tuple[int | None, str | None]:
+def parse_amount(tag: tuple[str, ...] | None) -> tuple[int | None, str | None]:
     if tag is None or len(tag) < 2 or not tag[1].isascii() or not tag[1].isdigit():
         return None, None
     if len(tag[1]) > 19:
@@ -176,7 +179,7 @@ def parse_response(
         if plain is None:
             return Rejection(RejectReason.UNDECRYPTABLE, "cannot decrypt", raw.id, raw.pubkey)
         content = plain[0]
-    amount, bolt11 = _parse_amount(raw.first("amount"))
+    amount, bolt11 = parse_amount(raw.first("amount"))
     if raw.kind == KIND_FEEDBACK:
         status = raw.first("status")
         if status is None or len(status) < 2:

@@ -28,6 +28,7 @@ class RejectReason(enum.StrEnum):
     BAD_ID = "bad-id"
     BAD_SIGNATURE = "bad-signature"
     UNDECRYPTABLE = "undecryptable"
+    SOURCE_REFUSED = "source-refused"  # a job source (a Nexus) claimed it and refused it
 
 
 @dataclass(frozen=True)

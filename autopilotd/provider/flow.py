@@ -16,7 +16,10 @@ Every transition is recorded before the next action, so a crash resumes the job 
 stood (RELIABILITY M10). Where a job came from (the open network, a Nexus's starter demand)
 and how it is priced is decided at admission; the flow is the same for every job. Observers
 (`JobObserver`) hear of every transition: the board, the earnings projection and the
-settlement follow jobs that way, and so can a job source that needs to (a starter client).
+settlement follow jobs that way, and so does a job source (ports/jobs.py). A source may also
+`abort` one of its jobs (its lease ended): a job still working fails at its next step, without
+publishing a result; a delivered one ends `delivered_unpaid`; either way its buyer is told
+kind 7000 `error` with the reason.
 """
 
 from __future__ import annotations
@@ -94,6 +97,7 @@ class JobFlow:
         self.observers: list[JobObserver] = []
         self._requests: OrderedDict[str, JobRequest] = OrderedDict()
         self._lost: OrderedDict[str, str] = OrderedDict()  # request id → why it ends unpaid
+        self._aborted: OrderedDict[str, str] = OrderedDict()  # request id → why it ends now
         self._stages: dict[JobStage, Callable[[Job], Awaitable[Job | None]]] = {
             JobStage.RECEIVED: self.on_received,
             JobStage.ACCEPTED: self.on_accepted,
@@ -111,6 +115,9 @@ class JobFlow:
         try:
             job = await self._jobs.get(request_id)
             while job is not None and job.stage in self._stages:
+                if job.request_id in self._aborted:
+                    await self._end_aborted(job)
+                    break
                 moved = await self._stages[job.stage](job)
                 if moved is None or moved.stage == job.stage:
                     break
@@ -144,6 +151,9 @@ class JobFlow:
                 content = await self._execute(request)
             except InferenceError as exc:
                 await self.fail(job, f"inference failed: {exc.reason}")
+                return None
+            if job.request_id in self._aborted:  # ended while it ran: no result goes out
+                await self._end_aborted(job)
                 return None
             make = lambda: build_result(  # noqa: E731 - signed once, inside send
                 self._identity, request, content, amount_msat=job.price_msat
@@ -221,6 +231,35 @@ class JobFlow:
             self._events.publish("provider.lost_race", request_id=job.request_id)
         self._events.publish("provider.delivered_unpaid", request_id=job.request_id, reason=why)
         return job
+
+    async def abort(self, request_id: str, reason: str) -> None:
+        """End a job for its source (ports/jobs.py `JobControl`); see the module docstring."""
+        job = await self._jobs.get(request_id)
+        if job is None:
+            return
+        if job.stage in WORKING_STAGES:
+            self._aborted[request_id] = reason  # its worker ends it at the next step
+            while len(self._aborted) > REQUEST_CACHE:
+                self._aborted.popitem(last=False)
+        elif job.stage is JobStage.DELIVERED:
+            self._aborted[request_id] = reason
+            await self._end_aborted(job)
+
+    async def _end_aborted(self, job: Job) -> None:
+        reason = self._aborted.pop(job.request_id, "ended by its source")
+        if job.stage in WORKING_STAGES:
+            await self.fail(job, reason)
+            return
+        if job.stage is not JobStage.DELIVERED:
+            return
+        self._timers.cancel(f"deadline {job.request_id}")
+        job = await self.end_unpaid(job, reason, "aborted")
+        request = self.request(job)
+        await self._outbox.send(
+            job.request_id,
+            OutboxPurpose.ERROR,
+            lambda: build_feedback(self._identity, request, FeedbackStatus.ERROR, extra=reason),
+        )
 
     def watch_deadline(self, job: Job) -> None:
         """The job ends unpaid at its deadline unless the wallet saw it paid by then."""

@@ -11,18 +11,26 @@ one is only counted, by reason. A valid one is, in this order:
 - beyond the queue: refused as `busy`;
 - otherwise recorded as a job (once per request id) and queued for the job flow.
 
+Before validation, each job source's policy (ports/jobs.py; a Nexus's starter demand) may
+claim a request: it is then validated against the source's price instead of ours, recorded
+with its source, and invoiced at the source's price; or the source refuses it
+(`source-refused`). Everything after admission is the same job flow.
+
 Feedback is looked at only for `lost-race` (flow.lost_race).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 
 from autopilotd.config import Config
+from autopilotd.nostr.events import SignedEvent
 from autopilotd.nostr.identity import NostrIdentity
 from autopilotd.nostr.intake import RequestValidator
 from autopilotd.nostr.nip90 import KIND_FEEDBACK, JobRequest
-from autopilotd.nostr.reasons import Rejection
+from autopilotd.nostr.reasons import Rejection, RejectReason
+from autopilotd.ports.jobs import Admission, SourcePolicy
 from autopilotd.ports.relays import RelaySubscription, SubscriptionFilter
 from autopilotd.provider.board import JobBoard
 from autopilotd.provider.dispatch import Dispatch
@@ -55,8 +63,10 @@ class Intake:
         config: LiveConfig,
         events: EventBus,
         clock: Clock,
+        sources: Sequence[SourcePolicy] = (),
     ) -> None:
         self._sub = subscription
+        self._sources = tuple(sources)
         self._validator = validator
         self._identity = identity
         self._presence = presence
@@ -87,11 +97,21 @@ class Intake:
                 if incoming.event.kind == KIND_FEEDBACK:
                     await self._flow.lost_race(incoming.event)
                     continue
-                outcome = self._validator.validate(incoming.event, now=self._clock.now())
+                claim = self._claim(incoming.event)
+                if isinstance(claim, str):
+                    self._validator.counters.add(RejectReason.SOURCE_REFUSED)
+                    self._board.counted(self._validator.counters.snapshot())
+                    logger.info("request %s refused by its source: %s", incoming.event.id, claim)
+                    continue
+                outcome = self._validator.validate(
+                    incoming.event,
+                    now=self._clock.now(),
+                    min_bid_msat=None if claim is None else claim.min_bid_msat,
+                )
                 if isinstance(outcome, Rejection):
                     self._board.counted(self._validator.counters.snapshot())
                     continue
-                await self.admit(outcome, incoming.received_at)
+                await self.admit(outcome, incoming.received_at, claim)
         finally:
             unsubscribe()
 
@@ -99,8 +119,15 @@ class Intake:
         if new.provider_price_sats != old.provider_price_sats:
             self._validator.set_min_bid(new.provider_price_sats * 1000)
 
+    def _claim(self, event: SignedEvent) -> Admission | str | None:
+        for source in self._sources:
+            claim = source.admission(event)
+            if claim is not None:
+                return claim
+        return None
+
     async def admit(
-        self, request: JobRequest, received_at: float, source: JobSource = JobSource.NOSTR
+        self, request: JobRequest, received_at: float, claim: Admission | None = None
     ) -> None:
         if request.pubkey == self._identity.pubkey_hex:
             return  # our own request as a buyer: not a job for us, not even a preview
@@ -117,8 +144,10 @@ class Intake:
             buyer_pubkey=request.pubkey,
             kind=request.kind,
             request_json=request.json,
-            price_msat=self._config.current.provider_price_sats * 1000,
-            source=source,
+            price_msat=claim.price_msat
+            if claim is not None
+            else self._config.current.provider_price_sats * 1000,
+            source=claim.source if claim is not None else JobSource.NOSTR,
         )
         if new:
             self._dispatch.enqueue(job.request_id)

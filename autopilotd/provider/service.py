@@ -9,19 +9,22 @@
     board.py       the jobs section;  earnings.py  the earnings section
     projections.py keeps both current after each transition, off the flow's path
 
-It gets its ports (the relay pool, the wallet as `Payments`, local inference) and the
-kernel's parts in its constructor, and owns three snapshot sections: provider, jobs and
-earnings, each through its own writer.
+It gets its ports (the relay pool, the wallet as `Payments`, local inference, the policies of
+job sources beyond the open network) and the kernel's parts in its constructor, and owns three
+snapshot sections: provider, jobs and earnings, each through its own writer. A job source
+(ports/jobs.py) claims its requests at intake, follows every job as an observer, and may end
+its own jobs through the flow's `abort`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from autopilotd.nostr.identity import NostrIdentity
 from autopilotd.nostr.intake import IntakePolicy, RequestValidator
 from autopilotd.ports.inference import Inference
+from autopilotd.ports.jobs import SourcePolicy
 from autopilotd.ports.payments import Payments
 from autopilotd.ports.relays import RelayPoolPort
 from autopilotd.provider.board import JobBoard
@@ -62,6 +65,7 @@ class ProviderService:
         config: LiveConfig,
         events: EventBus,
         clock: Clock,
+        sources: Sequence[SourcePolicy] = (),
     ) -> None:
         cfg = config.current
         self.jobs = Jobs(store)
@@ -135,9 +139,13 @@ class ProviderService:
             config=config,
             events=events,
             clock=clock,
+            sources=sources,
         )
         self._config = config
         self.flow.observers.append(self._projections)
+        for source in sources:
+            self.flow.observers.append(source)
+            source.attach(self.flow)
         self.outbox.published = self._projections.published
         self.dispatch.changed = self.board.queue_changed
 

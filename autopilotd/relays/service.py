@@ -2,8 +2,8 @@
 
 The provider and the buyer each read and publish through the same pool (their own
 subscriptions); this service runs it under the runtime's TaskGroup, shows one row per relay
-(state, last error, counters), and follows the `relays` setting: relays added or removed in
-Settings join or leave the pool at once.
+(state, last error, counters), and follows the `relays` and `nexus_url` settings: relays
+added or removed in Settings (a Nexus brings its own) join or leave the pool at once.
 
 A row's `last_seen` moves on every message a relay sends; it is shown at most every
 `SEEN_EVERY_S`, so a busy relay does not republish the snapshot on each event.
@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 
-from autopilotd.config import Config, split_list
+from autopilotd.config import Config
 from autopilotd.ports.relays import RelayHealth, RelayPoolPort
 from autopilotd.runtime.configs import LiveConfig
 from autopilotd.runtime.sections import RelayRow
@@ -62,8 +62,8 @@ class RelaysService:
             self._publish()
 
     async def _config_changed(self, old: Config, new: Config) -> None:
-        if new.relays != old.relays:
-            await self._pool.set_relays(split_list(new.relays))
+        if new.relay_urls() != old.relay_urls():
+            await self._pool.set_relays(new.relay_urls())
 
     async def run(self, ready: Callable[[], None]) -> None:
         unsubscribe = [

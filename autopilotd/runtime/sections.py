@@ -203,3 +203,38 @@ class BuyerSection:
     open_requests: int = 0
     paid_requests: int = 0
     last_request: dict[str, Any] | None = None
+
+
+class StarterState(enum.StrEnum):
+    OFF = "off"  # no Nexus configured
+    IDLE = "idle"  # the provider is offline: starter jobs come only while online
+    CONNECTING = "connecting"  # opening a session
+    WAITING = "waiting"  # a session, polling: no offer right now
+    INELIGIBLE = "ineligible"  # the Nexus says why not (its reason)
+    OFFERED = "offered"  # an offer to ack
+    LEASED = "leased"  # an acked offer: its job runs, awaits payment, or is being confirmed
+    UNREACHABLE = "unreachable"  # the Nexus did not answer; retrying
+
+
+@dataclass(frozen=True)
+class StarterSection:
+    """Starter demand from a Nexus, as the provider sees it (starter/service.py).
+
+    Deadlines in `offer` are the Nexus's; `sats_earned` and `jobs_done` count only the
+    wallet's own settled payments for starter jobs (the earnings table), never the Nexus's word.
+    """
+
+    state: StarterState = StarterState.OFF
+    reason: str = "no Nexus is configured (set nexus_url in Settings)"
+    nexus_url: str | None = None
+    nexus_pubkey: str | None = None
+    session: dict[str, Any] | None = None  # session_id, opened_at, expires_at
+    eligible: bool | None = None
+    eligibility_reason: str | None = None
+    offer: dict[str, Any] | None = None  # the offer held now, with its lease timers
+    last_offer: dict[str, Any] | None = None  # how the previous one ended
+    budget: dict[str, int] = field(default_factory=dict)
+    jobs_done: int = 0
+    sats_earned: int = 0
+    last_poll_at: float | None = None
+    last_error: str | None = None

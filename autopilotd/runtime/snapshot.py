@@ -27,6 +27,7 @@ from autopilotd.runtime.sections import (
     ProviderSection,
     RelayRow,
     ServiceStatus,
+    StarterSection,
     WalletSection,
 )
 
@@ -44,6 +45,7 @@ class Snapshot:
     jobs: JobsSection = field(default_factory=JobsSection)
     earnings: EarningsSection = field(default_factory=EarningsSection)
     buyer: BuyerSection = field(default_factory=BuyerSection)
+    starter: StarterSection = field(default_factory=StarterSection)
     facts: Facts = field(init=False, compare=False, repr=False)
     """Derived from the sections above when the snapshot is made (never written by anyone)."""
 

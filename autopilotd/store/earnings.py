@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autopilotd.store.db import Sql
-from autopilotd.vocab import MILESTONES_SATS
+from autopilotd.vocab import MILESTONES_SATS, JobSource
 
 SERIES_POINTS = 100
 
@@ -53,6 +53,16 @@ class Earnings:
                     [(m, now, m * 1000) for m in MILESTONES_SATS],
                 )
         return new
+
+    async def from_source(self, source: JobSource) -> tuple[int, int]:
+        """(jobs, sats) credited for jobs from `source` (a Nexus's starter demand …)."""
+        row = await self._sql.fetchone(
+            "SELECT COUNT(*), COALESCE(SUM(e.amount_msat), 0) FROM earnings e "
+            "JOIN jobs j ON j.request_id = e.request_id WHERE j.source = ?",
+            (source.value,),
+        )
+        assert row is not None
+        return int(row[0]), int(row[1]) // 1000
 
     async def summary(self, day_start: float) -> EarningsSummary:
         total = await self._sql.fetchone(

@@ -1,6 +1,6 @@
 """Every pane of the web UI, in palette order, with the snapshot section each one renders.
 
-Placeholders (chat, starter jobs) name the section their service will publish and say in
+Placeholders (chat) name the section their service will publish and say in
 words what brings it; filling one in means publishing that section and writing its block.
 """
 
@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from autopilotd.web import sources
 from autopilotd.web.panes import Pane, coming
-
-NEXUS = "the Nexus"
 
 HUD = Pane("hud", "Scoreboard", "hud", sources.hud, live="snapshot", in_palette=False)
 
@@ -83,14 +81,7 @@ PANES: tuple[Pane, ...] = (
         sources.network_requests,
         live="snapshot",
     ),
-    Pane(
-        "starter_jobs",
-        "Starter Jobs",
-        "Earn",
-        coming("starter", NEXUS, "first paid jobs offered to new providers by the Nexus"),
-        live="snapshot",
-        placeholder=True,
-    ),
+    Pane("starter_jobs", "Starter Jobs", "Earn", sources.starter_jobs, live="snapshot"),
     Pane("activity_feed", "Activity Feed", "System", sources.activity_feed, live="events"),
     Pane(
         "alerts_recovery",

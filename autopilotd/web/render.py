@@ -23,6 +23,7 @@ def environment() -> jinja2.Environment:
     env.filters["sats"] = sats
     env.filters["clock"] = clock
     env.filters["ago"] = ago
+    env.filters["until"] = until
     env.filters["duration"] = duration
     env.filters["short"] = short
     return env
@@ -45,6 +46,14 @@ def ago(ts: Any) -> str:
     if ts is None:
         return "—"
     return duration(max(0.0, time.time() - float(ts))) + " ago"
+
+
+def until(ts: Any) -> str:
+    """A deadline: 'in 12 s', or 'passed' once it has."""
+    if ts is None:
+        return "—"
+    left = float(ts) - time.time()
+    return "passed" if left <= 0 else "in " + duration(left)
 
 
 def duration(seconds: Any) -> str:

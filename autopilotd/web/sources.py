@@ -135,6 +135,29 @@ async def job_history(v: View) -> dict[str, Any]:
     return {"jobs": page["jobs"], "next_before": page["next_before"], "before": before}
 
 
+async def starter_jobs(v: View) -> dict[str, Any]:
+    """Starter demand as the `starter` section has it; the lease timers are the Nexus's."""
+    s = v.snapshot
+    starter = s["starter"]
+    budget = starter["budget"]
+    left = None
+    if budget:
+        left = max(
+            0,
+            min(
+                budget["reserve_cap_sats"] - budget["reserved_sats"],
+                budget["daily_cap_sats"] - budget["paid_24h_sats"] - budget["reserved_sats"],
+            ),
+        )
+    return {
+        "starter": starter,
+        "online": s["provider"]["state"] == "online",
+        "offer": starter["offer"],
+        "last": starter["last_offer"],
+        "budget_left_sats": left,
+    }
+
+
 async def earnings_scoreboard(v: View) -> dict[str, Any]:
     s = v.snapshot
     e = s["earnings"]

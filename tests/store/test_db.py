@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from autopilotd.daemon import owner_lock
 from autopilotd.errors import StartupCheckFailed
-from autopilotd.paths import Paths
+from autopilotd.paths import Paths, owner_lock
 from autopilotd.store import Store
 from autopilotd.store.migrations import MIGRATIONS
 

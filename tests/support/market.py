@@ -81,9 +81,19 @@ class Market:
 
     @contextlib.asynccontextmanager
     async def peer(
-        self, name: str, *, balance_msat: int = 0, node: FakeNode | None = None, **settings: Any
+        self,
+        name: str,
+        *,
+        balance_msat: int = 0,
+        node: FakeNode | None = None,
+        real_relays: bool = False,
+        inference: FakeInference | None = None,
+        **settings: Any,
     ) -> AsyncIterator[Peer]:
-        """A daemon's services, running until the block ends (same name: same home)."""
+        """A daemon's services, running until the block ends (same name: same home).
+
+        With `real_relays` it uses the real relay pool on the relays its settings name (a
+        Nexus's relay, through `nexus_url`) instead of the market's fake relays."""
         paths = Paths.for_home(self.root / name)
         for directory in (paths.config_dir, paths.data_dir, paths.runtime_dir, paths.log_dir):
             private_dir(directory)
@@ -93,9 +103,11 @@ class Market:
             wallet_bitcoind_rpc_url="http://u:p@127.0.0.1:1",
             runtime_mode="url",
             runtime_url="http://fake-psionic",
-            relays=", ".join(self.relays.relays),
-            provider_price_sats=PRICE_SATS,
-            **settings,
+            **{
+                "relays": "" if real_relays else ", ".join(self.relays.relays),
+                "provider_price_sats": PRICE_SATS,
+                **settings,
+            },
         )
         log = SessionLog(paths.log_dir, name, 5, 1 << 20)
         log.open()
@@ -107,8 +119,8 @@ class Market:
             store,
             adapters=Adapters(
                 node_factory=lambda mnemonic: node,
-                inference=FakeInference,
-                relay_pool=self.relays.pool(),
+                inference=FakeInference if inference is None else lambda url: inference,
+                relay_pool=None if real_relays else self.relays.pool(),
                 clock=self.clock,
             ),
         )

@@ -69,7 +69,7 @@ async def test_every_pane_renders_with_a_ready_wallet(
 
 async def test_placeholders_say_what_brings_them_and_show_no_numbers(web: WebClient) -> None:
     placeholders = [p for p in PANES if p.placeholder]
-    assert {p.name for p in placeholders} == {"autopilot_chat", "starter_jobs"}
+    assert {p.name for p in placeholders} == {"autopilot_chat"}
     for pane in placeholders:
         _, html = await web.get(f"/pane/{pane.name}")
         text = html_lib.unescape(TAG_RE.sub(" ", html))
@@ -158,10 +158,10 @@ async def test_alerts_list_failures_with_what_to_do(
 
 async def test_a_placeholder_shows_its_section_once_it_exists() -> None:
     ui = WebUI(None, WebAuth(1))  # rendering needs no runtime
-    section = [{"url": "https://nexus.example", "state": "up", "tags": ["a", "<b>"]}]
-    pane = BY_NAME["starter_jobs"]
-    data = await pane.load(View(None, {"seq": 1, "starter": section}))
+    section = [{"title": "first thread", "state": "up", "tags": ["a", "<b>"]}]
+    pane = BY_NAME["autopilot_chat"]
+    data = await pane.load(View(None, {"seq": 1, "chat": section}))
     assert data["available"] is True and data["data"] == section
     html = ui.block(pane, data)
-    assert "https://nexus.example" in html and "&lt;b&gt;" in html
+    assert "first thread" in html and "&lt;b&gt;" in html
     assert "Not in this build yet" not in html

@@ -144,9 +144,10 @@
   });
 
   // -- relative times ---------------------------------------------------------------------
-  // "up 5 min 3 s", "3 s ago": the server renders the text and, beside it, the absolute time
-  // (<time data-since="unix seconds">); the page moves the text on every second by itself,
-  // without a request (the daemon runs on this computer: its clock is the browser's).
+  // "up 5 min 3 s", "3 s ago", "in 12 s": the server renders the text and, beside it, the
+  // absolute time (<time data-since="unix seconds">, or data-until for a deadline); the page
+  // moves the text on every second by itself, without a request (the daemon runs on this
+  // computer: its clock is the browser's).
   function duration(seconds) {
     // the same words as the server's `duration` filter (autopilotd/web/render.py)
     const s = Math.floor(seconds);
@@ -162,6 +163,13 @@
       const since = Number(el.dataset.since);
       if (!Number.isFinite(since)) continue;
       const text = duration(Math.max(0, now - since)) + ("ago" in el.dataset ? " ago" : "");
+      if (el.textContent !== text) el.textContent = text;
+    }
+    for (const el of $$("time[data-until]")) {
+      // the same words as the server's `until` filter
+      const left = Number(el.dataset.until) - now;
+      if (!Number.isFinite(left)) continue;
+      const text = left <= 0 ? "passed" : `in ${duration(left)}`;
       if (el.textContent !== text) el.textContent = text;
     }
   }

@@ -1,0 +1,1 @@
+"""Starter demand from a Nexus: the provider's side (service.py)."""
