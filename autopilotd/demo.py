@@ -1,10 +1,13 @@
 """`autopilotd demo`: the embedded default, everything real, on this machine only.
 
 It starts, in a fresh demo folder: the offline regtest network (btcd, the shim, a hub
-Lightning node), a local Nostr relay, your provider daemon (ldk-node wallet, psionic with the
-packaged models) and a buyer daemon that sends a paid job every few seconds. Channels are
-opened through the hub. It prints the web UI's login link: click Go Online and watch the sats
-arrive. `--smoke N` goes online by itself and exits 0 only if N jobs were paid.
+Lightning node), a local Nostr relay, a Nexus (`autopilotd nexus`: its relay, starter jobs,
+a treasury wallet), your provider daemon (ldk-node wallet, psionic with the packaged models,
+the Nexus as its `nexus_url`) and a buyer daemon that sends a paid job every few seconds on
+the open relay. Channels are opened through the hub, the treasury's with funds pushed to it.
+It prints the web UI's login link: click Go Online and watch the sats arrive, first from a
+starter job, then from the buyer too. `--smoke N` goes online by itself and exits 0 only if
+the buyer's N jobs and at least one starter job were paid.
 """
 
 from __future__ import annotations
@@ -27,10 +30,15 @@ from autopilotd.client import RpcClient, RpcError, locate
 from autopilotd.ctl import buyer as buyer_loop
 from autopilotd.devnet import Devnet
 from autopilotd.errors import AutopilotError, DaemonNotRunning, UserError
+from autopilotd.nexus.cli import operator_call
+from autopilotd.nexus.operator import NexusFile
+from autopilotd.paths import Paths
 
 BIN = Path(sys.executable).parent
 PRICE_SATS = 10
 READY_TIMEOUT_S = 300.0
+TREASURY_CHANNEL_SATS, TREASURY_PUSH_SATS = 1_000_000, 400_000
+STARTER_TIMEOUT_S = 180.0
 
 
 class Processes:
@@ -111,6 +119,44 @@ async def _go_online(home: Path) -> None:
             await asyncio.sleep(1)
 
 
+async def _starter_jobs(home: Path, at_least: int, timeout: float) -> int:
+    """Starter jobs paid to the provider (the wallet's own count), once at least `at_least`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        done = int((await _call(home, "starter.status"))["jobs_done"])
+        if done >= at_least or time.monotonic() > deadline:
+            return done
+        await asyncio.sleep(1)
+
+
+async def _start_nexus(
+    procs: Processes, devnet: Devnet, home: Path, env: dict[str, str]
+) -> NexusFile:
+    """The Nexus, serving, its treasury funded over a channel from the hub."""
+    nexus = await procs.start(
+        "nexus", str(BIN / "autopilotd"), "nexus", "--home", str(home), "--print-url",
+        env=env, pipe=True,
+    )  # fmt: skip
+    assert nexus.stdout is not None
+    try:
+        url = (await asyncio.wait_for(nexus.stdout.readline(), READY_TIMEOUT_S)).decode().strip()
+    except TimeoutError:
+        url = ""
+    if not url.startswith("http://"):
+        raise UserError("the Nexus did not start; see nexus.log")
+    found = NexusFile.read(Paths.for_home(home).runtime_dir)
+    treasury, _ = await operator_call(found, "GET", "/operator/treasury")
+    await devnet.client.open_channel(
+        treasury["node_id"], treasury["listening"], TREASURY_CHANNEL_SATS, TREASURY_PUSH_SATS
+    )
+    for _ in range(240):
+        treasury, _ = await operator_call(found, "GET", "/operator/treasury")
+        if (treasury.get("balance") or {}).get("spendable_sats", 0) > 0:
+            return found
+        await asyncio.sleep(0.5)
+    raise UserError("the Nexus's treasury channel did not become usable; see nexus.log")
+
+
 @dataclass
 class DemoNetwork:
     """Everything the demo runs, up and wired: use it as `async with demo_network(root)`."""
@@ -119,13 +165,14 @@ class DemoNetwork:
     devnet: Devnet
     procs: Processes
     relay_url: str
+    nexus: NexusFile
     provider: Path
     buyer: Path
 
 
 @contextlib.asynccontextmanager
 async def demo_network(root: Path) -> AsyncIterator[DemoNetwork]:
-    """A fresh devnet, relay, provider (wallet + psionic) and buyer, channels open."""
+    """A fresh devnet, relay, Nexus, provider (wallet + psionic) and buyer, channels open."""
     if root.exists():
         shutil.rmtree(root)  # every devnet starts a fresh chain; so does the demo
     root.mkdir(parents=True, mode=0o700)
@@ -148,8 +195,10 @@ async def demo_network(root: Path) -> AsyncIterator[DemoNetwork]:
                 ),
                 "AUTOPILOTD_WALLET_TRUSTED_PEERS_NO_RESERVE": info.hub_node_id,
                 "AUTOPILOTD_WALLET_PEERS": f"{info.hub_node_id}@{info.hub_address}",
-                "AUTOPILOTD_RELAYS": relay_url,
             }
+            print("starting the Nexus and funding its treasury …", flush=True)
+            nexus = await _start_nexus(procs, devnet, root / "nexus", common)
+            common["AUTOPILOTD_RELAYS"] = relay_url
             await procs.start(
                 "provider",
                 str(BIN / "autopilotd"),
@@ -161,6 +210,7 @@ async def demo_network(root: Path) -> AsyncIterator[DemoNetwork]:
                     "AUTOPILOTD_RUNTIME_MODE": "spawn",
                     "AUTOPILOTD_PROVIDER_PRICE_SATS": str(PRICE_SATS),
                     "AUTOPILOTD_PROVIDER_MAX_TOKENS": "128",
+                    "AUTOPILOTD_NEXUS_URL": nexus.url,
                 },
             )
             await procs.start(
@@ -179,7 +229,7 @@ async def demo_network(root: Path) -> AsyncIterator[DemoNetwork]:
                 await _wait_usable(daemon)
             print("loading the models …", flush=True)
             await _wait_condition(provider, "runtime-ready", READY_TIMEOUT_S)
-            yield DemoNetwork(root, devnet, procs, relay_url, provider, buyer)
+            yield DemoNetwork(root, devnet, procs, relay_url, nexus, provider, buyer)
     finally:
         await procs.stop()
 
@@ -204,10 +254,15 @@ async def run_demo(home: Path, *, smoke: int = 0) -> int:
                     fail_fast=True,
                 )
                 rc = await buyer_loop.run(args)
+                starter = await _starter_jobs(provider, 1, STARTER_TIMEOUT_S)
                 earnings = (await _call(provider, "provider.status"))["earnings"]
-                jobs, sats = earnings["lifetime_jobs"], earnings["lifetime_sats"]
-                print(f"smoke: {jobs} jobs paid, {sats} sats earned", flush=True)
-                return 0 if rc == 0 and jobs == smoke else 1
+                jobs, sats = earnings["lifetime_jobs"] - starter, earnings["lifetime_sats"]
+                print(
+                    f"smoke: {jobs} open-network jobs and {starter} starter jobs paid, "
+                    f"{sats} sats earned",
+                    flush=True,
+                )
+                return 0 if rc == 0 and jobs == smoke and starter >= 1 else 1
             login = (await _call(provider, "web.login_url"))["url"]
             await procs.start(
                 "buyer-loop",
@@ -228,9 +283,11 @@ async def run_demo(home: Path, *, smoke: int = 0) -> int:
                 f"  web UI     {login}\n"
                 f"             (a one-time login link; later: autopilotctl --home {provider} web)\n"
                 f"  JSON-RPC   {endpoint.rpc_url}\n"
+                f"  Nexus      {net.nexus.url}  (stats: {net.nexus.url}/stats)\n"
                 f"  try        autopilotctl --home {provider} provider online\n"
                 f"             autopilotctl --home {provider} status\n"
-                "\nA buyer sends a paid job every 5 s. Click Go Online and watch the sats arrive.\n"
+                "\nClick Go Online: the Nexus offers a starter job at once, and a buyer sends a\n"
+                "paid job every 5 s. Watch the sats arrive (Starter Jobs shows the Nexus's side).\n"
                 "Press Ctrl-C to stop.",
                 flush=True,
             )

@@ -7,12 +7,7 @@ to `DEFAULT_NOTES_PER_MINUTE`. Events live in the relay's memory and vanish with
 `database` is given (a Nexus keeps them in LMDB).
 
 A `database` and an `admit` write policy are Python objects the relay calls back from its own
-threads; UniFFI runs those async callbacks on the event loop registered with
-`nostr_sdk.uniffi_set_event_loop` (the SDK's one way to do it; without it every callback fails
-with "no running event loop" and the relay takes no event at all). That setting is
-process-wide and UniFFI then runs every nostr-sdk call on that loop, so it is lent only while
-such a relay runs (`_LoopLoan`) and cleared after the last one stops: a later event loop (the
-next test's) must not find a closed one there.
+threads: the running loop is lent to the SDK while such a relay runs (sdk_loop.py).
 
 Use `local_relay()` (an async context manager) in tests and the demo; `main(argv)` is the
 `autopilotd relay [--host 127.0.0.1] [--port N] [--print-url]` command: it binds, checks the
@@ -34,6 +29,7 @@ from dataclasses import dataclass, field
 
 import nostr_sdk as sdk
 
+from autopilotd.adapters.sdk_loop import LoopLoan
 from autopilotd.loopback import free_port
 
 logger = logging.getLogger(__name__)
@@ -60,24 +56,6 @@ def check_loopback(host: str) -> str:
     raise RelayStartError(f"the local relay binds to loopback only, not {host!r}")
 
 
-class _LoopLoan:
-    """The running loop, lent to UniFFI for a relay's Python callbacks (module docstring)."""
-
-    holders = 0  # relays holding it: the SDK's setting is process-wide, so is this count
-
-    def __init__(self) -> None:
-        sdk.uniffi_set_event_loop(asyncio.get_running_loop())
-        _LoopLoan.holders += 1
-        self._held = True
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            _LoopLoan.holders -= 1
-            if _LoopLoan.holders == 0:
-                sdk.uniffi_set_event_loop(None)
-
-
 @dataclass(frozen=True)
 class RunningRelay:
     """A started local relay; `url` is what clients connect to."""
@@ -86,7 +64,7 @@ class RunningRelay:
     host: str
     port: int
     relay: sdk.LocalRelay
-    loan: _LoopLoan | None = field(default=None, repr=False, compare=False)
+    loan: LoopLoan | None = field(default=None, repr=False, compare=False)
 
     def shutdown(self) -> None:
         self.relay.shutdown()
@@ -153,7 +131,7 @@ async def start_relay(
         .port(port)
         .rate_limit(sdk.RateLimit(max_reqs=max_reqs, notes_per_minute=notes_per_minute))
     )
-    loan = _LoopLoan() if database is not None or admit is not None else None
+    loan = LoopLoan() if database is not None or admit is not None else None
     if database is not None:
         builder = builder.database(database)
     if auth_writes:

@@ -32,6 +32,7 @@ from datetime import timedelta
 
 import nostr_sdk as sdk
 
+from autopilotd.adapters.sdk_loop import LoopLoan
 from autopilotd.nostr.identity import NostrIdentity
 from autopilotd.ports.relays import (
     LinkState,
@@ -128,6 +129,7 @@ class RelayLink:
     sent: dict[str, tuple[str, tuple[SubscriptionFilter, ...]]] = field(default_factory=dict)
     """subscription id → (consumer, the filters sent under it)."""
     healthy_until: float | None = None
+    authenticates: bool = False  # answers NIP-42 through a Python signer (sdk_loop.py)
 
     @classmethod
     def open(
@@ -149,9 +151,11 @@ class RelayLink:
         if identity is not None:
             builder = builder.authenticator(sdk.SignerAuthenticator(identity.keys))
         client = builder.build()
-        return cls(
+        link = cls(
             url, sdk_url, client, monitor, RelayHealth(url=url), timing, clock, changed, deliver
         )
+        link.authenticates = identity is not None
+        return link
 
     # -- state -------------------------------------------------------------------------------
 
@@ -199,6 +203,16 @@ class RelayLink:
     # -- connection loop -------------------------------------------------------------------
 
     async def maintain(
+        self, consumers: Callable[[], Mapping[str, Sequence[SubscriptionFilter]]]
+    ) -> None:
+        loan = LoopLoan() if self.authenticates else None  # the signer is called back
+        try:
+            await self._maintain(consumers)
+        finally:
+            if loan is not None:
+                loan.release()
+
+    async def _maintain(
         self, consumers: Callable[[], Mapping[str, Sequence[SubscriptionFilter]]]
     ) -> None:
         t = self.timing

@@ -10,6 +10,8 @@ Nexus's key, `p`-tagged to us, with `["starter", offer id]`), at the offer's pri
 
 - A heartbeat the Nexus refuses (409: the lease ended) aborts the job: its buyer, the Nexus,
   is told kind 7000 `error`, and no invoice follows.
+- An offer is acked at once when a job slot is free; while every slot is taken it waits for
+  one until shortly before the confirm deadline, then gives the offer back ("busy").
 - Going offline releases an offer whose job has not delivered yet (its job is aborted); an
   offer whose invoice is out is kept, heartbeated, until it is paid or its lease ends, so
   work already done is not thrown away.
@@ -61,6 +63,8 @@ RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # backoff after the Nexus did not answer
 COMPLETE_RETRY_S = 1.0
 COMPLETE_TRIES = 30
 SESSION_MARGIN_S = 60.0  # a session this close to its end is opened again
+ACK_MARGIN_S = 3.0  # an offer not acked this close to its confirm deadline is given back
+BUSY_RECHECK_S = 1.0  # while every slot is taken, look again this often (and when one frees)
 LIVE = ("awaiting_ack", "running", "paying", "payment_failed")
 
 
@@ -192,6 +196,8 @@ class StarterService:
         before, after = old.provider, new.provider
         if (before.state, before.announced_at) != (after.state, after.announced_at):
             self._poke()
+        elif len(old.jobs.active) != len(new.jobs.active) and self._lease is not None:
+            self._poke()  # a slot may have freed for an offer waiting to be acked
 
     async def _config_changed(self, old: Config, new: Config) -> None:
         if old.nexus_url != new.nexus_url:
@@ -311,8 +317,12 @@ class StarterService:
         if offer.status == "awaiting_ack":
             if not online:
                 await self._release(client, lease, "the provider went offline")
-            elif self._busy():
-                await self._release(client, lease, "the provider is busy")
+            elif self._busy():  # wait for a free slot while the confirm window allows
+                deadline = offer.start_confirm_by or now
+                if now < deadline - ACK_MARGIN_S:
+                    lease.next_heartbeat_at = now + BUSY_RECHECK_S
+                else:
+                    await self._release(client, lease, "the provider is busy")
             else:
                 await self._call(lease, client.ack(offer.offer_id), acked=True)
         elif job is None or job.stage in WORKING_STAGES:

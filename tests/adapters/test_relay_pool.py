@@ -9,8 +9,9 @@ import nostr_sdk as sdk
 import pytest
 from support.relays import quiet, rogue_relay, rows, take, until
 
-from autopilotd.adapters.local_relay import RunningRelay, local_relay
+from autopilotd.adapters.local_relay import RunningRelay, local_relay, start_relay
 from autopilotd.adapters.relay_pool import PoolConfig, RelayPool, running
+from autopilotd.adapters.sdk_loop import LoopLoan
 from autopilotd.nostr import nip90
 from autopilotd.nostr.events import event_json, from_sdk
 from autopilotd.nostr.identity import NostrIdentity
@@ -192,3 +193,24 @@ async def test_bad_configuration_is_refused_up_front() -> None:
         from_sdk(sdk.EventBuilder(sdk.Kind(1), "x").finalize(sdk.Keys.generate()))
     )
     assert report.answers[0].outcome == PublishOutcome.SKIPPED and not report.any_accepted
+
+
+async def test_a_pool_with_an_identity_answers_a_relay_that_asks_writers_to_authenticate(
+    buyer: NostrIdentity,
+) -> None:
+    """NIP-42: the SDK calls our signer back from its own thread, which needs the loop lent
+    (sdk_loop.py) even where no local relay runs (a daemon's own process)."""
+    relay = await start_relay(auth_writes=True)
+    try:
+        assert LoopLoan.holders == 0  # nothing in this process lends the loop but the pool
+        anonymous = RelayPool(_config([relay.url]))
+        signed = RelayPool(_config([relay.url]), identity=buyer)
+        async with running(anonymous), running(signed):
+            await until(lambda: anonymous.health()[0].connected and signed.health()[0].connected)
+            refused = await anonymous.publish(build_job_request(buyer, 5050, "a", bid_msat=1))
+            taken = await signed.publish(build_job_request(buyer, 5050, "b", bid_msat=1))
+        assert refused.answers[0].outcome == PublishOutcome.REJECTED
+        assert taken.answers[0].outcome == PublishOutcome.ACCEPTED, taken.answers[0].message
+        assert LoopLoan.holders == 0  # lent while the pool ran, and given back
+    finally:
+        relay.shutdown()

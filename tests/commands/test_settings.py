@@ -194,3 +194,23 @@ async def test_the_model_is_chosen_among_those_psionic_serves(
     assert result["changed"] == []  # psionic's default, as it was
     row = shown(await d.call("settings.show"), "provider_model")
     assert row["applies"] == "now" and row["value"] == ""
+
+
+async def test_a_nexus_url_is_checked_saved_and_brings_its_relay(
+    daemon_factory: DaemonFactory,
+) -> None:
+    d = await daemon_factory()
+    for bad in ("ws://nexus.example", "http://", "http://nexus.example/?a=1", "nexus.example"):
+        with pytest.raises(RpcError, match="must be an http:// or https:// URL"):
+            await d.call("settings.update", {"nexus_url": bad})
+    result = await d.call("settings.update", {"nexus_url": "http://127.0.0.1:9/"})
+    assert result["changed"] == ["nexus_url"]
+    assert 'nexus_url = "http://127.0.0.1:9/"' in d.paths.config_file.read_text()
+    status = await until(
+        d,
+        lambda s: [r["url"] for r in s["relays"]] == ["ws://127.0.0.1:9"]
+        and s["starter"]["nexus_url"] == "http://127.0.0.1:9/",
+    )
+    assert status["starter"]["state"] == "idle"  # offline: no session is opened
+    await d.call("settings.update", {"nexus_url": ""})
+    status = await until(d, lambda s: s["relays"] == [] and s["starter"]["state"] == "off")

@@ -195,3 +195,55 @@ async def test_a_nexus_that_goes_away_is_shown_unreachable_and_used_again_when_b
             snap = await driven(market, peer, lambda s: s.starter.state is StarterState.WAITING)
             assert snap.starter.session == session  # its session survived the restart
             assert snap.starter.last_error is None
+
+
+@asynccontextmanager
+async def busy_provider(
+    market: Market, lab: NexusLab, inference: FakeInference
+) -> AsyncIterator[tuple[Peer, int]]:
+    """A provider online and busy with an open-network job (held by `inference`) when the
+    Nexus, restarted with a budget, makes its first offer; yields it and the Nexus's port."""
+    async with contextlib.AsyncExitStack() as stack:
+        nexus = await stack.enter_async_context(lab.running(reserve_cap_sats=1))  # no offers
+        port = int(nexus.url.rsplit(":", 1)[1])
+        other = await stack.enter_async_context(local_relay())
+        peer = await stack.enter_async_context(provider(market, nexus, inference, other.url))
+        buyer = await stack.enter_async_context(
+            market.peer("buyer", balance_msat=10_000_000, real_relays=True, relays=other.url)
+        )
+        await buyer.until(lambda s: s.facts.relays.connected == 1)
+        await online(peer)
+        await driven(market, peer, lambda s: s.starter.state is StarterState.WAITING)
+        await market.buy(buyer)
+        await peer.until(lambda s: bool(s.jobs.active))
+        await lab.stop(nexus)
+        await stack.enter_async_context(lab.running(port=port))  # now with a budget
+        yield peer, port
+
+
+async def test_an_offer_waits_for_a_free_slot_then_is_acked(
+    market: Market, lab: NexusLab
+) -> None:
+    inference = FakeInference()
+    inference.running.clear()
+    async with busy_provider(market, lab, inference) as (peer, _):
+        snap = await driven(market, peer, lambda s: s.starter.state is StarterState.OFFERED)
+        assert snap.starter.offer is not None and snap.starter.offer["status"] == "awaiting_ack"
+        inference.running.set()  # the open-network job ends: the slot frees
+        snap = await peer.until(lambda s: s.starter.jobs_done == 1, timeout=10)
+        assert snap.starter.last_offer is not None
+        assert snap.starter.last_offer["outcome"] == "paid"
+
+
+async def test_an_offer_is_given_back_when_no_slot_frees_in_its_confirm_window(
+    market: Market, lab: NexusLab
+) -> None:
+    inference = FakeInference()
+    inference.running.clear()
+    async with busy_provider(market, lab, inference) as (peer, _):
+        await driven(market, peer, lambda s: s.starter.state is StarterState.OFFERED)
+        snap = await driven(market, peer, lambda s: s.starter.last_offer is not None)
+        assert snap.starter.last_offer is not None
+        assert snap.starter.last_offer["outcome"] == "released"
+        assert snap.starter.last_offer["reason"] == "the provider is busy"
+        inference.running.set()
