@@ -67,6 +67,7 @@ KIND_FEEDBACK_RANGE = range(7000, 7001)
 PRESENCE_MAX_AGE_S = 3600
 FEE_MARGIN_MSAT = 10_000
 STARTER_TAG = "starter"
+RELAY_WAIT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -279,6 +280,8 @@ async def _serve(
             ]
             await _wallet_settled(state)
             await payouts.resume()
+            if await _connected(pool, RELAY_WAIT_S):
+                await desk.republish()  # a request recorded but perhaps never published
             logger.info("nexus %s serving at %s (relay %s)", me[:16], url, relay.url)
             NexusFile(
                 url=url,
@@ -303,6 +306,23 @@ async def _serve(
         await runner.cleanup()
         relay.shutdown()
     return 0
+
+
+async def _connected(pool: RelayPool, timeout: float) -> bool:
+    """Until the pool is connected to the Nexus's own relay (False after `timeout` s)."""
+    changed = asyncio.Event()
+    undo = pool.on_health(lambda health: changed.set())
+    try:
+        async with asyncio.timeout(timeout):
+            while not all(h.connected for h in pool.health()):
+                changed.clear()
+                await changed.wait()
+        return True
+    except TimeoutError:
+        logger.warning("the Nexus's own relay did not connect in %.0f s", timeout)
+        return False
+    finally:
+        undo()
 
 
 async def _wallet_settled(state: StateStore) -> None:

@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from autopilotd.crashpoints import crash_point
 from autopilotd.nexus.repos import (
     LeaseContext,
     NewOffer,
@@ -241,6 +242,13 @@ class StarterDesk:
             raise NexusError(404, "starter_offer_not_found")
         return offer
 
+    async def republish(self) -> None:
+        """At start: publish the request of every running lease again (the same signed event;
+        a crash may have come between recording an ack and publishing its request)."""
+        for offer in await self._offers.live():
+            if offer.status is OfferStatus.RUNNING and offer.request_json:
+                await self._publish(offer)
+
     async def ack(self, session: Session, offer_id: str) -> Offer:
         await self.expire_due()
         offer = await self._own(session, offer_id)
@@ -271,6 +279,7 @@ class StarterDesk:
                 **window,
             )
             if started is not None:  # this ack won: only it publishes the request
+                crash_point("nexus.after_ack_recorded")
                 await self._publish(started)
                 return started
             offer = await self._own(session, offer_id)  # another call moved it: answer as of now

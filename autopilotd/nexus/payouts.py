@@ -20,6 +20,7 @@ import functools
 import logging
 from dataclasses import dataclass, field
 
+from autopilotd.crashpoints import crash_point
 from autopilotd.errors import NotReady, UserError
 from autopilotd.nexus.desk import StarterDesk
 from autopilotd.nexus.repos import Offer, Offers, Receipt
@@ -153,6 +154,7 @@ class Payouts:
             bolt11=bolt11,
         )
         if paying is not None:
+            crash_point("nexus.after_paying_recorded")
             self._pay_at(offer.id, self._clock.now())
 
     def _pay_at(self, offer_id: str, when: float) -> None:
@@ -189,6 +191,7 @@ class Payouts:
             return
         now = self._clock.now()
         if outcome.status is PaymentStatus.SUCCEEDED:
+            crash_point("nexus.after_paid")
             await self._offers.transition(
                 offer.id,
                 now,

@@ -8,12 +8,14 @@ recomputed on every snapshot change and written only when it changes. After a re
 provider is offline: going online never happens by itself.
 
 Online, the NIP-89 handler (kind 31990, one `k` tag per served kind, the price) is published
-when the provider comes online, again when the price changes, and every
-`HANDLER_REFRESH_S` by a timer; going offline deletes it (NIP-09).
+when the provider comes online, again when the price changes, when a relay (re)connects (it
+may have missed it: a Nexus looks for it on its own relay), and every `HANDLER_REFRESH_S` by a
+timer; going offline deletes it (NIP-09).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from typing import Any
@@ -22,7 +24,7 @@ from autopilotd.config import Config
 from autopilotd.errors import UserError
 from autopilotd.nostr.identity import NostrIdentity
 from autopilotd.nostr.nip90 import SERVED_KINDS, build_handler, build_handler_deletion
-from autopilotd.ports.relays import RelayPoolPort
+from autopilotd.ports.relays import RelayHealth, RelayPoolPort
 from autopilotd.runtime.clock import Clock
 from autopilotd.runtime.configs import LiveConfig
 from autopilotd.runtime.sections import ProviderSection, ProviderState
@@ -58,6 +60,8 @@ class Presence:
         self._timers = timers
         self.want_online = False
         self._handler_ids: list[str] = []
+        self._connects: dict[str, int] = {r.url: r.connects for r in pool.health()}
+        self._reconnected = asyncio.Event()
 
     def accepting(self) -> bool:
         return self._writer.current.state is ProviderState.ONLINE
@@ -142,6 +146,19 @@ class Presence:
             if self.accepting():
                 await self._announce()  # the handler's metadata names the price
 
+    def _on_health(self, row: RelayHealth) -> None:
+        before = self._connects.get(row.url, 0)
+        self._connects[row.url] = row.connects
+        if row.connected and row.connects > before:
+            self._reconnected.set()
+
+    async def _announce_on_reconnect(self) -> None:
+        while True:
+            await self._reconnected.wait()
+            self._reconnected.clear()
+            if self.accepting():
+                await self._announce()
+
     async def run(self) -> None:
         cfg = self._config.current
         self._writer.set(
@@ -149,10 +166,16 @@ class Presence:
             price_sats=cfg.provider_price_sats,
             max_inflight=cfg.provider_max_inflight,
         )
-        unsubscribe = self._config.on_change(self._config_changed)
+        unsubscribe = [
+            self._config.on_change(self._config_changed),
+            self._pool.on_health(self._on_health),
+        ]
         try:
-            async for snapshot in self._state.changes():
-                if self._refresh(snapshot):
-                    await self._announce()
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._announce_on_reconnect())
+                async for snapshot in self._state.changes():
+                    if self._refresh(snapshot):
+                        await self._announce()
         finally:
-            unsubscribe()
+            for undo in unsubscribe:
+                undo()

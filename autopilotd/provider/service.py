@@ -87,7 +87,7 @@ class ProviderService:
             clock=clock,
             timers=self.timers,
         )
-        self.outbox = JobOutbox(outbox, pool)
+        self.outbox = JobOutbox(outbox, pool, clock)
         self.flow = JobFlow(
             jobs=self.jobs,
             outbox=self.outbox,

@@ -86,6 +86,17 @@ class Outbox:
         )
         return [OutboxItem.from_row(r) for r in rows]
 
+    async def missing_on(self, relay: str, since: float) -> list[OutboxItem]:
+        """Events staged since `since` that `relay` has not accepted (sent again when it
+        reconnects: another relay's acceptance does not put them on this one)."""
+        rows = await self._sql.fetchall(
+            f"SELECT {COLUMNS} FROM job_outbox o WHERE created_at >= ? AND NOT EXISTS "
+            "(SELECT 1 FROM job_publish_results r WHERE r.outbox_id = o.id AND r.relay = ? "
+            "AND r.outcome = 'accepted') ORDER BY id",
+            (since, relay),
+        )
+        return [OutboxItem.from_row(r) for r in rows]
+
     async def waiting(self) -> int:
         """How many signed events no relay has accepted yet."""
         row = await self._sql.fetchone("SELECT COUNT(*) FROM job_outbox WHERE accepted_by = 0")

@@ -208,8 +208,10 @@ async def test_a_nexus_url_is_checked_saved_and_brings_its_relay(
     assert 'nexus_url = "http://127.0.0.1:9/"' in d.paths.config_file.read_text()
     status = await until(
         d,
-        lambda s: [r["url"] for r in s["relays"]] == ["ws://127.0.0.1:9"]
-        and s["starter"]["nexus_url"] == "http://127.0.0.1:9/",
+        lambda s: (
+            [r["url"] for r in s["relays"]] == ["ws://127.0.0.1:9"]
+            and s["starter"]["nexus_url"] == "http://127.0.0.1:9/"
+        ),
     )
     assert status["starter"]["state"] == "idle"  # offline: no session is opened
     await d.call("settings.update", {"nexus_url": ""})

@@ -5,16 +5,19 @@ a request delivered twice. Each runs in well under a second."""
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from typing import Any
 
 from support.market import PRICE_SATS, Market, Peer
+from support.nexus import until
 
 from autopilotd.adapters.fake_lightning import FakeNode
 from autopilotd.nostr.identity import NostrIdentity, generate_identity
-from autopilotd.nostr.nip90 import KIND_FEEDBACK
+from autopilotd.nostr.nip90 import KIND_FEEDBACK, KIND_HANDLER
 from autopilotd.nostr.nip90_buyer import build_job_request
 from autopilotd.ports.lightning import Invoice
+from autopilotd.ports.relays import PublishOutcome, RelayAnswer
 from autopilotd.runtime.sections import ProviderState
 
 CONTRACT = [
@@ -195,3 +198,40 @@ async def test_a_request_delivered_again_after_a_restart_is_one_job(market: Mark
         assert [j["request_id"] for j in history["jobs"]] == [rid]
         assert provider.events("provider.accepted") == []
         assert time.monotonic() - started < 5
+
+
+async def test_a_relay_that_comes_back_gets_the_job_events_and_the_handler_it_missed(
+    market: Market,
+) -> None:
+    """A job's buyer may read only one relay (a Nexus reads its own): when that relay was
+    down as the job's events went out, it gets them when it reconnects, although another
+    relay accepted them; and the provider's handler is announced on it again."""
+    down = market.relays.relays[1]
+    market.relays.answer(
+        lambda url, event: RelayAnswer(url, PublishOutcome.SKIPPED, "down") if url == down else None
+    )
+    async with (
+        market.peer("provider") as provider,
+        market.peer("buyer", balance_msat=10_000_000) as buyer,
+    ):
+        await online(provider)
+        rid = await market.buy(buyer)
+        await provider.job_until(rid, "paid")
+
+        def on_down() -> list[str]:
+            rows = sqlite3.connect(provider.app.rt.store.path).execute(
+                "SELECT o.purpose FROM job_publish_results r JOIN job_outbox o "
+                "ON o.id = r.outbox_id WHERE r.relay = ? AND r.outcome = 'accepted'",
+                (down,),
+            )
+            return sorted(p for (p,) in rows)
+
+        assert on_down() == []
+        handlers = len([e for e in market.relays.published if e.kind == KIND_HANDLER])
+        market.relays.answer(None)  # the relay is back
+        await provider.service("relays")._pool.reconnect(down)
+        await until(lambda: len(on_down()) == 4)
+        assert on_down() == ["payment_required", "processing", "result", "success"]
+        await until(
+            lambda: len([e for e in market.relays.published if e.kind == KIND_HANDLER]) > handlers
+        )

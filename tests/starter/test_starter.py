@@ -221,9 +221,7 @@ async def busy_provider(
         yield peer, port
 
 
-async def test_an_offer_waits_for_a_free_slot_then_is_acked(
-    market: Market, lab: NexusLab
-) -> None:
+async def test_an_offer_waits_for_a_free_slot_then_is_acked(market: Market, lab: NexusLab) -> None:
     inference = FakeInference()
     inference.running.clear()
     async with busy_provider(market, lab, inference) as (peer, _):

@@ -6,8 +6,10 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -116,6 +118,91 @@ class WalletDaemon:
         r = self.ctl("--json", *args)
         assert r.returncode == 0, f"{args}: {r.stderr}"
         return json.loads(r.stdout)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+
+@dataclass
+class NexusDaemon:
+    """`autopilotd nexus` as a real process on the devnet, on a fixed port (a restart keeps
+    its address, as a real Nexus's does)."""
+
+    home: Path
+    env: dict[str, str]
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def paths(self) -> Paths:
+        return Paths.for_home(self.home)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, crash_at: str | None = None) -> NexusDaemon:
+        env = {**os.environ, **self.env}
+        env.pop("AUTOPILOTD_CRASH_AT", None)
+        if crash_at:
+            env["AUTOPILOTD_CRASH_AT"] = crash_at
+        log = (self.home.parent / f"{self.home.name}.stderr").open("ab")
+        self.proc = subprocess.Popen(
+            [str(BIN / "autopilotd"), "nexus", "--home", str(self.home), "--port", str(self.port)],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        deadline = time.monotonic() + 120
+        while self._file_pid() != self.proc.pid:  # written once the treasury is ready
+            assert self.proc.poll() is None, f"the Nexus exited: {self.stderr()[-2000:]}"
+            assert time.monotonic() < deadline, "the Nexus did not serve in 120 s"
+            time.sleep(0.1)
+        return self
+
+    def _file_pid(self) -> int | None:
+        try:
+            return int(json.loads((self.paths.runtime_dir / "nexus.json").read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def operator(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.loads((self.paths.runtime_dir / "nexus.json").read_text())
+        request = urllib.request.Request(
+            self.url + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {data['operator_token']}"},
+        )
+        with urllib.request.urlopen(request, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def public(self, path: str) -> Any:
+        with urllib.request.urlopen(self.url + path, timeout=30) as resp:
+            return json.loads(resp.read())
+
+    def sql(self, query: str, *args: object) -> list[tuple[Any, ...]]:
+        conn = sqlite3.connect(self.paths.data_dir / "nexus.sqlite3")
+        try:
+            return list(conn.execute(query, args).fetchall())
+        finally:
+            conn.close()
+
+    def stderr(self) -> str:
+        path = self.home.parent / f"{self.home.name}.stderr"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
