@@ -91,7 +91,7 @@ class NoTreasury:
 
 async def serve() -> None:
     root = Path(tempfile.mkdtemp(prefix="nexus-bench-"))
-    store = await Store.open(root / "nexus.sqlite3", NEXUS_MIGRATIONS)
+    store = await Store.open(root / "nexus.sqlite3", NEXUS_MIGRATIONS, group_commit=True)
     clock = SystemClock()
     identity = generate_identity()
     sessions, offers, receipts = Sessions(store), Offers(store), Receipts(store)

@@ -119,7 +119,9 @@ async def run_nexus(
             paths.log_dir, new_session_id(), config.log_keep_sessions, config.log_keep_bytes
         )
         log.open()
-        store = await Store.open(paths.data_dir / "nexus.sqlite3", NEXUS_MIGRATIONS)
+        store = await Store.open(
+            paths.data_dir / "nexus.sqlite3", NEXUS_MIGRATIONS, group_commit=True
+        )
         try:
             return await _serve(config, settings, log, store, node_factory, clock, started)
         finally:

@@ -1,5 +1,6 @@
-"""`autopilotd nexus [serve] [--host H] [--port N] [--home DIR] [--network NET] [--print-url]`,
-and the operator's `autopilotd nexus treasury|receive --sats N|address [--home DIR]`.
+"""`autopilotd nexus [serve] [--host H] [--port N] [--home DIR] [--network NET] [--print-url]
+[--reserve-cap-sats N] [--daily-cap-sats N]`, and the operator's
+`autopilotd nexus treasury|receive --sats N|address [--home DIR]`.
 
 The treasury wallet's chain source and peers come from the home's config.toml or the
 `AUTOPILOTD_WALLET_*` variables, as for a daemon (docs/config.md); `--network` sets
@@ -24,6 +25,7 @@ import aiohttp
 from autopilotd.config import load_config
 from autopilotd.errors import AutopilotError
 from autopilotd.nexus.app import Nexus, NexusSettings, nexus_paths, run_nexus
+from autopilotd.nexus.desk import DeskSettings
 from autopilotd.nexus.operator import NexusFile
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_CONFIG = 1, 2, 78
@@ -40,6 +42,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--network", choices=["regtest", "signet", "bitcoin"], default=None)
     p.add_argument("--print-url", action="store_true", help="print the URL once serving")
     p.add_argument("--sats", type=int, help="receive: the invoice's amount")
+    p.add_argument(
+        "--reserve-cap-sats", type=int, default=None, help="sats in flight at most (5000)"
+    )
+    p.add_argument(
+        "--daily-cap-sats", type=int, default=None, help="sats paid per 24 h at most (50000)"
+    )
     return p
 
 
@@ -52,7 +60,23 @@ def main(argv: list[str]) -> int:
         config = load_config(paths)
         if args.network:
             config = dataclasses.replace(config, wallet_network=args.network)
-        settings = NexusSettings(host=args.host, port=args.port, relay_port=args.relay_port)
+        caps = {
+            name: value
+            for name, value in (
+                ("reserve_cap_sats", args.reserve_cap_sats),
+                ("daily_cap_sats", args.daily_cap_sats),
+            )
+            if value is not None
+        }
+        if any(value < 0 for value in caps.values()):
+            print("autopilotd nexus: the caps must be 0 or more sats", file=sys.stderr)
+            return EXIT_USAGE
+        settings = NexusSettings(
+            host=args.host,
+            port=args.port,
+            relay_port=args.relay_port,
+            desk=dataclasses.replace(DeskSettings(), **caps),
+        )
 
         def started(nexus: Nexus) -> None:
             if args.print_url:

@@ -90,6 +90,7 @@ class Presence:
             )
             await self._pool.publish(deletion)
             self._handler_ids.clear()
+            self._writer.set(announced_at=None)  # no handler stands now
         return {
             "state": self._writer.current.state.value,
             "active_jobs": len(self._state.current.jobs.active),

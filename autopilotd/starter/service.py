@@ -364,7 +364,9 @@ class StarterService:
         lease.next_heartbeat_at = now + self._heartbeat_s
         self._writer.set(last_error=None)
         if acked:
-            self._events.publish("starter.acked", offer_id=offer.offer_id)
+            self._events.publish(
+                "starter.acked", offer_id=offer.offer_id, request_id=offer.request_id
+            )
 
     async def _lease_ended(self, lease: _Lease, code: str) -> None:
         reason = f"the starter lease ended ({code})"

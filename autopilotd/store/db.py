@@ -8,11 +8,20 @@ Repositories (the other modules of this package) hold all of the daemon's SQL. E
 over an `Sql`: the `Store` itself (each write its own transaction), or a `Tx` from
 `Store.transaction()`, which hands several repositories one transaction: a unit of work that
 is committed whole or not at all.
+
+Group commit (`Store.open(…, group_commit=True)`, a Nexus's store): units of work that queue
+up behind one another share one SQLite transaction and one fsync. Each unit is a SAVEPOINT
+(rolled back alone if it fails); the unit that leaves the queue empty (or the `GROUP_MAX`-th)
+commits, and every unit's `transaction()` returns only after the commit that holds it: a
+caller never acts on a write that is not durable. Reads on the store may see a queued unit's
+writes a moment before they are durable. Off (the daemon's store), each unit is its own
+transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sqlite3
@@ -31,6 +40,8 @@ from autopilotd.store.migrations import MIGRATIONS
 logger = logging.getLogger(__name__)
 
 Row = tuple[Any, ...]
+GROUP_MAX = 256
+"""At most this many units of work share one commit (a steady queue still commits)."""
 
 
 class Sql(Protocol):
@@ -43,6 +54,19 @@ class Sql(Protocol):
     def write(self) -> AbstractAsyncContextManager[Tx]:
         """A transaction to write in: a new one on the Store, the same one inside a Tx."""
         ...
+
+
+async def _fetchall(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> list[Row]:
+    """Every row, in one trip to the database's thread (execute, fetch and close at once)."""
+    return [tuple(r) for r in await conn.execute_fetchall(sql, params)]
+
+
+async def _fetchone(conn: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> Row | None:
+    """The first row (every query read so names one row: a key, an aggregate, LIMIT 1)."""
+    rows = await conn.execute_fetchall(sql, params)
+    for row in rows:
+        return tuple(row)
+    return None
 
 
 class Tx:
@@ -62,13 +86,10 @@ class Tx:
         await self._conn.executemany(sql, rows)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        async with self._conn.execute(sql, params) as cur:
-            row = await cur.fetchone()
-        return None if row is None else tuple(row)
+        return await _fetchone(self._conn, sql, params)
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        async with self._conn.execute(sql, params) as cur:
-            return [tuple(r) for r in await cur.fetchall()]
+        return await _fetchall(self._conn, sql, params)
 
     @asynccontextmanager
     async def write(self) -> AsyncIterator[Tx]:
@@ -78,14 +99,23 @@ class Tx:
 class Store:
     """The daemon's database. Use `transaction()` for every write."""
 
-    def __init__(self, conn: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, conn: aiosqlite.Connection, path: Path, group_commit: bool = False) -> None:
         self._conn = conn
         self.path = path
         self._write_lock = asyncio.Lock()
+        self._group = group_commit
+        self._queued = 0  # units waiting for the write lock or holding it
+        self._batch: asyncio.Future[None] | None = None  # the open group's commit
+        self._in_batch = 0
+        self._flushing: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(
-        cls, path: Path, migrations: Iterable[tuple[int, str, str]] = MIGRATIONS
+        cls,
+        path: Path,
+        migrations: Iterable[tuple[int, str, str]] = MIGRATIONS,
+        *,
+        group_commit: bool = False,
     ) -> Store:
         private_dir(path.parent)
         if not path.exists():
@@ -94,7 +124,7 @@ class Store:
             conn = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
             raise StartupCheckFailed(f"cannot open the database {path}: {exc}") from None
-        store = cls(conn, path)
+        store = cls(conn, path, group_commit)
         try:
             await store._assert_settings()
             await store._migrate(list(migrations))
@@ -183,6 +213,10 @@ class Store:
         The commit is shielded from cancellation so a cancelled caller never leaves a
         half-applied transaction (RELIABILITY D2).
         """
+        if self._group:
+            async with self._grouped() as tx:
+                yield tx
+            return
         async with self._write_lock:
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -192,17 +226,72 @@ class Store:
                 raise
             await asyncio.shield(self._conn.execute("COMMIT"))
 
+    @asynccontextmanager
+    async def _grouped(self) -> AsyncIterator[Tx]:
+        """One unit of work inside the open group (see the module docstring)."""
+        self._queued += 1
+        acquired = False
+        try:
+            await self._write_lock.acquire()
+            acquired = True
+            if self._batch is None:
+                await self._conn.execute("BEGIN IMMEDIATE")
+                self._batch = asyncio.get_running_loop().create_future()
+            batch = self._batch
+            await self._conn.execute("SAVEPOINT unit")
+            try:
+                yield Tx(self._conn)
+            except BaseException:
+                await asyncio.shield(self._conn.execute("ROLLBACK TO unit"))
+                await asyncio.shield(self._conn.execute("RELEASE unit"))
+                raise
+            await asyncio.shield(self._conn.execute("RELEASE unit"))
+            self._in_batch += 1
+        finally:
+            self._queued -= 1
+            if acquired:
+                try:
+                    if self._queued == 0 or self._in_batch >= GROUP_MAX:
+                        await asyncio.shield(self._commit())
+                finally:
+                    self._write_lock.release()
+            elif self._queued == 0 and self._batch is not None and not self._write_lock.locked():
+                self._flush_later()  # the unit that would have committed was cancelled
+        await asyncio.shield(batch)
+
+    async def _commit(self) -> None:
+        """Commit the open group (the write lock is held); its units learn the outcome."""
+        batch, self._batch, self._in_batch = self._batch, None, 0
+        if batch is None:
+            return
+        try:
+            await self._conn.execute("COMMIT")
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                await self._conn.execute("ROLLBACK")
+            batch.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
+            batch.exception()  # retrieved: every unit of the group raises it itself
+            raise
+        batch.set_result(None)
+
+    def _flush_later(self) -> None:
+        async def flush() -> None:
+            async with self._write_lock:
+                if self._queued == 0:
+                    await self._commit()
+
+        task = asyncio.get_running_loop().create_task(flush())
+        self._flushing.add(task)
+        task.add_done_callback(self._flushing.discard)
+
     def write(self) -> AbstractAsyncContextManager[Tx]:
         return self.transaction()
 
     async def fetchall(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
-        async with self._conn.execute(sql, params) as cur:
-            return [tuple(r) for r in await cur.fetchall()]
+        return await _fetchall(self._conn, sql, params)
 
     async def fetchone(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
-        async with self._conn.execute(sql, params) as cur:
-            row = await cur.fetchone()
-        return None if row is None else tuple(row)
+        return await _fetchone(self._conn, sql, params)
 
     async def close(self) -> None:
         await self._conn.close()

@@ -104,3 +104,75 @@ def test_one_process_owns_a_home(tmp_path: Path) -> None:
             pass
     with owner_lock(paths.lock_file):
         pass
+
+
+async def test_group_commit_shares_commits_and_keeps_each_unit_whole(tmp_path: Path) -> None:
+    """Units that queue up share one commit; each returns only once it is committed (another
+    connection sees it); a failing unit is rolled back alone; a unit cancelled while queued
+    leaves no group open."""
+    path = tmp_path / "db.sqlite3"
+    table = [*MIGRATIONS, (99, "test table", "CREATE TABLE t (x INTEGER NOT NULL)")]
+    store = await Store.open(path, table, group_commit=True)
+    commits = 0
+    real_commit = store._commit
+
+    async def counted() -> None:
+        nonlocal commits
+        commits += 1
+        await real_commit()
+
+    store._commit = counted  # type: ignore[method-assign]
+
+    def seen() -> list[int]:
+        other = sqlite3.connect(path)
+        try:
+            return sorted(x for (x,) in other.execute("SELECT x FROM t"))
+        finally:
+            other.close()
+
+    async def unit(x: int) -> list[int]:
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO t (x) VALUES (?)", (x,))
+            if x == 13:
+                raise ValueError("unlucky")
+        return seen()  # durable, as another process would read it
+
+    try:
+        results = await asyncio.gather(*(unit(x) for x in range(20)), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, BaseException)]
+        assert [str(f) for f in failed] == ["unlucky"]
+        for x, result in enumerate(results):
+            if x != 13:
+                assert isinstance(result, list) and x in result
+        assert seen() == [x for x in range(20) if x != 13]
+        assert 1 <= commits < 19  # shared
+
+        holder = asyncio.get_running_loop().create_future()
+
+        async def holding() -> None:
+            async with store.transaction() as tx:
+                await tx.execute("INSERT INTO t (x) VALUES (100)")
+                await holder
+
+        first = asyncio.create_task(holding())
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(unit(101))
+        await asyncio.sleep(0.05)
+        queued.cancel()  # gives up while queued: the holder will not find anyone after it
+        holder.set_result(None)
+        await first
+        assert 100 in seen() and 101 not in seen()
+        assert store._batch is None  # committed, no group left open
+
+        holder = asyncio.get_running_loop().create_future()
+        first = asyncio.create_task(holding())
+        await asyncio.sleep(0.05)
+        queued = asyncio.create_task(unit(102))
+        await asyncio.sleep(0.05)
+        holder.set_result(None)  # the holder leaves the group to the one queued after it …
+        await asyncio.sleep(0)
+        queued.cancel()  # … which gives up: the group is committed all the same
+        await asyncio.wait_for(first, 5)
+        assert seen().count(100) == 2 and 102 not in seen()
+    finally:
+        await store.close()

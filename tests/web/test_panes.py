@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import html as html_lib
 import re
 from pathlib import Path
@@ -13,6 +14,7 @@ from support import DaemonFactory, wallet_daemon
 
 from autopilotd.adapters.fake_lightning import FakeNetwork
 from autopilotd.errors import UserError
+from autopilotd.runtime.sections import StarterSection
 from autopilotd.web.auth import WebAuth
 from autopilotd.web.catalog import BY_NAME, HUD, PANES
 from autopilotd.web.panes import View
@@ -165,3 +167,64 @@ async def test_a_placeholder_shows_its_section_once_it_exists() -> None:
     html = ui.block(pane, data)
     assert "first thread" in html and "&lt;b&gt;" in html
     assert "Not in this build yet" not in html
+
+
+async def test_the_starter_jobs_pane_shows_the_lease_and_the_markers_show_the_source() -> None:
+    ui = WebUI(None, WebAuth(1))  # rendering needs no runtime
+    now = 1_800_000_000.0
+    starter = {
+        **dataclasses.asdict(StarterSection()),
+        "state": "leased",
+        "reason": "starter job delivered: waiting for the Nexus to pay 21 sats",
+        "nexus_url": "http://nexus.example:8420",
+        "nexus_pubkey": "ab" * 32,
+        "session": {"session_id": "sess_1", "opened_at": now - 60, "expires_at": now + 3600},
+        "eligible": True,
+        "offer": {
+            "offer_id": "starter-000001",
+            "status": "running",
+            "kind": 5050,
+            "price_sats": 21,
+            "request_id": "cd" * 32,
+            "job_stage": "delivered",
+            "start_confirm_by": now - 10,
+            "execution_expires_at": now + 60,
+            "next_heartbeat_due_at": now + 25,
+            "last_heartbeat_at": now - 5,
+        },
+        "budget": {
+            "reserve_cap_sats": 5000,
+            "reserved_sats": 21,
+            "daily_cap_sats": 50000,
+            "paid_24h_sats": 100,
+        },
+        "jobs_done": 3,
+        "sats_earned": 63,
+    }
+    snapshot = {"seq": 1, "starter": starter, "provider": {"state": "online"}}
+    pane = BY_NAME["starter_jobs"]
+    data = await pane.load(View(None, snapshot))
+    assert data["budget_left_sats"] == 4979 and data["offer"]["status"] == "running"
+    text = html_lib.unescape(TAG_RE.sub(" ", ui.block(pane, data)))
+    for words in ("LEASED", "http://nexus.example:8420", "yes", "starter-000001", "job delivered"):
+        assert words in text, words
+    html = ui.block(pane, data)
+    assert f'data-until="{now + 25}"' in html and f'data-until="{now + 60}"' in html
+    assert "4\u2009979 sats" in text and "63" in text and "Deadlines are the Nexus" in text
+    ineligible = {**starter, "state": "ineligible", "eligible": False, "offer": None}
+    ineligible["eligibility_reason"] = "starter_demand_requires_provider_presence_on_this_relay"
+    data = await pane.load(View(None, {**snapshot, "starter": ineligible}))
+    text = html_lib.unescape(TAG_RE.sub(" ", ui.block(pane, data)))
+    assert "starter demand requires provider presence on this relay" in text
+    assert "No offer held" in text
+    row = {"request_id": "ef" * 32, "kind": 5050, "source": "starter", "stage": "paid"}
+    history = BY_NAME["job_history"]
+    html = ui.block(
+        history,
+        {
+            "jobs": [{**row, "received_at": now, "price_sats": 21, "paid_at": now, "reason": None}],
+            "next_before": None,
+            "before": None,
+        },
+    )
+    assert "starter · Nexus" in html
