@@ -258,8 +258,8 @@ async def run_demo(home: Path, *, smoke: int = 0) -> int:
                 earnings = (await _call(provider, "provider.status"))["earnings"]
                 jobs, sats = earnings["lifetime_jobs"] - starter, earnings["lifetime_sats"]
                 print(
-                    f"smoke: {jobs} open-network jobs and {starter} starter jobs paid, "
-                    f"{sats} sats earned",
+                    f"smoke: open-network jobs paid: {jobs}, starter jobs paid: {starter}, "
+                    f"sats earned: {sats}",
                     flush=True,
                 )
                 return 0 if rc == 0 and jobs == smoke and starter >= 1 else 1

@@ -1,6 +1,7 @@
 """Starter lease cycles per second over HTTP, through the Nexus's aiohttp front.
 
     .venv/bin/python bench/nexus_leases.py [--sessions 50,200] [--seconds 10] [--interval S]
+        [--baseline]
 
 A server process (this script with `--serve`) runs the Nexus's front, session desk, starter
 desk and payouts on a new SQLite database, wired as `autopilotd nexus` wires them, with these
@@ -17,8 +18,9 @@ It prints cycles per second and each call's latency as the client sees it (media
 percentile, max). Back to back (the default) measures throughput: every provider has one call
 in flight, so a latency includes the wait behind the other N − 1 providers' calls. With
 `--interval S` each provider starts a cycle every S seconds (N / S cycles per second offered),
-which measures latency at a given load. Client and server run on the same machine; compare
-ratios, not absolutes.
+which measures latency at a given load. `--baseline` runs each count twice in one run: with a
+commit (an fsync) per write, as before group commit, then as the Nexus runs. Client and
+server run on the same machine; compare ratios, not absolutes.
 """
 
 from __future__ import annotations
@@ -89,9 +91,9 @@ class NoTreasury:
         raise NotImplementedError
 
 
-async def serve() -> None:
+async def serve(group_commit: bool) -> None:
     root = Path(tempfile.mkdtemp(prefix="nexus-bench-"))
-    store = await Store.open(root / "nexus.sqlite3", NEXUS_MIGRATIONS, group_commit=True)
+    store = await Store.open(root / "nexus.sqlite3", NEXUS_MIGRATIONS, group_commit=group_commit)
     clock = SystemClock()
     identity = generate_identity()
     sessions, offers, receipts = Sessions(store), Offers(store), Receipts(store)
@@ -290,14 +292,24 @@ async def main() -> None:
         default=0.0,
         help="seconds from one cycle's start to the next per provider (0: back to back)",
     )
+    ap.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also run each count with one commit per write (the store without group commit)",
+    )
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--one-commit-per-write", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        await serve()
+        await serve(group_commit=not args.one_commit_per_write)
         return
-    for n in (int(x) for x in args.sessions.split(",")):
+    runs = [(int(x), False) for x in args.sessions.split(",")]
+    if args.baseline:
+        runs = [run for n, _ in runs for run in ((n, True), (n, False))]
+    for n, baseline in runs:
+        flags = ["--one-commit-per-write"] if baseline else []
         server = subprocess.Popen(
-            [sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True
+            [sys.executable, __file__, "--serve", *flags], stdout=subprocess.PIPE, text=True
         )
         try:
             assert server.stdout is not None
@@ -307,8 +319,11 @@ async def main() -> None:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
         pacing = f", one cycle per {args.interval:g} s each" if args.interval else ", back to back"
+        store = "one commit per write (baseline)" if baseline else "group commit"
+        result["store"] = store
         print(
-            f"\n{n} sessions{pacing}: {result['cycles']} cycles, {result['cycles_per_s']} cycles/s"
+            f"\n{n} sessions{pacing}, {store}: {result['cycles']} cycles, "
+            f"{result['cycles_per_s']} cycles/s"
         )
         print(f"{'call':<14}{'n':>7}{'p50 ms':>9}{'p90 ms':>9}{'max ms':>9}")
         for row in result["calls"]:

@@ -11,6 +11,8 @@ its ldk-node treasury, the provider with psionic), real Lightning payments.
    dispatch interval; runs after the first reuse the open session.
 2. `--browser`: as a user sees it in `make demo`: the demo's buyer loop runs (a job every 5 s),
    and in the web UI (headless Chromium) Go Online is clicked; until the HUD's balance rises.
+   Side by side in the same run: first with the Nexus stopped (the baseline: the open-network
+   buyer alone, as the demo was before starter jobs), then with it running again.
 3. `--providers N`: paid starter jobs per minute with N providers (the others share the first
    one's psionic), each paid by the treasury over the hub.
 """
@@ -20,13 +22,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from autopilotd.demo import BIN, PRICE_SATS, DemoNetwork, _call, _go_online, demo_network
+from autopilotd.nexus.operator import NexusFile
+from autopilotd.paths import Paths
 
 STEPS = (
     ("session", "starter.session_opened"),
@@ -137,18 +144,43 @@ async def browser_first_sat(net: DemoNetwork) -> float:
         await loop.wait()
 
 
-async def providers_per_minute(net: DemoNetwork, n: int, minutes: float) -> dict[str, Any]:
-    """N providers online at once (the first one's psionic shared), starter jobs paid per
-    minute over `minutes`."""
+def wallet_env(net: DemoNetwork) -> dict[str, str]:
     info = net.devnet.info
-    runtime_url = (await _call(net.provider, "status"))["local_runtime"]["url"]
-    env = {
+    return {
         "AUTOPILOTD_WALLET_NETWORK": "regtest",
         "AUTOPILOTD_WALLET_BITCOIND_RPC_URL": (
             f"http://{info.shim_user}:{info.shim_password}@{info.shim_host}:{info.shim_port}"
         ),
         "AUTOPILOTD_WALLET_TRUSTED_PEERS_NO_RESERVE": info.hub_node_id,
         "AUTOPILOTD_WALLET_PEERS": f"{info.hub_node_id}@{info.hub_address}",
+    }
+
+
+async def stop_nexus(net: DemoNetwork) -> None:
+    os.kill(net.nexus.pid, signal.SIGTERM)
+    while Path(f"/proc/{net.nexus.pid}").exists():
+        await asyncio.sleep(0.1)
+
+
+async def start_nexus(net: DemoNetwork) -> None:
+    """The same Nexus again (same home, same port: the provider's `nexus_url` holds)."""
+    port = str(urlsplit(net.nexus.url).port)
+    home = net.root / "nexus"
+    proc = await net.procs.start(
+        "nexus-again", str(BIN / "autopilotd"), "nexus", "--home", str(home),
+        "--port", port, "--print-url", env=wallet_env(net), pipe=True,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    await proc.stdout.readline()
+    net.nexus = NexusFile.read(Paths.for_home(home).runtime_dir)
+
+
+async def providers_per_minute(net: DemoNetwork, n: int, minutes: float) -> dict[str, Any]:
+    """N providers online at once (the first one's psionic shared), starter jobs paid per
+    minute over `minutes`."""
+    runtime_url = (await _call(net.provider, "status"))["local_runtime"]["url"]
+    env = {
+        **wallet_env(net),
         "AUTOPILOTD_RELAYS": net.relay_url,
         "AUTOPILOTD_NEXUS_URL": net.nexus.url,
         "AUTOPILOTD_RUNTIME_MODE": "url",
@@ -214,13 +246,21 @@ async def main() -> None:
             )
         if args.browser:
             await offline(net.provider)
+            await stop_nexus(net)
+            baseline = await browser_first_sat(net)
+            await offline(net.provider)
+            await start_nexus(net)
             await asyncio.sleep(DISPATCH_INTERVAL_S)
             seconds = await browser_first_sat(net)
-            print(
-                json.dumps(
-                    {"measure": "demo web UI: Go Online click → HUD sats rise", "seconds": seconds}
+            for label, value in (("without the Nexus (baseline)", baseline), ("", seconds)):
+                print(
+                    json.dumps(
+                        {
+                            "measure": f"demo web UI: Go Online click → HUD sats rise {label}",
+                            "seconds": round(value, 2),
+                        }
+                    )
                 )
-            )
         if args.providers:
             await offline(net.provider)
             result = await providers_per_minute(net, args.providers, args.minutes)

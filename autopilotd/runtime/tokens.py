@@ -15,11 +15,11 @@ from autopilotd.registry import Access
 
 class TokenBook:
     def __init__(self) -> None:
-        self.owner = secrets.token_urlsafe(32)
+        self.owner = secrets.token_hex(32)
         self._scoped: list[tuple[str, Access]] = []
 
     def issue(self, scope: Access) -> str:
-        token = secrets.token_urlsafe(32)
+        token = secrets.token_hex(32)
         self._scoped.append((token, scope))
         return token
 
