@@ -29,8 +29,7 @@ import asyncio
 import dataclasses
 import json
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 from autopilotd.config import Config
 from autopilotd.nostr.events import SignedEvent
@@ -238,8 +237,8 @@ class StarterService:
         except NexusUnreachable as exc:
             self._unreachable(exc.reason)
         except NexusRefused as exc:
-            if exc.status == 401:  # the session ended (expired, or the Nexus lost it)
-                self._session = None
+            if exc.status == 401 and self._session is not None:  # the session ended: open
+                self._session = None  # another at once (a refused opening waits, below)
                 self._writer.set(session=None)
                 self._poke()
                 return
@@ -345,11 +344,13 @@ class StarterService:
         snapshot = self._state.current
         return len(snapshot.jobs.active) >= snapshot.provider.max_inflight
 
-    async def _call(self, lease: _Lease, call: Any, *, acked: bool = False) -> None:
+    async def _call(
+        self, lease: _Lease, call: Awaitable[StarterOffer], *, acked: bool = False
+    ) -> None:
         """An ack or a heartbeat: a refusal means the lease has ended, and so does its job."""
         now = self._clock.now()
         try:
-            offer: StarterOffer = await call
+            offer = await call
         except NexusRefused as exc:
             if exc.status == 401:
                 raise

@@ -17,11 +17,16 @@ from support.nexus import PRICE_SATS, NexusLab, until
 
 from autopilotd.adapters.fake_inference import FakeInference
 from autopilotd.adapters.local_relay import local_relay
-from autopilotd.config import split_list
+from autopilotd.adapters.nexus_http import HttpNexus
+from autopilotd.app import load_identity
+from autopilotd.config import Config, split_list
 from autopilotd.nexus.app import Nexus
 from autopilotd.nostr.events import ShapeError, parse_raw
+from autopilotd.nostr.identity import NostrIdentity
 from autopilotd.nostr.nip90 import KIND_FEEDBACK, KIND_TEXT_GENERATION
 from autopilotd.nostr.nip90_buyer import build_job_request
+from autopilotd.paths import Paths
+from autopilotd.ports.nexus import NexusSession
 from autopilotd.runtime.sections import ProviderState, StarterState
 from autopilotd.runtime.snapshot import Snapshot
 from autopilotd.store.outbox import Outbox
@@ -245,3 +250,38 @@ async def test_an_offer_is_given_back_when_no_slot_frees_in_its_confirm_window(
         assert snap.starter.last_offer["outcome"] == "released"
         assert snap.starter.last_offer["reason"] == "the provider is busy"
         inference.running.set()
+
+
+def peer_identity(market: Market, name: str = "provider") -> NostrIdentity:
+    """A peer's identity, from the seed in its home (once its daemon has made it)."""
+    return load_identity(Config(paths=Paths.for_home(market.root / name)))[0]
+
+
+async def test_a_refused_session_is_tried_again_later_not_at_once(
+    market: Market, lab: NexusLab
+) -> None:
+    """A Nexus that refuses the session (here: the signature's time is a minute and more off
+    its clock) is asked again after a backoff, not in a loop."""
+    opened: list[float] = []
+
+    class Counting(HttpNexus):
+        async def open_session(self) -> NexusSession:
+            opened.append(market.clock.now())
+            return await super().open_session()
+
+    async with lab.running() as nexus:
+        market.clock.advance(90.0)  # the Nexus's clock (shared) is now ahead of the signer's
+        async with market.peer(
+            "provider",
+            real_relays=True,
+            nexus_url=nexus.url,
+            nexus=lambda url: Counting(url, peer_identity(market)),
+        ) as peer:
+            await peer.until(lambda s: s.facts.relays.connected == 1)
+            await online(peer)
+            snap = await peer.until(lambda s: s.starter.state is StarterState.UNREACHABLE)
+            assert snap.starter.last_error and "created_at" in snap.starter.last_error
+            await asyncio.sleep(0.3)  # real time: a loop would have asked many times by now
+            assert len(opened) == 1
+            market.clock.advance(1.5)  # past the first backoff: asked once more
+            await until(lambda: len(opened) == 2)

@@ -19,6 +19,7 @@ from autopilotd.adapters.fake_relays import FakeNetwork as FakeRelays
 from autopilotd.app import Adapters, App, build
 from autopilotd.config import Config
 from autopilotd.paths import Paths, private_dir
+from autopilotd.ports.nexus import NexusFactory
 from autopilotd.runtime.clock import ManualClock
 from autopilotd.runtime.sections import RuntimeState, ServiceState, WalletState
 from autopilotd.runtime.sessionlog import SessionLog
@@ -88,6 +89,7 @@ class Market:
         node: FakeNode | None = None,
         real_relays: bool = False,
         inference: FakeInference | None = None,
+        nexus: NexusFactory | None = None,
         **settings: Any,
     ) -> AsyncIterator[Peer]:
         """A daemon's services, running until the block ends (same name: same home).
@@ -121,6 +123,7 @@ class Market:
                 node_factory=lambda mnemonic: node,
                 inference=FakeInference if inference is None else lambda url: inference,
                 relay_pool=None if real_relays else self.relays.pool(),
+                nexus=nexus,
                 clock=self.clock,
             ),
         )
