@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build ldk-node's Python bindings from the crates.io release and make `import ldk_node`
-# work in the given Python environment.
+# work in the given Python environment; build the devnet's LSPS2 provider (`ldk-lsp`,
+# native/ldk-lsp) on the same release and install it next to that Python.
 #
 #   scripts/build-ldk-node.sh [PYTHON]      (default: .venv/bin/python)
 #
@@ -18,6 +19,7 @@ PYTHON="${1:-$ROOT/.venv/bin/python}"
 CACHE="${AUTOPILOTD_BUILD_CACHE:-$HOME/.cache/autopilotd}"
 WRAPPER="$ROOT/native/ldk-node-py"
 BINDGEN="$ROOT/native/uniffi-bindgen"
+LSP="$ROOT/native/ldk-lsp"
 
 log() { printf '[build-ldk-node] %s\n' "$*" >&2; }
 
@@ -26,7 +28,7 @@ command -v cargo >/dev/null || { log "cargo not found: install Rust (rustup) fir
 
 # Cache key: pinned versions + toolchain + every file of the two crates (lockfiles included).
 rust_id="$(rustc -vV | sha256sum | cut -c1-12)"
-src_id="$(cd "$ROOT/native" && find ldk-node-py uniffi-bindgen -type f \
+src_id="$(cd "$ROOT/native" && find ldk-node-py uniffi-bindgen ldk-lsp -type f \
     \( -name '*.rs' -o -name '*.toml' -o -name 'Cargo.lock' \) -not -path '*/target/*' \
     | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-12)"
 KEY="ldk-node-${LDK_NODE_VERSION}-uniffi-${UNIFFI_VERSION}-rust-${rust_id}-src-${src_id}"
@@ -42,15 +44,15 @@ if [[ ! -f "$OUT/.complete" ]]; then
     mkdir -p "$CACHE/ldk-node"
     start=$SECONDS
 
-    log "step 1/3: ldk-node $LDK_NODE_VERSION cdylib (release, no LTO)"
+    log "step 1/4: ldk-node $LDK_NODE_VERSION cdylib (release, no LTO)"
     cargo build --release "${locked[@]}" --manifest-path "$WRAPPER/Cargo.toml"
 
-    log "step 2/3: uniffi-bindgen $UNIFFI_VERSION"
+    log "step 2/4: uniffi-bindgen $UNIFFI_VERSION"
     bindgen_locked=()
     [[ -f "$BINDGEN/Cargo.lock" ]] && bindgen_locked=(--locked)
     cargo build --release "${bindgen_locked[@]}" --manifest-path "$BINDGEN/Cargo.toml"
 
-    log "step 3/3: generating ldk_node.py from the crate's bindings/ldk_node.udl"
+    log "step 3/4: generating ldk_node.py from the crate's bindings/ldk_node.udl"
     crate_dir="$(cargo metadata --format-version 1 "${locked[@]}" \
         --manifest-path "$WRAPPER/Cargo.toml" | "$PYTHON" -c '
 import json, os, sys
@@ -70,6 +72,10 @@ else:
     "$CARGO_TARGET_DIR/release/uniffi-bindgen" generate "$udl" --language python \
         --no-format --lib-file "$lib" --out-dir "$tmp"
     cp "$lib" "$tmp/libldk_node.so"
+
+    log "step 4/4: ldk-lsp, the devnet's LSPS2 service (same ldk-node, same target dir)"
+    cargo build --release --locked --manifest-path "$LSP/Cargo.toml"
+    cp "$CARGO_TARGET_DIR/release/ldk-lsp" "$tmp/ldk-lsp"
     printf '%s\n' "$KEY" >"$tmp/KEY"
     touch "$tmp/.complete"
     rm -rf "$OUT"
@@ -95,6 +101,12 @@ else
     done
     cp "$OUT/KEY" "$site/ldk_node.KEY"
     log "installed ldk_node.py + libldk_node.so into $site"
+fi
+bindir="$(dirname "$PYTHON")"
+if ! cmp -s "$OUT/ldk-lsp" "$bindir/ldk-lsp" 2>/dev/null; then
+    cp "$OUT/ldk-lsp" "$bindir/.ldk-lsp.tmp"
+    mv -f "$bindir/.ldk-lsp.tmp" "$bindir/ldk-lsp"
+    log "installed ldk-lsp into $bindir"
 fi
 "$PYTHON" -c 'import ldk_node; ldk_node.default_config()' \
     || { log "import check failed"; exit 1; }

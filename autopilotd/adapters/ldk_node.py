@@ -93,6 +93,15 @@ class NodeSettings:
     trusted_peers_no_reserve: tuple[str, ...] = ()
     forward_to_unannounced_channels: bool = False  # an LSP's switch (the devnet hub sets it)
     log_level: str = "INFO"
+    # An LSPS2 liquidity provider (node_id@host:port) that sells just-in-time channels.
+    lsp: str | None = None
+    lsp_token: str | None = None
+    # Whether the LSP's channel is taken without the on-chain reserve (a new wallet has none).
+    lsp_trusted_no_reserve: bool = True
+
+    @property
+    def lsp_node_id(self) -> str | None:
+        return self.lsp.partition("@")[0] if self.lsp else None
 
 
 def build_node(settings: NodeSettings, mnemonic: str | None = None) -> Any:
@@ -107,10 +116,16 @@ def build_node(settings: NodeSettings, mnemonic: str | None = None) -> Any:
     config.storage_dir_path = str(settings.storage_dir)
     config.network = getattr(ldk.Network, NETWORKS[settings.network])
     config.listening_addresses = [f"127.0.0.1:{settings.listen_port}"]
-    if settings.trusted_peers_no_reserve and config.anchor_channels_config is not None:
-        config.anchor_channels_config.trusted_peers_no_reserve = list(
-            settings.trusted_peers_no_reserve
-        )
+    no_reserve = list(settings.trusted_peers_no_reserve)
+    lsp_id = settings.lsp_node_id
+    if lsp_id:
+        # The LSP opens its just-in-time channel with zero confirmations (the payment waits
+        # on it), and a new wallet has no coins for the reserve an anchor channel needs.
+        config.trusted_peers_0conf = [lsp_id]
+        if settings.lsp_trusted_no_reserve and lsp_id not in no_reserve:
+            no_reserve.append(lsp_id)
+    if no_reserve and config.anchor_channels_config is not None:
+        config.anchor_channels_config.trusted_peers_no_reserve = no_reserve
     builder = ldk.Builder.from_config(config)
     chain = settings.chain
     if chain.bitcoind_host:
@@ -126,6 +141,9 @@ def build_node(settings: NodeSettings, mnemonic: str | None = None) -> Any:
         builder.set_entropy_bip39_mnemonic(mnemonic, None)
     if settings.alias:
         builder.set_node_alias(settings.alias)
+    if settings.lsp:
+        node_id, _, address = settings.lsp.partition("@")
+        builder.set_liquidity_source_lsps2(node_id, address, settings.lsp_token or None)
     if settings.forward_to_unannounced_channels:
         # LDK refuses to forward into unannounced channels by default; ldk-node 0.7's bindings
         # reach that switch only through the async-payments server role (see docs/devnet.md).

@@ -83,6 +83,18 @@ class DevnetClient:
         result = await self._call("open_channel", body)
         return ChannelOpened(**result)
 
+    async def lsp_open_channel(
+        self, node_id: str, address: str, sats: int, push_sats: int = 0
+    ) -> ChannelOpened:
+        """Have the devnet's LSP open a channel to a participant (a payer) and confirm it.
+
+        `hub_node_id` in the answer is the LSP's node id. A payer needs such a channel to
+        pay an invoice whose last hop is a just-in-time channel of the LSP.
+        """
+        body = {"node_id": node_id, "address": address, "sats": sats, "push_sats": push_sats}
+        result = await self._call("lsp_open_channel", body)
+        return ChannelOpened(**result)
+
     async def hub_invoice(self, amount_msat: int, description: str = "devnet hub") -> str:
         """A BOLT11 invoice made by the hub (something for a participant to pay)."""
         result = await self._call(

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from autopilotd.devnet.coins import FaucetError
 from autopilotd.devnet.hub import HubError
+from autopilotd.devnet.lsp import LspError
 from autopilotd.devnet.operations import DevnetOperations
 from autopilotd.loopback import LOOPBACK
 
@@ -54,6 +55,15 @@ async def _open_channel(ops: DevnetOperations, body: dict[str, Any]) -> Any:
     )
 
 
+async def _lsp_open_channel(ops: DevnetOperations, body: dict[str, Any]) -> Any:
+    return await ops.lsp_open_channel(
+        str(body["node_id"]),
+        str(body["address"]),
+        int(body["sats"]),
+        int(body.get("push_sats", 0)),
+    )
+
+
 async def _hub_invoice(ops: DevnetOperations, body: dict[str, Any]) -> Any:
     bolt11 = await ops.hub_invoice(
         int(body["amount_msat"]),
@@ -77,6 +87,7 @@ ROUTES: dict[str, Route] = {
     "fund": _fund,
     "reorg": _reorg,
     "open_channel": _open_channel,
+    "lsp_open_channel": _lsp_open_channel,
     "hub_invoice": _hub_invoice,
     "hub_pay": _hub_pay,
     "hub_payment": _hub_payment,
@@ -98,7 +109,7 @@ async def _handle(request: web.Request) -> web.Response:
         result = await route(request.app[OPERATIONS], body)
     except (KeyError, ValueError, TypeError) as exc:
         return web.json_response({"error": f"bad request: {exc!r}"}, status=400)
-    except (FaucetError, HubError, TimeoutError) as exc:
+    except (FaucetError, HubError, LspError, TimeoutError) as exc:
         logger.warning("%s failed: %r", request.path, exc)
         return web.json_response({"error": repr(exc)}, status=409)
     except Exception as exc:

@@ -1,4 +1,4 @@
-"""What the devnet can do while it runs: mine, fund, open channels from the hub, report.
+"""What the devnet can do while it runs: mine, fund, open channels from the hub or the LSP.
 
 The supervisor owns one `DevnetOperations`; the control API and nothing else calls it.
 """
@@ -9,6 +9,7 @@ from typing import Any
 
 from autopilotd.devnet.coins import COINBASE_MATURITY, Faucet
 from autopilotd.devnet.hub import HubError, HubNode
+from autopilotd.devnet.lsp import LspProcess
 from autopilotd.devnet.rpc import BtcdRpc
 
 logger = logging.getLogger(__name__)
@@ -22,15 +23,20 @@ INITIAL_BLOCKS = COINBASE_MATURITY + 20
 HUB_FUNDING_OUTPUTS = 5
 HUB_FUNDING_OUTPUT_SATS = 200_000_000
 HUB_MIN_SPENDABLE_SATS = 100_000_000
+# The LSP's coins: one output per just-in-time channel it may open in a run, plus the
+# channels it opens to payers.
+LSP_FUNDING_OUTPUTS = 10
+LSP_FUNDING_OUTPUT_SATS = 50_000_000
 
 
 class DevnetOperations:
     """Mining, funding and channel opening on a running devnet."""
 
-    def __init__(self, rpc: BtcdRpc, faucet: Faucet, hub: HubNode) -> None:
+    def __init__(self, rpc: BtcdRpc, faucet: Faucet, hub: HubNode, lsp: LspProcess) -> None:
         self._rpc = rpc
         self._faucet = faucet
         self._hub = hub
+        self._lsp = lsp
         self._open_lock = asyncio.Lock()
 
     async def height(self) -> int:
@@ -87,6 +93,59 @@ class DevnetOperations:
         balances = await self._hub.balances()
         logger.info("hub funded: %d sats spendable", balances["spendable_onchain_sats"])
 
+    async def ensure_lsp_funds(self) -> None:
+        """Give the LSP on-chain coins for the channels it opens, in separate outputs."""
+        await self._lsp.sync()
+        if (await self._lsp.balances())["spendable_onchain_sats"] > 0:
+            return
+        outputs = [
+            (await self._lsp.new_onchain_address(), LSP_FUNDING_OUTPUT_SATS)
+            for _ in range(LSP_FUNDING_OUTPUTS)
+        ]
+        await self._faucet.pay(outputs)
+        await self.mine(1)
+        await self._lsp.sync()
+        balances = await self._lsp.balances()
+        logger.info("LSP funded: %d sats spendable", balances["spendable_onchain_sats"])
+
+    async def lsp_open_channel(
+        self, node_id: str, address: str, sats: int, push_sats: int = 0, timeout_s: float = 60.0
+    ) -> dict[str, Any]:
+        """Open a channel from the LSP to a participant (a payer) and mine it until usable.
+
+        A payer with a channel from the LSP reaches the LSP's clients over their
+        just-in-time channels: the client's invoice names the LSP as its last hop.
+        """
+        if push_sats >= sats:
+            raise ValueError("push_sats must be below the channel size")
+        async with self._open_lock:
+            user_channel_id = await self._lsp.open_channel(node_id, address, sats, push_sats)
+            funding = await self._wait_lsp_channel(user_channel_id, "funding_txid", timeout_s)
+            funding_txid = str(funding["funding_txid"])
+            await self._wait_in_mempool(funding_txid, timeout_s)
+            await self.mine(CHANNEL_CONFIRMATIONS)
+            await self._lsp.sync()
+            await self._wait_lsp_channel(user_channel_id, "usable", timeout_s)
+        logger.info("LSP channel %s to %s is ready", user_channel_id, node_id)
+        return {
+            "user_channel_id": user_channel_id,
+            "funding_txid": funding_txid,
+            "channel_sats": sats,
+            "push_sats": push_sats,
+            "hub_node_id": self._lsp.node_id,
+        }
+
+    async def _wait_lsp_channel(
+        self, user_channel_id: str, field: str, timeout_s: float
+    ) -> dict[str, Any]:
+        """The LSP's channel once `field` is set (the LSP reports no events: poll it)."""
+        async with asyncio.timeout(timeout_s):
+            while True:
+                for channel in await self._lsp.channels():
+                    if channel["user_channel_id"] == user_channel_id and channel.get(field):
+                        return channel
+                await asyncio.sleep(0.1)
+
     async def open_channel(
         self, node_id: str, address: str, sats: int, push_sats: int = 0, timeout_s: float = 60.0
     ) -> dict[str, Any]:
@@ -131,6 +190,12 @@ class DevnetOperations:
                 "address": self._hub.address,
                 "balances": await self._hub.balances(),
                 "channels": await self._hub.channels(),
+            },
+            "lsp": {
+                "node_id": self._lsp.node_id,
+                "address": self._lsp.address,
+                "balances": await self._lsp.balances(),
+                "channels": await self._lsp.channels(),
             },
         }
 

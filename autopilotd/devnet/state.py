@@ -56,6 +56,11 @@ class DevnetLayout:
         return self.root / "hub"
 
     @property
+    def lsp_storage(self) -> Path:
+        """The LSP node's storage (ldk-lsp: its seed, channels, wallet, log)."""
+        return self.root / "lsp"
+
+    @property
     def miner_key_file(self) -> Path:
         """The key every block reward goes to."""
         return self.root / "miner.key"
@@ -84,6 +89,14 @@ class DevnetInfo:
     hub_node_id: str
     hub_address: str
     miner_address: str
+    lsp_node_id: str = ""
+    lsp_address: str = ""
+    lsp_token: str = ""
+
+    @property
+    def lsp(self) -> str:
+        """The LSP as a wallet's `wallet_lsp` setting names it: node_id@host:port."""
+        return f"{self.lsp_node_id}@{self.lsp_address}"
 
     @property
     def shim_url(self) -> str:

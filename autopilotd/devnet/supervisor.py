@@ -1,4 +1,4 @@
-"""The long-lived devnet process: btcd (child), the shim, the hub node and the control API.
+"""The long-lived devnet process: btcd (child), the shim, the hub, the LSP and the control API.
 
 `autopilotd devnet up` must return while the network keeps running, so the pieces live in
 this process, started detached (`--detach` forks into a new session) and stopped with
@@ -27,6 +27,7 @@ from autopilotd.devnet.coins import Faucet, MinerKey
 from autopilotd.devnet.control import serve_control
 from autopilotd.devnet.hub import HubNode
 from autopilotd.devnet.ldk import ChainSource, ldk_node_module
+from autopilotd.devnet.lsp import LspProcess, LspTerms, find_lsp_bin
 from autopilotd.devnet.operations import INITIAL_BLOCKS, DevnetOperations
 from autopilotd.devnet.shim import BitcoindShim, serve_shim
 from autopilotd.devnet.state import DevnetInfo, DevnetLayout, write_info, write_pid
@@ -37,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 async def run(layout: DevnetLayout, owner: int | None = None) -> None:
     """Run the devnet until SIGTERM or SIGINT, or `owner` exits (each cancels it)."""
-    ldk_node_module()  # fail before starting anything when the bindings are missing
+    ldk_node_module()  # fail before starting anything when the native parts are missing
+    find_lsp_bin()
     main = asyncio.current_task()
     assert main is not None
     loop = asyncio.get_running_loop()
@@ -77,12 +79,15 @@ async def _run(layout: DevnetLayout) -> None:
             shim = BitcoindShim(rpc, chain.user, chain.password)
             async with serve_shim(shim, chain.port):
                 hub = HubNode(layout.hub_storage, free_port(), chain)
+                lsp = LspProcess(layout.lsp_storage, free_port(), free_port(), chain, LspTerms())
                 await hub.start()
                 try:
-                    ops = DevnetOperations(rpc, Faucet(rpc, key), hub)
+                    await lsp.start()
+                    ops = DevnetOperations(rpc, Faucet(rpc, key), hub, lsp)
                     async with asyncio.TaskGroup() as tasks:
                         events = tasks.create_task(hub.run_events())
                         await ops.ensure_hub_funds()
+                        await ops.ensure_lsp_funds()
                         async with serve_control(ops, control_token, free_port()) as url:
                             info = DevnetInfo(
                                 supervisor_pid=os.getpid(),
@@ -100,6 +105,9 @@ async def _run(layout: DevnetLayout) -> None:
                                 hub_node_id=hub.node_id,
                                 hub_address=hub.address,
                                 miner_address=key.address,
+                                lsp_node_id=lsp.node_id,
+                                lsp_address=lsp.address,
+                                lsp_token=lsp.terms.token or "",
                             )
                             write_info(layout, info)
                             logger.info("devnet up: shim %s, control %s", info.shim_url, url)
@@ -110,6 +118,7 @@ async def _run(layout: DevnetLayout) -> None:
                                 layout.info_file.unlink(missing_ok=True)
                                 events.cancel()
                 finally:
+                    await lsp.stop()
                     await hub.stop()
     finally:
         layout.info_file.unlink(missing_ok=True)
@@ -119,10 +128,10 @@ async def _run(layout: DevnetLayout) -> None:
 def forget_previous_chain(layout: DevnetLayout) -> None:
     """Start from an empty chain: btcd deletes its regtest database at every start anyway.
 
-    A hub that remembered blocks of the old chain would never sync with the new one, so its
-    storage goes too. The miner key stays.
+    A hub or LSP that remembered blocks of the old chain would never sync with the new one,
+    so their storage goes too. The miner key stays.
     """
-    for path in (layout.btcd_home / "data", layout.hub_storage):
+    for path in (layout.btcd_home / "data", layout.hub_storage, layout.lsp_storage):
         if path.exists():
             logger.info("removing %s from the previous run", path)
             shutil.rmtree(path)
