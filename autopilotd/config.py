@@ -66,6 +66,12 @@ class Config:
     wallet_listen_port: int = 0  # Lightning peer port on loopback; 0 picks a free one
     wallet_trusted_peers_no_reserve: str = ""  # comma-separated node ids (an LSP, the devnet hub)
     wallet_peers: str = ""  # node_id@host:port, comma-separated: kept connected (LSP, devnet hub)
+    # Inbound liquidity: an LSPS2 provider (node_id@host:port) that opens a just-in-time
+    # channel when a payment cannot reach the wallet over its channels, for a fee it skims.
+    wallet_lsp: str = ""
+    wallet_lsp_token: str = ""
+    wallet_lsp_trusted: bool = True  # take its channel without the on-chain reserve
+    wallet_jit_max_fee_sats: int = _editable(100, "now")  # most an LSP may take for a channel
     wallet_default_max_fee_ppm: int = (
         10_000  # max fee when a send names none: 1 %, at least 10 sats
     )
@@ -247,6 +253,12 @@ def _validate(config: Config) -> None:
         node_id, _, address = entry.partition("@")
         if len(node_id) != 66 or ":" not in address:
             raise UserError(f"wallet_peers entry '{entry}' must be node_id@host:port")
+    if config.wallet_lsp:
+        node_id, _, address = config.wallet_lsp.partition("@")
+        if len(node_id) != 66 or ":" not in address:
+            raise UserError(f"wallet_lsp '{config.wallet_lsp}' must be node_id@host:port")
+    if config.wallet_jit_max_fee_sats < 0:
+        raise UserError("wallet_jit_max_fee_sats must not be negative")
     if wallet_on and not 0 < config.wallet_pay_wait_s < config.call_timeout_s:
         raise UserError("wallet_pay_wait_s must be positive and below call_timeout_s")
     if config.runtime_mode not in ("off", "spawn", "url"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from autopilotd.ports.lightning import (
     Balances,
     Invoice,
+    JitInvoice,
     NodeError,
     NodeEvent,
     NodePayment,
@@ -32,6 +33,7 @@ class FakeNetwork:
         default_factory=dict
     )  # hash → owner, inv, preimage
     fee_msat: int = 1000
+    jit_fees: dict[str, int] = field(default_factory=dict)  # hash → what the LSP takes
 
 
 class FakeNode:
@@ -47,6 +49,8 @@ class FakeNode:
         self.sends = 0
         self.hold = asyncio.Event()
         self.hold.set()
+        self.receivable_msat = 10**12  # inbound capacity; 0 for a wallet with no channel
+        self.lsp_fee_msat: int | None = None  # an LSP's opening fee; None: no LSP
         net.nodes[self._id] = self
 
     async def start(self) -> None:
@@ -71,11 +75,24 @@ class FakeNode:
         return Balances(
             lightning_sats=self.balance_msat // 1000,
             spendable_msat=self.balance_msat,
-            receivable_msat=10**12,
+            receivable_msat=self.receivable_msat,
             onchain_sats=0,
             onchain_spendable_sats=0,
             pending_sats=0,
         )
+
+    async def create_jit_invoice(
+        self, amount_msat: int, description: str, expiry_s: int, max_lsp_fee_msat: int
+    ) -> JitInvoice:
+        if self.lsp_fee_msat is None:
+            raise NodeError("no LSP", kind="LiquiditySourceUnavailable")
+        if self.lsp_fee_msat > max_lsp_fee_msat:
+            raise NodeError("fee too high", kind="LiquidityFeeTooHigh")
+        if self.lsp_fee_msat >= amount_msat:
+            raise NodeError("too small", kind="LiquidityRequestFailed")
+        inv = await self.create_invoice(amount_msat, description, expiry_s)
+        self._net.jit_fees[inv.payment_hash] = self.lsp_fee_msat
+        return JitInvoice(inv, self.lsp_fee_msat)
 
     async def create_invoice(self, amount_msat: int, description: str, expiry_s: int) -> Invoice:
         preimage = secrets.token_hex(32)
@@ -120,10 +137,18 @@ class FakeNode:
         self.balance_msat -= amount + fee
         receiver = self._net.nodes[owner]
         receiver.balance_msat += amount
+        skimmed = self._net.jit_fees.get(inv.payment_hash, 0)
         receiver._payments[inv.payment_hash] = NodePayment(
-            inv.payment_hash, "in", "succeeded", amount, None, preimage, int(time.time())
+            inv.payment_hash,
+            "in",
+            "succeeded",
+            amount - skimmed,
+            None,
+            preimage,
+            int(time.time()),
+            skimmed_fee_msat=skimmed,
         )
-        await receiver._events.put(PaymentReceived(inv.payment_hash, amount))
+        await receiver._events.put(PaymentReceived(inv.payment_hash, amount - skimmed))
         self._payments[inv.payment_hash] = replace(
             pending, status="succeeded", fee_msat=fee, preimage=preimage
         )

@@ -25,6 +25,7 @@ from autopilotd.paths import private_dir
 from autopilotd.ports.lightning import (
     Balances,
     Invoice,
+    JitInvoice,
     LightningNode,
     NodeError,
     NodeEvent,
@@ -48,6 +49,9 @@ ERROR_TEXT = {
     "PaymentSendingFailed": "the node could not send the payment",
     "NotRunning": "the Lightning node is not running",
     "ConnectionFailed": "could not connect to the peer",
+    "LiquiditySourceUnavailable": "no LSP is configured (wallet_lsp)",
+    "LiquidityRequestFailed": "the LSP would not sell a channel for this amount",
+    "LiquidityFeeTooHigh": "the LSP's fee is above your limit (wallet_jit_max_fee_sats)",
 }
 
 
@@ -226,6 +230,21 @@ class LdkNode(LightningNode):
         )
         return self._invoice(inv)
 
+    async def create_jit_invoice(
+        self, amount_msat: int, description: str, expiry_s: int, max_lsp_fee_msat: int
+    ) -> JitInvoice:
+        text = self._ldk.Bolt11InvoiceDescription.DIRECT(description=description)
+        bolt = self._node.bolt11_payment()
+        inv = await self._call(
+            lambda: bolt.receive_via_jit_channel(amount_msat, text, expiry_s, max_lsp_fee_msat)
+        )
+        invoice = self._invoice(inv)
+        # ldk-node keeps the fee the LSP quoted (and the node agreed to) with the payment.
+        stored = await self._call(lambda: self._node.payment(invoice.payment_hash))
+        limits = getattr(getattr(stored, "kind", None), "lsp_fee_limits", None)
+        quoted = getattr(limits, "max_total_opening_fee_msat", None)
+        return JitInvoice(invoice, max_lsp_fee_msat if quoted is None else int(quoted))
+
     def decode(self, bolt11: str) -> Invoice:
         try:
             return self._invoice(self._ldk.Bolt11Invoice.from_str(bolt11))
@@ -258,6 +277,7 @@ class LdkNode(LightningNode):
             self._ldk.PaymentStatus.FAILED: "failed",
         }[p.status]
         preimage = getattr(kind, "preimage", None)
+        skimmed = getattr(kind, "counterparty_skimmed_fee_msat", None)
         return NodePayment(
             payment_hash=str(payment_hash).lower(),
             direction=direction,  # type: ignore[arg-type]
@@ -266,6 +286,7 @@ class LdkNode(LightningNode):
             fee_msat=p.fee_paid_msat,
             preimage=None if preimage is None else str(preimage).lower(),
             updated_at=int(p.latest_update_timestamp),
+            skimmed_fee_msat=int(skimmed or 0),
         )
 
     async def payment(self, payment_hash: str) -> NodePayment | None:
@@ -332,6 +353,9 @@ def ldk_node_factory(config: Config) -> Callable[[str], LightningNode]:
             listen_port=port,
             chain=ChainSource.from_config(config),
             trusted_peers_no_reserve=split_list(config.wallet_trusted_peers_no_reserve),
+            lsp=config.wallet_lsp or None,
+            lsp_token=config.wallet_lsp_token or None,
+            lsp_trusted_no_reserve=config.wallet_lsp_trusted,
         )
         return LdkNode(settings, mnemonic)
 

@@ -58,17 +58,20 @@ def register(reg: Registry, rt: Runtime, wallet: Wallet) -> None:
     ) -> dict[str, Any]:
         """Create a BOLT11 invoice for amount_sats; returns the invoice and its payment hash.
 
+        Without the inbound capacity for it, the invoice goes over a just-in-time channel
+        from the LSP: lsp_fee_sats is what the LSP takes from the payment to open it.
         The payment counts only when this wallet's node reports it settled.
         """
         if amount_sats <= 0:
             raise UserError("amount_sats must be positive")
-        inv = await wallet.receive(amount_sats * 1000, description, expiry_s)
+        inv, lsp_fee_msat = await wallet.receive_any(amount_sats * 1000, description, expiry_s)
         return {
             "bolt11": inv.bolt11,
             "payment_hash": inv.payment_hash,
             "amount_sats": amount_sats,
             "description": description,
             "expires_at": inv.expires_at,
+            "lsp_fee_sats": lsp_fee_msat / 1000,
         }
 
     @reg.command("wallet.pay", access="owner", moves_money=True, needs={"wallet"})

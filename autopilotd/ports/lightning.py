@@ -51,6 +51,16 @@ class NodePayment:
     fee_msat: int | None
     preimage: str | None
     updated_at: int
+    skimmed_fee_msat: int = 0
+    """An inbound payment over a just-in-time channel: the LSP's opening fee, taken from it."""
+
+
+@dataclass(frozen=True)
+class JitInvoice:
+    """An invoice whose payment opens a channel from the LSP, which takes `lsp_fee_msat` of it."""
+
+    invoice: Invoice
+    lsp_fee_msat: int
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,16 @@ class LightningNode(Protocol):
     async def create_invoice(
         self, amount_msat: int, description: str, expiry_s: int
     ) -> Invoice: ...
+
+    async def create_jit_invoice(
+        self, amount_msat: int, description: str, expiry_s: int, max_lsp_fee_msat: int
+    ) -> JitInvoice:
+        """An invoice over a just-in-time channel from the configured LSP (LSPS2).
+
+        Raises NodeError (kind `LiquidityFeeTooHigh`, `LiquidityRequestFailed`,
+        `LiquiditySourceUnavailable`, `ConnectionFailed` …) when the LSP cannot sell one.
+        """
+        ...
 
     def decode(self, bolt11: str) -> Invoice: ...
 

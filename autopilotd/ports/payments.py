@@ -20,6 +20,9 @@ class IssuedInvoice:
     payment_hash: str
     amount_msat: int
     expires_at: int
+    lsp_fee_msat: int = 0
+    """Paid over a just-in-time channel: the LSP's opening fee, which it takes from the
+    payment (the wallet receives `amount_msat - lsp_fee_msat`)."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class SettledPayment:
     """An inbound payment the wallet recorded as settled (its preimage checked)."""
 
     payment_hash: str
-    amount_msat: int
+    amount_msat: int  # what the wallet received
 
 
 @dataclass(frozen=True)

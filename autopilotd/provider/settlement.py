@@ -36,7 +36,11 @@ async def credit_job(store: Store, payment_hash: str, now: float) -> tuple[Job |
         paid = await Ledger(tx).settled_in(payment_hash)
         if job is None or paid is None:
             return job, False
-        if paid.amount_msat < job.price_msat:  # M8: an underpayment never counts as paid
+        # M8: an underpayment never counts as paid. Over a just-in-time channel the LSP takes
+        # its opening fee on the way, up to the fee quoted when the invoice was made.
+        invoice = await Ledger(tx).invoice(payment_hash)
+        lsp_fee = min(paid.fee_msat or 0, invoice["lsp_fee_msat"] if invoice else 0)
+        if paid.amount_msat + lsp_fee < job.price_msat:
             return job, False
         new = await Earnings(tx).credit(payment_hash, job.request_id, paid.amount_msat, now)
         if job.stage in (JobStage.DELIVERED, JobStage.DELIVERED_UNPAID):

@@ -99,24 +99,40 @@ class Ledger:
         amount_msat: int | None,
         description: str,
         expires_at: float,
+        lsp_fee_msat: int = 0,
     ) -> None:
         async with self._sql.write() as tx:
             await tx.execute(
-                "INSERT OR IGNORE INTO wallet_invoices "
-                "(payment_hash, bolt11, amount_msat, description, created_at, expires_at) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (payment_hash, bolt11, amount_msat, description, time.time(), expires_at),
+                "INSERT OR IGNORE INTO wallet_invoices (payment_hash, bolt11, amount_msat, "
+                "description, created_at, expires_at, lsp_fee_msat) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    payment_hash,
+                    bolt11,
+                    amount_msat,
+                    description,
+                    time.time(),
+                    expires_at,
+                    lsp_fee_msat,
+                ),
             )
 
     async def invoice(self, payment_hash: str) -> dict[str, Any] | None:
         row = await self._sql.fetchone(
-            "SELECT payment_hash, bolt11, amount_msat, description, created_at, expires_at "
-            "FROM wallet_invoices WHERE payment_hash = ?",
+            "SELECT payment_hash, bolt11, amount_msat, description, created_at, expires_at, "
+            "lsp_fee_msat FROM wallet_invoices WHERE payment_hash = ?",
             (payment_hash,),
         )
         if row is None:
             return None
-        keys = ("payment_hash", "bolt11", "amount_msat", "description", "created_at", "expires_at")
+        keys = (
+            "payment_hash",
+            "bolt11",
+            "amount_msat",
+            "description",
+            "created_at",
+            "expires_at",
+            "lsp_fee_msat",
+        )
         return dict(zip(keys, row, strict=True))
 
     async def begin_send(
@@ -214,10 +230,17 @@ class Ledger:
         return await self.get(payment_hash)
 
     async def credit_in(
-        self, payment_hash: str, amount_msat: int, preimage: str | None, description: str
+        self,
+        payment_hash: str,
+        amount_msat: int,
+        preimage: str | None,
+        description: str,
+        fee_msat: int = 0,
     ) -> tuple[PaymentRow | None, bool]:
         """Record a settled inbound payment once (M5). Returns (row, newly_credited).
 
+        `amount_msat` is what the wallet received; `fee_msat` what an LSP took from the
+        payment on its way (a just-in-time channel's opening fee), shown as the row's fee.
         Refuses (returns (None, False)) when the preimage does not prove the payment (M7, M9).
         """
         if not preimage_matches(preimage, payment_hash):
@@ -227,9 +250,9 @@ class Ledger:
             inserted = (
                 await tx.execute(
                     "INSERT OR IGNORE INTO wallet_payments (payment_hash, direction, status, "
-                    "amount_msat, preimage, description, created_at, updated_at) "
-                    "VALUES (?, 'in', 'succeeded', ?, ?, ?, ?, ?)",
-                    (payment_hash, amount_msat, preimage, description, now, now),
+                    "amount_msat, fee_msat, preimage, description, created_at, updated_at) "
+                    "VALUES (?, 'in', 'succeeded', ?, ?, ?, ?, ?, ?)",
+                    (payment_hash, amount_msat, fee_msat or None, preimage, description, now, now),
                 )
                 == 1
             )

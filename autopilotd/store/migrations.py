@@ -138,4 +138,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             WHERE (SELECT COALESCE(SUM(amount_msat), 0) FROM earnings) >= m.sats * 1000;
         """,
     ),
+    (
+        6,
+        "just-in-time channel fees: what an LSP quoted for an invoice (what it took is the "
+        "inbound payment's fee_msat)",
+        """
+        ALTER TABLE wallet_invoices ADD COLUMN lsp_fee_msat INTEGER NOT NULL DEFAULT 0
+            CHECK (lsp_fee_msat >= 0);
+        """,
+    ),
 ]

@@ -118,7 +118,9 @@ class WalletService:
         for p in await node.payments():
             known = await ledger.get(p.payment_hash)
             if p.direction == "in" and p.status == "succeeded" and p.amount_msat and known is None:
-                await self.wallet.credit_received(p.payment_hash, p.amount_msat, p.preimage)
+                await self.wallet.credit_received(
+                    p.payment_hash, p.amount_msat, p.preimage, p.skimmed_fee_msat
+                )
 
     async def handle_events(self) -> None:
         node = self.wallet.node
@@ -136,7 +138,10 @@ class WalletService:
         if isinstance(event, PaymentReceived):
             p = await node.payment(event.payment_hash)
             preimage = p.preimage if p else None
-            await self.wallet.credit_received(event.payment_hash, event.amount_msat, preimage)
+            skimmed = p.skimmed_fee_msat if p else 0
+            await self.wallet.credit_received(
+                event.payment_hash, event.amount_msat, preimage, skimmed
+            )
         elif isinstance(event, PaymentSucceeded):
             crash_point("pay.after_success_before_ledger")
             row = await ledger.settle_out(

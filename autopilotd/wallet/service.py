@@ -39,6 +39,8 @@ from autopilotd.vocab import PaymentDirection, PaymentStatus
 logger = logging.getLogger(__name__)
 
 MIN_DEFAULT_FEE_SATS = 10
+# What ldk-node keeps on chain per anchor channel unless the opener is trusted.
+ANCHOR_RESERVE_SATS = 25_000
 
 
 class Wallet:
@@ -101,13 +103,18 @@ class Wallet:
         )
 
     async def credit_received(
-        self, payment_hash: str, amount_msat: int, preimage: str | None
+        self, payment_hash: str, amount_msat: int, preimage: str | None, lsp_fee_msat: int = 0
     ) -> None:
-        """Record an inbound payment the node reports settled (once), and tell the streams."""
+        """Record an inbound payment the node reports settled (once), and tell the streams.
+
+        `amount_msat` is what the wallet received; `lsp_fee_msat` what an LSP took from it to
+        open a just-in-time channel."""
         invoice = await self.ledger.invoice(payment_hash)
         description = invoice["description"] if invoice else ""
         crash_point("receive.before_credit")
-        row, new = await self.ledger.credit_in(payment_hash, amount_msat, preimage, description)
+        row, new = await self.ledger.credit_in(
+            payment_hash, amount_msat, preimage, description, lsp_fee_msat
+        )
         if row is None:
             logger.error(
                 "inbound payment %s reported without a valid preimage: not credited", payment_hash
@@ -119,6 +126,7 @@ class Wallet:
                 payment_hash=payment_hash,
                 amount_sats=amount_msat // 1000,
                 amount_msat=amount_msat,
+                lsp_fee_msat=lsp_fee_msat,
             )
             for queue in self._streams:
                 queue.put_nowait(SettledPayment(payment_hash, amount_msat))
@@ -149,9 +157,11 @@ class Wallet:
     async def create_invoice(
         self, amount_msat: int, description: str, expiry_s: int
     ) -> IssuedInvoice:
-        inv = await self.receive(amount_msat, description, expiry_s)
+        inv, lsp_fee_msat = await self.receive_any(amount_msat, description, expiry_s)
         assert inv.amount_msat is not None
-        return IssuedInvoice(inv.bolt11, inv.payment_hash, inv.amount_msat, inv.expires_at)
+        return IssuedInvoice(
+            inv.bolt11, inv.payment_hash, inv.amount_msat, inv.expires_at, lsp_fee_msat
+        )
 
     def settlements(self) -> AsyncIterator[SettledPayment]:
         queue: asyncio.Queue[SettledPayment] = asyncio.Queue()
@@ -201,6 +211,54 @@ class Wallet:
             inv.payment_hash, inv.bolt11, inv.amount_msat, description, inv.expires_at
         )
         return inv
+
+    async def receive_any(
+        self, amount_msat: int, description: str, expiry_s: int
+    ) -> tuple[Invoice, int]:
+        """An invoice the wallet can be paid on now: over its channels when they have the
+        inbound capacity, else over a just-in-time channel from the LSP (with its fee).
+
+        Returns the invoice and the LSP's opening fee (0 over existing channels). Every way
+        it cannot be paid raises UserError with the reason: no capacity and no LSP, the LSP
+        unreachable, its fee above the limit, an amount it will not open a channel for.
+        """
+        node = self.require_node()
+        balances = await node.balances()
+        cfg = self.config
+        if balances.receivable_msat >= amount_msat or amount_msat <= 0:
+            return await self.receive(amount_msat, description, expiry_s), 0
+        if not cfg.wallet_lsp:
+            raise UserError(
+                f"no inbound capacity for {amount_msat / 1000:g} sats and no LSP to open a "
+                "channel: set wallet_lsp (or the network profile's LSP) in config.toml"
+            )
+        if not cfg.wallet_lsp_trusted and balances.onchain_spendable_sats < ANCHOR_RESERVE_SATS:
+            raise UserError(
+                f"a channel from the LSP needs {ANCHOR_RESERVE_SATS:,} sats on chain as a "
+                "reserve, which this wallet does not have: fund it, or trust the LSP "
+                "(wallet_lsp_trusted = true)"
+            )
+        limit_msat = cfg.wallet_jit_max_fee_sats * 1000
+        try:
+            jit = await node.create_jit_invoice(amount_msat, description, expiry_s, limit_msat)
+        except NodeError as exc:
+            raise UserError(_jit_failure(exc, amount_msat, cfg.wallet_jit_max_fee_sats)) from None
+        inv = jit.invoice
+        await self.ledger.record_invoice(
+            inv.payment_hash,
+            inv.bolt11,
+            inv.amount_msat,
+            description,
+            inv.expires_at,
+            lsp_fee_msat=jit.lsp_fee_msat,
+        )
+        self.events.publish(
+            "wallet.jit_invoice",
+            payment_hash=inv.payment_hash,
+            amount_sats=amount_msat // 1000,
+            lsp_fee_sats=jit.lsp_fee_msat / 1000,
+        )
+        return inv, jit.lsp_fee_msat
 
     def _decode(self, bolt11: str) -> Invoice:
         node = self.require_node()
@@ -309,6 +367,23 @@ class Wallet:
         if row is None:
             raise UserError(f"no payment with hash {payment_hash} in this wallet")
         return row
+
+
+def _jit_failure(exc: NodeError, amount_msat: int, limit_sats: int) -> str:
+    """Why the LSP sold no just-in-time channel, in the user's terms."""
+    amount = f"{amount_msat / 1000:g} sats"
+    return {
+        "LiquidityFeeTooHigh": (
+            f"the LSP's fee for a channel is above your limit of {limit_sats} sats "
+            "(wallet_jit_max_fee_sats)"
+        ),
+        "LiquidityRequestFailed": (
+            f"the LSP will not open a channel for a payment of {amount} (below its minimum, "
+            "above its maximum, or the fee would take it all)"
+        ),
+        "ConnectionFailed": "the LSP is unreachable (wallet_lsp)",
+        "LiquiditySourceUnavailable": "the LSP is unreachable or not configured (wallet_lsp)",
+    }.get(exc.kind, f"the LSP could not open a channel: {exc.reason}")
 
 
 def clean_bolt11(bolt11: str) -> str:
