@@ -63,13 +63,15 @@ def ldk_module() -> ModuleType:
 
 @dataclass(frozen=True)
 class ChainSource:
-    """Where the node reads the chain: a bitcoind-compatible RPC (the devnet shim) or Esplora."""
+    """Where the node reads the chain: a bitcoind-compatible RPC (the devnet shim), an Esplora
+    server or an Electrum server."""
 
     bitcoind_host: str | None = None
     bitcoind_port: int = 0
     bitcoind_user: str = ""
     bitcoind_password: str = ""
     esplora_url: str | None = None
+    electrum_url: str | None = None  # ssl://host:port or tcp://host:port
 
     @classmethod
     def from_config(cls, config: Config) -> ChainSource:
@@ -80,6 +82,8 @@ class ChainSource:
                     "wallet_bitcoind_rpc_url must be http://user:pass@host:port"
                 )
             return cls(url.hostname, url.port, url.username or "", url.password or "")
+        if config.wallet_electrum_url:
+            return cls(electrum_url=config.wallet_electrum_url)
         return cls(esplora_url=config.wallet_esplora_url)
 
 
@@ -93,6 +97,7 @@ class NodeSettings:
     trusted_peers_no_reserve: tuple[str, ...] = ()
     forward_to_unannounced_channels: bool = False  # an LSP's switch (the devnet hub sets it)
     log_level: str = "INFO"
+    rgs_url: str = ""  # rapid gossip sync server; "" learns the graph from peers
 
 
 def build_node(settings: NodeSettings, mnemonic: str | None = None) -> Any:
@@ -119,6 +124,10 @@ def build_node(settings: NodeSettings, mnemonic: str | None = None) -> Any:
         )
     elif chain.esplora_url:
         builder.set_chain_source_esplora(chain.esplora_url, None)
+    elif chain.electrum_url:
+        builder.set_chain_source_electrum(chain.electrum_url, None)
+    if settings.rgs_url:
+        builder.set_gossip_source_rgs(settings.rgs_url)
     builder.set_filesystem_logger(
         str(settings.storage_dir / "ldk_node.log"), getattr(ldk.LogLevel, settings.log_level)
     )
@@ -314,6 +323,7 @@ def ldk_node_factory(config: Config) -> Callable[[str], LightningNode]:
             listen_port=port,
             chain=ChainSource.from_config(config),
             trusted_peers_no_reserve=split_list(config.wallet_trusted_peers_no_reserve),
+            rgs_url=config.wallet_rgs_url,
         )
         return LdkNode(settings, mnemonic)
 
