@@ -24,7 +24,7 @@ def test_the_first_start_records_the_network_and_later_ones_must_match(tmp_path:
     assert path.read_text() == "mutinynet\n"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     check_network(tmp_path, "mutinynet")  # the same network opens
-    with pytest.raises(StartupCheckFailed, match="created on mutinynet.*now says signet"):
+    with pytest.raises(StartupCheckFailed, match=r"created on mutinynet.*now says signet"):
         check_network(tmp_path, "signet")  # another signet is another chain
     assert path.read_text() == "mutinynet\n"  # never rewritten
 
