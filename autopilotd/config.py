@@ -4,6 +4,9 @@ The file is `config.toml` in the config directory; every field can be overridden
 environment variable `AUTOPILOTD_<FIELD>` (upper case). The result is passed explicitly to
 whoever needs it; there are no module-global settings.
 
+`network_profile` names a set of defaults (profiles.py): each setting that neither the file nor
+the environment sets takes its value from the profile, so a set value always wins.
+
 A few fields are editable while the daemon runs (`settings.update`); each one declares in its
 metadata whether a new value applies now or when autopilotd restarts. `Config.updated` checks a
 change by the same rules as loading, and `save_settings` writes it into `config.toml` keeping
@@ -30,6 +33,7 @@ import tomlkit.exceptions
 from autopilotd.codec import CodecError, from_text
 from autopilotd.errors import UserError
 from autopilotd.paths import Paths, private_dir, write_private_atomic
+from autopilotd.profiles import PROFILES
 
 ENV_PREFIX = "AUTOPILOTD_"
 MAX_INFLIGHT = 32  # jobs at once: more only queue inside psionic
@@ -59,17 +63,23 @@ class Config:
     log_keep_sessions: int = 20
     log_keep_bytes: int = 64 << 20
     log_level: str = "INFO"
+    # Network profile: regtest, signet, mutinynet or bitcoin ("" = none) fills the wallet, Nexus
+    # and relay settings left unset here (profiles.py, docs/onboarding.md).
+    network_profile: str = ""
     # Wallet: "off", or the Bitcoin network its Lightning node runs on.
     wallet_network: str = _editable("off", "restart")
+    # Its chain source, one of three: bitcoind RPC, Esplora or Electrum.
     wallet_bitcoind_rpc_url: str = ""  # regtest/devnet: http://user:password@host:port
-    wallet_esplora_url: str = ""  # signet/bitcoin chain source
+    wallet_esplora_url: str = ""  # signet/bitcoin: https://host/api
+    wallet_electrum_url: str = ""  # signet/bitcoin: ssl://host:port or tcp://host:port
+    wallet_rgs_url: str = ""  # rapid gossip sync server; "" learns the graph from peers
     wallet_listen_port: int = 0  # Lightning peer port on loopback; 0 picks a free one
     wallet_trusted_peers_no_reserve: str = ""  # comma-separated node ids (an LSP, the devnet hub)
     wallet_peers: str = ""  # node_id@host:port, comma-separated: kept connected (LSP, devnet hub)
     # Inbound liquidity: an LSPS2 provider (node_id@host:port) that opens a just-in-time
     # channel when a payment cannot reach the wallet over its channels, for a fee it skims.
     wallet_lsp: str = ""
-    wallet_lsp_token: str = ""
+    wallet_lsp_token: str = ""  # the LSP's access token, if it asks for one
     wallet_lsp_trusted: bool = True  # take its channel without the on-chain reserve
     wallet_jit_max_fee_sats: int = _editable(100, "now")  # most an LSP may take for a channel
     wallet_default_max_fee_ppm: int = (
@@ -102,6 +112,14 @@ class Config:
             out[f.name] = getattr(self, f.name)
         return out
 
+    def wallet_chain(self) -> str:
+        """The chain the wallet's money lives on: `wallet_network`, except under the mutinynet
+        profile, a signet of its own (ldk-node runs it as signet, but its chain is another)."""
+        profile = PROFILES.get(self.network_profile)
+        if profile is not None and profile.network == self.wallet_network:
+            return profile.name
+        return self.wallet_network
+
     def relay_urls(self) -> tuple[str, ...]:
         """The relays the daemon uses: `relays`, then the Nexus's own relay if there is one."""
         urls = split_list(self.relays)
@@ -119,6 +137,14 @@ class Config:
         config = dataclasses.replace(self, **values)
         _validate(config)
         return config
+
+
+CHAIN_SOURCES = {
+    "bitcoind_rpc": "wallet_bitcoind_rpc_url",
+    "esplora": "wallet_esplora_url",
+    "electrum": "wallet_electrum_url",
+}
+"""The chain source settings, by the kind of source each names."""
 
 
 def split_list(value: str) -> tuple[str, ...]:
@@ -224,9 +250,32 @@ def load_config(paths: Paths, env: Mapping[str, str] | None = None) -> Config:
         raw = env.get(env_name(name))
         if raw is not None:
             values.update(_coerced({name: raw}, env_name(name)))
-    config = Config(paths=paths, **values)
+    config = Config(paths=paths, **_with_profile(values))
     _validate(config)
     return config
+
+
+def _with_profile(values: dict[str, Any]) -> dict[str, Any]:
+    """`values`, the settings set explicitly, completed from their network profile.
+
+    A set value always wins. The chain source is one choice in three settings: if any of them
+    is set, the profile's source is not used at all; likewise a set `wallet_lsp` keeps the
+    profile's LSP token out (a token belongs to its LSP).
+    """
+    profile = PROFILES.get(values.get("network_profile", ""))
+    if profile is None:
+        return values  # none, or unknown: _validate says which names there are
+    defaults: dict[str, Any] = {
+        "wallet_network": profile.network,
+        "wallet_rgs_url": profile.rgs_url,
+        "nexus_url": profile.nexus_url,
+        "relays": ", ".join(profile.relays),
+    }
+    if not any(name in values for name in CHAIN_SOURCES.values()):
+        defaults[CHAIN_SOURCES[profile.chain_kind]] = profile.chain_url
+    if "wallet_lsp" not in values:
+        defaults.update(wallet_lsp=profile.lsp, wallet_lsp_token=profile.lsp_token)
+    return defaults | values
 
 
 def _validate(config: Config) -> None:
@@ -240,23 +289,8 @@ def _validate(config: Config) -> None:
     for name in ("max_body_bytes", "max_batch", "log_keep_sessions", "log_keep_bytes"):
         if getattr(config, name) < 1:
             raise UserError(f"{name} must be at least 1")
-    if config.wallet_network not in ("off", "regtest", "signet", "bitcoin"):
-        raise UserError("wallet_network must be one of off, regtest, signet, bitcoin")
-    if config.wallet_network == "regtest" and not config.wallet_bitcoind_rpc_url:
-        raise UserError(
-            "wallet_network = regtest needs wallet_bitcoind_rpc_url (the devnet's shim)"
-        )
-    if config.wallet_network in ("signet", "bitcoin") and not config.wallet_esplora_url:
-        raise UserError(f"wallet_network = {config.wallet_network} needs wallet_esplora_url")
+    _validate_wallet(config)
     wallet_on = config.wallet_network != "off"
-    for entry in split_list(config.wallet_peers):
-        node_id, _, address = entry.partition("@")
-        if len(node_id) != 66 or ":" not in address:
-            raise UserError(f"wallet_peers entry '{entry}' must be node_id@host:port")
-    if config.wallet_lsp:
-        node_id, _, address = config.wallet_lsp.partition("@")
-        if len(node_id) != 66 or ":" not in address:
-            raise UserError(f"wallet_lsp '{config.wallet_lsp}' must be node_id@host:port")
     if config.wallet_jit_max_fee_sats < 0:
         raise UserError("wallet_jit_max_fee_sats must not be negative")
     if wallet_on and not 0 < config.wallet_pay_wait_s < config.call_timeout_s:
@@ -280,6 +314,61 @@ def _validate(config: Config) -> None:
         raise UserError(f"provider_max_inflight must be at most {MAX_INFLIGHT}")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UserError("log_level must be one of DEBUG, INFO, WARNING, ERROR")
+
+
+def _validate_wallet(config: Config) -> None:
+    if config.network_profile and config.network_profile not in PROFILES:
+        raise UserError(
+            f"network_profile '{config.network_profile}' is not one of "
+            f"{', '.join(PROFILES)} (or empty for none)"
+        )
+    if config.wallet_network not in ("off", "regtest", "signet", "bitcoin"):
+        raise UserError("wallet_network must be one of off, regtest, signet, bitcoin")
+    profile = PROFILES.get(config.network_profile)
+    if profile is not None and config.wallet_network not in ("off", profile.network):
+        raise UserError(
+            f"wallet_network = {config.wallet_network} contradicts network_profile = "
+            f"{profile.name} (a {profile.network} network): change or remove one of them"
+        )
+    sources = [name for name in CHAIN_SOURCES.values() if getattr(config, name)]
+    if len(sources) > 1:
+        raise UserError(f"set one chain source, not {' and '.join(sources)}")
+    if config.wallet_network == "regtest" and not config.wallet_bitcoind_rpc_url:
+        raise UserError(
+            "wallet_network = regtest needs wallet_bitcoind_rpc_url (the devnet's shim)"
+        )
+    if config.wallet_network in ("signet", "bitcoin") and not (
+        config.wallet_esplora_url or config.wallet_electrum_url
+    ):
+        raise UserError(
+            f"wallet_network = {config.wallet_network} needs wallet_esplora_url "
+            "or wallet_electrum_url"
+        )
+    electrum = config.wallet_electrum_url
+    if electrum and (
+        urlsplit(electrum).scheme not in ("ssl", "tcp")
+        or not _has_host(electrum)
+        or urlsplit(electrum).port is None
+    ):
+        raise UserError(
+            f"wallet_electrum_url '{electrum}' must be ssl://host:port or tcp://host:port"
+        )
+    for name in ("wallet_esplora_url", "wallet_rgs_url"):
+        url = getattr(config, name)
+        if url and (not url.startswith(("http://", "https://")) or not _has_host(url)):
+            raise UserError(f"{name} '{url}' must be an http:// or https:// URL")
+    for entry in split_list(config.wallet_peers):
+        _check_node_address(entry, f"wallet_peers entry '{entry}'")
+    if config.wallet_lsp:
+        _check_node_address(config.wallet_lsp, f"wallet_lsp '{config.wallet_lsp}'")
+
+
+def _check_node_address(entry: str, what: str) -> None:
+    """A Lightning peer's address: its node id (66 hex digits) @ host:port."""
+    node_id, _, address = entry.partition("@")
+    host, _, port = address.rpartition(":")
+    if not re.fullmatch(r"[0-9a-fA-F]{66}", node_id) or not host or not port.isdigit():
+        raise UserError(f"{what} must be node_id@host:port (a node id of 66 hex digits)")
 
 
 def _has_host(url: str) -> bool:

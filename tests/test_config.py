@@ -7,6 +7,7 @@ import pytest
 from autopilotd.config import load_config
 from autopilotd.errors import UserError
 from autopilotd.paths import Paths
+from autopilotd.profiles import PROFILES
 
 
 def test_home_puts_everything_under_one_directory(tmp_path: Path) -> None:
@@ -56,3 +57,87 @@ def test_bad_settings_get_clear_errors(
     paths.config_file.write_text(text)
     with pytest.raises(UserError, match=message):
         load_config(paths, env=env)
+
+
+def write_config(tmp_path: Path, text: str) -> Paths:
+    paths = Paths.for_home(tmp_path)
+    paths.config_dir.mkdir(parents=True, exist_ok=True)
+    paths.config_file.write_text(text)
+    return paths
+
+
+def test_a_profile_fills_only_what_is_not_set(tmp_path: Path) -> None:
+    paths = write_config(
+        tmp_path,
+        'network_profile = "mutinynet"\n'
+        'relays = "wss://relay.example"\n'
+        'wallet_rgs_url = ""\n'
+        'nexus_url = "https://nexus.example"\n',
+    )
+    cfg = load_config(paths, env={})
+    mutinynet = PROFILES["mutinynet"]
+    assert cfg.relays == "wss://relay.example"  # the file beats the profile
+    assert cfg.wallet_rgs_url == ""  # even when the set value is empty
+    assert cfg.nexus_url == "https://nexus.example"
+    assert (cfg.wallet_network, cfg.wallet_esplora_url) == ("signet", mutinynet.chain_url)
+    assert (cfg.wallet_lsp, cfg.wallet_lsp_token) == (mutinynet.lsp, mutinynet.lsp_token)
+    shown = cfg.public()  # settings.show renders this: the values that run
+    assert shown["wallet_esplora_url"] == mutinynet.chain_url
+    assert shown["wallet_lsp"] == mutinynet.lsp and shown["relays"] == "wss://relay.example"
+
+
+def test_the_environment_beats_the_profile(tmp_path: Path) -> None:
+    paths = write_config(tmp_path, 'network_profile = "bitcoin"\n')
+    esplora = "https://mempool.space/api"
+    cfg = load_config(
+        paths, env={"AUTOPILOTD_WALLET_ESPLORA_URL": esplora, "AUTOPILOTD_RELAYS": ""}
+    )
+    assert (cfg.wallet_esplora_url, cfg.relays) == (esplora, "")
+    assert cfg.wallet_rgs_url == PROFILES["bitcoin"].rgs_url
+
+
+def test_a_set_lsp_keeps_the_profile_token_out(tmp_path: Path) -> None:
+    lsp = "02" + "ab" * 32 + "@lsp.example:9735"
+    paths = write_config(tmp_path, f'network_profile = "mutinynet"\nwallet_lsp = "{lsp}"\n')
+    cfg = load_config(paths, env={})
+    assert (cfg.wallet_lsp, cfg.wallet_lsp_token) == (lsp, "")
+
+
+def test_without_a_profile_nothing_changes(tmp_path: Path) -> None:
+    cfg = load_config(write_config(tmp_path, ""), env={})
+    assert (cfg.network_profile, cfg.wallet_network, cfg.relays) == ("", "off", "")
+    assert (cfg.wallet_lsp, cfg.wallet_rgs_url, cfg.wallet_chain()) == ("", "", "off")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('network_profile = "testnet"\n', "'testnet' is not one of regtest, signet, mutinynet"),
+        ('network_profile = "regtest"\n', "regtest needs wallet_bitcoind_rpc_url"),
+        (
+            'network_profile = "mutinynet"\nwallet_network = "bitcoin"\n',
+            "wallet_network = bitcoin contradicts network_profile = mutinynet",
+        ),
+        ('wallet_lsp = "abc@host:1"\n', "wallet_lsp 'abc@host:1' must be node_id@host:port"),
+        (f'wallet_lsp = "{"0" * 66}@host"\n', "must be node_id@host:port"),
+        ('wallet_peers = "nothex@host:1"\n', "wallet_peers entry 'nothex@host:1' must be"),
+        ('wallet_electrum_url = "https://e.example"\n', "must be ssl://host:port"),
+        ('wallet_rgs_url = "ftp://r.example"\n', "wallet_rgs_url 'ftp://r.example' must be"),
+        (
+            'network_profile = "signet"\nwallet_electrum_url = "ssl://e.example:1"\n'
+            'wallet_esplora_url = "https://e.example/api"\n',
+            "set one chain source, not wallet_esplora_url and wallet_electrum_url",
+        ),
+        ('wallet_network = "signet"\n', "needs wallet_esplora_url or wallet_electrum_url"),
+    ],
+)
+def test_bad_profile_settings_get_clear_errors(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        load_config(write_config(tmp_path, text), env={})
+
+
+def test_a_profile_may_leave_the_wallet_off(tmp_path: Path) -> None:
+    paths = write_config(tmp_path, 'network_profile = "bitcoin"\nwallet_network = "off"\n')
+    cfg = load_config(paths, env={})
+    assert cfg.wallet_network == "off" and cfg.relays == ", ".join(PROFILES["bitcoin"].relays)
+    assert cfg.wallet_chain() == "off"

@@ -67,13 +67,15 @@ def ldk_module() -> ModuleType:
 
 @dataclass(frozen=True)
 class ChainSource:
-    """Where the node reads the chain: a bitcoind-compatible RPC (the devnet shim) or Esplora."""
+    """Where the node reads the chain: a bitcoind-compatible RPC (the devnet shim), an Esplora
+    server or an Electrum server."""
 
     bitcoind_host: str | None = None
     bitcoind_port: int = 0
     bitcoind_user: str = ""
     bitcoind_password: str = ""
     esplora_url: str | None = None
+    electrum_url: str | None = None  # ssl://host:port or tcp://host:port
 
     @classmethod
     def from_config(cls, config: Config) -> ChainSource:
@@ -84,6 +86,8 @@ class ChainSource:
                     "wallet_bitcoind_rpc_url must be http://user:pass@host:port"
                 )
             return cls(url.hostname, url.port, url.username or "", url.password or "")
+        if config.wallet_electrum_url:
+            return cls(electrum_url=config.wallet_electrum_url)
         return cls(esplora_url=config.wallet_esplora_url)
 
 
@@ -97,6 +101,7 @@ class NodeSettings:
     trusted_peers_no_reserve: tuple[str, ...] = ()
     forward_to_unannounced_channels: bool = False  # an LSP's switch (the devnet hub sets it)
     log_level: str = "INFO"
+    rgs_url: str = ""  # rapid gossip sync server; "" learns the graph from peers
     # An LSPS2 liquidity provider (node_id@host:port) that sells just-in-time channels.
     lsp: str | None = None
     lsp_token: str | None = None
@@ -138,6 +143,10 @@ def build_node(settings: NodeSettings, mnemonic: str | None = None) -> Any:
         )
     elif chain.esplora_url:
         builder.set_chain_source_esplora(chain.esplora_url, None)
+    elif chain.electrum_url:
+        builder.set_chain_source_electrum(chain.electrum_url, None)
+    if settings.rgs_url:
+        builder.set_gossip_source_rgs(settings.rgs_url)
     builder.set_filesystem_logger(
         str(settings.storage_dir / "ldk_node.log"), getattr(ldk.LogLevel, settings.log_level)
     )
@@ -356,6 +365,7 @@ def ldk_node_factory(config: Config) -> Callable[[str], LightningNode]:
             lsp=config.wallet_lsp or None,
             lsp_token=config.wallet_lsp_token or None,
             lsp_trusted_no_reserve=config.wallet_lsp_trusted,
+            rgs_url=config.wallet_rgs_url,
         )
         return LdkNode(settings, mnemonic)
 

@@ -30,8 +30,10 @@ from autopilotd.runtime.context import Runtime
 USERINFO_RE = re.compile(r"//[^/@\s]+@")
 
 
-def redact(value: Any) -> Any:
-    """Credentials inside URLs (user:password@) are not shown."""
+def redact(value: Any, name: str = "") -> Any:
+    """Credentials are not shown: inside URLs (user:password@), or a token setting's value."""
+    if name.endswith("_token") and value:
+        return "•••"
     return USERINFO_RE.sub("//•••@", value) if isinstance(value, str) else value
 
 
@@ -61,7 +63,9 @@ class Settings:
             }
             for name, applies in editable_settings().items()
         ]
-        others = {k: redact(v) for k, v in running.public().items() if k not in editable_settings()}
+        others = {
+            k: redact(v, k) for k, v in running.public().items() if k not in editable_settings()
+        }
         return {
             "config_file": str(running.paths.config_file),
             "editable": editable,

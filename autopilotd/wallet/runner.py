@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from autopilotd.config import split_list
 from autopilotd.crashpoints import crash_point
+from autopilotd.errors import StartupCheckFailed
 from autopilotd.ports.lightning import (
     LightningNode,
     NodeError,
@@ -25,6 +26,7 @@ from autopilotd.ports.lightning import (
 )
 from autopilotd.runtime.sections import WalletState
 from autopilotd.vocab import PaymentStatus
+from autopilotd.wallet.network import check_network
 from autopilotd.wallet.seed import load_or_create_seed
 from autopilotd.wallet.service import Wallet
 
@@ -36,6 +38,7 @@ NodeFactory = Callable[[str], LightningNode]
 BALANCE_REFRESH_S = 5.0
 START_TIMEOUT_S = 120.0
 FIX = "check the chain source in config.toml and 'autopilotctl logs', then restart autopilotd"
+CHECK_FIX = "do what the reason says, then restart autopilotd"
 
 
 class WalletService:
@@ -57,6 +60,7 @@ class WalletService:
             logger.warning(
                 "a new wallet seed was created; back it up: autopilotctl wallet.reveal_mnemonic"
             )
+        check_network(cfg.paths.data_dir, cfg.wallet_chain())
         node = self._node_factory(mnemonic)
         del mnemonic
         try:
@@ -65,7 +69,7 @@ class WalletService:
         except TimeoutError:
             raise NodeError(
                 f"it did not start within {START_TIMEOUT_S:.0f} s; is the chain source "
-                "(wallet_bitcoind_rpc_url or wallet_esplora_url) reachable?"
+                "(wallet_bitcoind_rpc_url, wallet_esplora_url or wallet_electrum_url) reachable?"
             ) from None
         self.wallet.node = node
         self.wallet.set_state(
@@ -176,6 +180,9 @@ class WalletService:
             await self.start()
         except NodeError as exc:
             w.set_state(WalletState.ERROR, f"the Lightning node could not start: {exc.reason}", FIX)
+            raise
+        except StartupCheckFailed as exc:
+            w.set_state(WalletState.ERROR, exc.message, CHECK_FIX)
             raise
         except Exception:
             w.set_state(WalletState.ERROR, "the Lightning node could not start", FIX)

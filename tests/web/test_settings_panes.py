@@ -18,14 +18,16 @@ FORM = {
 async def test_settings_pane_is_a_form_that_says_when_each_setting_applies(
     daemon_factory: DaemonFactory, web_login: Any
 ) -> None:
-    d = await daemon_factory(wallet_bitcoind_rpc_url="http://user:secret@127.0.0.1:1")
+    d = await daemon_factory(
+        wallet_bitcoind_rpc_url="http://user:secret@127.0.0.1:1", wallet_lsp_token="lsp-secret"
+    )
     web = await web_login(d)
     status, html = await web.get("/pane/settings")
     assert status == 200
     assert 'hx-post="/do/settings.update?pane=settings"' in html
     assert 'name="provider_price_sats"' in html and 'name="wallet_network"' in html
-    assert html.count("applies now") == 5 and html.count("applies at restart") == 1
-    assert 'name="nexus_url"' in html
+    assert html.count("applies now") == 6 and html.count("applies at restart") == 1
+    assert 'name="nexus_url"' in html and 'name="wallet_jit_max_fee_sats"' in html
     assert 'name="provider_model"' in html and "psionic's default" in html
     assert "secret" not in html and "//•••@127.0.0.1:1" in html  # read-only, redacted
     assert "log_level" in html
