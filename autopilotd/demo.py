@@ -1,13 +1,15 @@
 """`autopilotd demo`: the embedded default, everything real, on this machine only.
 
 It starts, in a fresh demo folder: the offline regtest network (btcd, the shim, a hub
-Lightning node), a local Nostr relay, a Nexus (`autopilotd nexus`: its relay, starter jobs,
-a treasury wallet), your provider daemon (ldk-node wallet, psionic with the packaged models,
-the Nexus as its `nexus_url`) and a buyer daemon that sends a paid job every few seconds on
-the open relay. Channels are opened through the hub, the treasury's with funds pushed to it.
-It prints the web UI's login link: click Go Online and watch the sats arrive, first from a
-starter job, then from the buyer too. `--smoke N` goes online by itself and exits 0 only if
-the buyer's N jobs and at least one starter job were paid.
+Lightning node, an LSPS2 LSP), a local Nostr relay, a Nexus (`autopilotd nexus`: its relay,
+starter jobs, a treasury wallet), your provider daemon (a new ldk-node wallet with no coins
+and no channel, the LSP as its `wallet_lsp`; psionic with the packaged models; the Nexus as
+its `nexus_url`) and a buyer daemon that sends a paid job every few seconds on the open
+relay. The payers' channels come from the LSP, with funds pushed to them. It prints the web
+UI's login link: click Go Online and watch the sats arrive, first from a starter job whose
+payment opens your wallet's first channel (the LSP takes its fee), then from the buyer too.
+`--smoke N` goes online by itself and exits 0 only if the buyer's N jobs and at least one
+starter job were paid.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ async def _starter_jobs(home: Path, at_least: int, timeout: float) -> int:
 async def _start_nexus(
     procs: Processes, devnet: Devnet, home: Path, env: dict[str, str]
 ) -> NexusFile:
-    """The Nexus, serving, its treasury funded over a channel from the hub."""
+    """The Nexus, serving, its treasury funded over a channel from the LSP."""
     nexus = await procs.start(
         "nexus", str(BIN / "autopilotd"), "nexus", "--home", str(home), "--print-url",
         env=env, pipe=True,
@@ -146,7 +148,7 @@ async def _start_nexus(
         raise UserError("the Nexus did not start; see nexus.log")
     found = NexusFile.read(Paths.for_home(home).runtime_dir)
     treasury, _ = await operator_call(found, "GET", "/operator/treasury")
-    await devnet.client.open_channel(
+    await devnet.client.lsp_open_channel(
         treasury["node_id"], treasury["listening"], TREASURY_CHANNEL_SATS, TREASURY_PUSH_SATS
     )
     for _ in range(240):
@@ -172,7 +174,8 @@ class DemoNetwork:
 
 @contextlib.asynccontextmanager
 async def demo_network(root: Path) -> AsyncIterator[DemoNetwork]:
-    """A fresh devnet, relay, Nexus, provider (wallet + psionic) and buyer, channels open."""
+    """A fresh devnet, relay, Nexus, provider (a new wallet + psionic) and buyer, the payers'
+    channels open."""
     if root.exists():
         shutil.rmtree(root)  # every devnet starts a fresh chain; so does the demo
     root.mkdir(parents=True, mode=0o700)
@@ -193,12 +196,15 @@ async def demo_network(root: Path) -> AsyncIterator[DemoNetwork]:
                 "AUTOPILOTD_WALLET_BITCOIND_RPC_URL": (
                     f"http://{info.shim_user}:{info.shim_password}@{info.shim_host}:{info.shim_port}"
                 ),
-                "AUTOPILOTD_WALLET_TRUSTED_PEERS_NO_RESERVE": info.hub_node_id,
-                "AUTOPILOTD_WALLET_PEERS": f"{info.hub_node_id}@{info.hub_address}",
+            }
+            payers = {
+                **common,
+                "AUTOPILOTD_WALLET_TRUSTED_PEERS_NO_RESERVE": info.lsp_node_id,
+                "AUTOPILOTD_WALLET_PEERS": info.lsp,
             }
             print("starting the Nexus and funding its treasury …", flush=True)
-            nexus = await _start_nexus(procs, devnet, root / "nexus", common)
-            common["AUTOPILOTD_RELAYS"] = relay_url
+            nexus = await _start_nexus(procs, devnet, root / "nexus", payers)
+            common["AUTOPILOTD_RELAYS"] = payers["AUTOPILOTD_RELAYS"] = relay_url
             await procs.start(
                 "provider",
                 str(BIN / "autopilotd"),
@@ -207,6 +213,7 @@ async def demo_network(root: Path) -> AsyncIterator[DemoNetwork]:
                 str(provider),
                 env={
                     **common,
+                    "AUTOPILOTD_WALLET_LSP": info.lsp,
                     "AUTOPILOTD_RUNTIME_MODE": "spawn",
                     "AUTOPILOTD_PROVIDER_PRICE_SATS": str(PRICE_SATS),
                     "AUTOPILOTD_PROVIDER_MAX_TOKENS": "128",
@@ -214,19 +221,17 @@ async def demo_network(root: Path) -> AsyncIterator[DemoNetwork]:
                 },
             )
             await procs.start(
-                "buyer", str(BIN / "autopilotd"), "run", "--home", str(buyer), env=common
+                "buyer", str(BIN / "autopilotd"), "run", "--home", str(buyer), env=payers
             )
             print("waiting for the wallets …", flush=True)
             for daemon in (provider, buyer):
                 await _wait_condition(daemon, "wallet-ready", READY_TIMEOUT_S)
-            print("opening channels through the hub …", flush=True)
-            for daemon, push in ((provider, 50_000), (buyer, 600_000)):
-                status = await _call(daemon, "wallet.status")
-                await devnet.client.open_channel(
-                    status["node_id"], status["listening"], 1_000_000, push
-                )
-            for daemon in (provider, buyer):
-                await _wait_usable(daemon)
+            print("opening the buyer's channel from the LSP …", flush=True)
+            status = await _call(buyer, "wallet.status")
+            await devnet.client.lsp_open_channel(
+                status["node_id"], status["listening"], 1_000_000, 600_000
+            )
+            await _wait_usable(buyer)
             print("loading the models …", flush=True)
             await _wait_condition(provider, "runtime-ready", READY_TIMEOUT_S)
             yield DemoNetwork(root, devnet, procs, relay_url, nexus, provider, buyer)
