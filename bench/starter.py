@@ -14,7 +14,7 @@ its ldk-node treasury, the provider with psionic), real Lightning payments.
    Side by side in the same run: first with the Nexus stopped (the baseline: the open-network
    buyer alone, as the demo was before starter jobs), then with it running again.
 3. `--providers N`: paid starter jobs per minute with N providers (the others share the first
-   one's psionic), each paid by the treasury over the hub.
+   one's psionic), each paid by the treasury over a channel from the devnet's LSP.
 """
 
 from __future__ import annotations
@@ -151,8 +151,8 @@ def wallet_env(net: DemoNetwork) -> dict[str, str]:
         "AUTOPILOTD_WALLET_BITCOIND_RPC_URL": (
             f"http://{info.shim_user}:{info.shim_password}@{info.shim_host}:{info.shim_port}"
         ),
-        "AUTOPILOTD_WALLET_TRUSTED_PEERS_NO_RESERVE": info.hub_node_id,
-        "AUTOPILOTD_WALLET_PEERS": f"{info.hub_node_id}@{info.hub_address}",
+        "AUTOPILOTD_WALLET_TRUSTED_PEERS_NO_RESERVE": info.lsp_node_id,
+        "AUTOPILOTD_WALLET_PEERS": info.lsp,
     }
 
 
@@ -197,7 +197,7 @@ async def providers_per_minute(net: DemoNetwork, n: int, minutes: float) -> dict
         while not (await _call_soon(home, "wait.until", {"condition": "wallet-ready"}))["met"]:
             pass
         status = await _call(home, "wallet.status")
-        await net.devnet.client.open_channel(status["node_id"], status["listening"], 500_000, 0)
+        await net.devnet.client.lsp_open_channel(status["node_id"], status["listening"], 500_000, 0)
         while (await _call(home, "wallet.balance"))["receivable_sats"] <= 0:
             await asyncio.sleep(0.5)
     for home in homes:
