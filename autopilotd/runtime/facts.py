@@ -29,8 +29,9 @@ from autopilotd.runtime.sections import (
 SERVED_MODEL_KINDS = ("chat", "embeddings")
 """The local runtime's model kinds the provider sells (text generation, embeddings)."""
 
-NEEDS = ("identity", "wallet", "inference", "relays")
-"""What a command may need (`Registry.command(needs=…)`), in the order blockers are shown."""
+NEEDS = ("identity", "wallet", "inbound", "inference", "relays")
+"""What a command may need (`Registry.command(needs=…)`), in the order blockers are shown.
+`inbound`: the wallet can be paid (a channel with room to receive, or an LSP to open one)."""
 
 BAD_STATES = frozenset({"failed", "degraded", "error"})
 
@@ -130,6 +131,24 @@ def _blockers(
                     "wallet",
                     f"the wallet is {wallet.state.value}: {wallet.reason}",
                     wallet.next_step or "wait until the wallet is ready",
+                ),
+            )
+        )
+    balance = wallet.balance
+    if (
+        wallet.state is WalletState.READY
+        and balance is not None
+        and balance.receivable_sats == 0
+        and not wallet.lsp
+    ):
+        out.append(
+            (
+                "inbound",
+                Blocker(
+                    "inbound",
+                    "no channel can receive a payment and no LSP is set to open one",
+                    "set wallet_lsp (or a network_profile with an LSP) in config.toml, or get "
+                    "a channel opened to this wallet; see docs/onboarding.md",
                 ),
             )
         )

@@ -87,6 +87,7 @@ class WalletSection:
     network: str | None = None
     node_id: str | None = None
     listening: str | None = None
+    lsp: str | None = None  # the LSPS2 LSP's node id, when one is configured
     balance: WalletBalance | None = None
     last_payment: dict[str, Any] | None = None
     updated_at: float | None = None

@@ -77,6 +77,7 @@ class WalletService:
             "syncing with the chain",
             node_id=node.node_id(),
             listening=node.listening(),
+            lsp=cfg.wallet_lsp.partition("@")[0] or None,
         )
         await node.sync()
         await self._connect_peers(node)
