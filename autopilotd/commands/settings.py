@@ -144,13 +144,15 @@ def register(reg: Registry, rt: Runtime) -> None:
         provider_model: str | None = None,
         nexus_url: str | None = None,
         wallet_network: str | None = None,
+        wallet_jit_max_fee_sats: int | None = None,
     ) -> dict[str, Any]:
         """Change settings: checked, saved to config.toml, and applied.
 
         Relays (comma-separated ws:// URLs), the price, max in-flight (1 to 32 jobs at once,
         from the next job) and the chat model for jobs that name none (one psionic serves; ""
         for psionic's default) and the Nexus (an http(s) URL, "" for none; its relay joins the
-        relays) apply at once; the wallet network when autopilotd restarts. The
+        relays) and the most an LSP may take to open a just-in-time channel apply at once; the
+        wallet network when autopilotd restarts. The
         answer lists which settings changed, which applied now and which wait for a restart.
         Owner only: this rewrites the owner's config.toml, and the wallet network decides where
         money lives.
@@ -163,6 +165,7 @@ def register(reg: Registry, rt: Runtime) -> None:
                 "provider_model": provider_model,
                 "nexus_url": nexus_url,
                 "wallet_network": wallet_network,
+                "wallet_jit_max_fee_sats": wallet_jit_max_fee_sats,
             }
         )
 

@@ -84,6 +84,42 @@ async def _until(d: WalletDaemon, command: str, check: Any, timeout: float = 180
         await asyncio.sleep(0.5)
 
 
+def _refusal(d: WalletDaemon, amount_sats: int) -> str:
+    r = d.ctl("--json", "wallet.receive", "--amount-sats", str(amount_sats))
+    assert r.returncode != 0, r.stdout
+    return r.stderr
+
+
+async def test_each_way_the_lsp_cannot_help_says_why(onboarding: Onboarding) -> None:
+    """Against the real LSP, before the newcomer has any channel: no invoice is made, and the
+    reason is the one a job that needed it ends `failed` with."""
+    newcomer, net = onboarding.newcomer, onboarding.net
+    terms = LspTerms()
+    too_small = terms.min_payment_msat // 1000 - 1
+    assert "will not open a channel for a payment of" in _refusal(newcomer, too_small)
+    too_big = terms.max_payment_msat // 1000 + 1
+    assert "will not open a channel for a payment of" in _refusal(newcomer, too_big)
+    newcomer.ctl_json("settings.update", "--wallet-jit-max-fee-sats", "1")
+    try:
+        assert "above your limit of 1 sats" in _refusal(newcomer, PRICE_SATS)
+    finally:
+        newcomer.ctl_json("settings.update", "--wallet-jit-max-fee-sats", "100")
+    info = net.devnet.info
+    down = net.daemon(
+        "lsp-down", wallet_lsp=f"{info.lsp_node_id}@127.0.0.1:{free_port()}", wallet_peers=""
+    ).start()
+    untrusted = net.daemon(
+        "untrusted", wallet_lsp=info.lsp, wallet_lsp_trusted="false", wallet_peers=""
+    ).start()
+    try:
+        assert "the LSP is unreachable" in _refusal(down, PRICE_SATS)
+        assert "needs 25,000 sats on chain as a reserve" in _refusal(untrusted, PRICE_SATS)
+    finally:
+        down.stop()
+        untrusted.stop()
+    assert newcomer.ctl_json("wallet.balance")["receivable_sats"] == 0  # nothing was opened
+
+
 def _starter_jobs(d: WalletDaemon) -> list[dict[str, Any]]:
     jobs = d.ctl_json("jobs.history")["jobs"]
     return [j for j in jobs if j["source"] == "starter"]
