@@ -45,9 +45,10 @@ def _pid_runs(pid: int, needle: str) -> bool:
 class Devnet:
     """A devnet in `directory`: start it, reach it, stop it."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, lsp_client_trusts_lsp: bool = False) -> None:
         self.layout = DevnetLayout(directory.resolve())
         self._info: DevnetInfo | None = None
+        self._lsp_flags = ["--lsp-client-trusts-lsp"] if lsp_client_trusts_lsp else []
 
     async def __aenter__(self) -> Self:
         await self.up(owner=os.getpid())  # a devnet used as a context dies with its user
@@ -134,6 +135,7 @@ class Devnet:
             str(self.layout.root),
             "--detach",
             *follow,
+            *self._lsp_flags,
             stdin=asyncio.subprocess.DEVNULL,
         )
         if await process.wait() != 0:

@@ -6,8 +6,12 @@ SIGTERM by `down`. It publishes `devnet.json` only once everything answers, and 
 on the way out.
 
     python -m autopilotd.devnet.supervisor --dir DIR [--detach] [--owner PID]
+                                           [--lsp-client-trusts-lsp]
 
 With `--owner`, it also stops once that process is gone (a test or demo that was killed).
+`--lsp-client-trusts-lsp` runs the LSP in bLIP-52's "client trusts LSP" model (it broadcasts
+a JIT channel's funding only once the client claimed the payment); by default the LSP trusts
+the client (it broadcasts at once).
 """
 
 import argparse
@@ -36,7 +40,9 @@ from autopilotd.loopback import LOOPBACK, free_port
 logger = logging.getLogger(__name__)
 
 
-async def run(layout: DevnetLayout, owner: int | None = None) -> None:
+async def run(
+    layout: DevnetLayout, owner: int | None = None, lsp_terms: LspTerms | None = None
+) -> None:
     """Run the devnet until SIGTERM or SIGINT, or `owner` exits (each cancels it)."""
     ldk_node_module()  # fail before starting anything when the native parts are missing
     find_lsp_bin()
@@ -46,7 +52,7 @@ async def run(layout: DevnetLayout, owner: int | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, main.cancel)
     async with asyncio.TaskGroup() as tg:
-        serving = tg.create_task(_run(layout))
+        serving = tg.create_task(_run(layout, lsp_terms or LspTerms()))
         if owner is not None:
             tg.create_task(_stop_when_gone(owner, serving))
 
@@ -57,7 +63,7 @@ async def _stop_when_gone(owner: int, serving: asyncio.Task[None]) -> None:
     serving.cancel()
 
 
-async def _run(layout: DevnetLayout) -> None:
+async def _run(layout: DevnetLayout, lsp_terms: LspTerms) -> None:
     forget_previous_chain(layout)
 
     key = MinerKey.load_or_create(layout.miner_key_file)
@@ -79,7 +85,7 @@ async def _run(layout: DevnetLayout) -> None:
             shim = BitcoindShim(rpc, chain.user, chain.password)
             async with serve_shim(shim, chain.port):
                 hub = HubNode(layout.hub_storage, free_port(), chain)
-                lsp = LspProcess(layout.lsp_storage, free_port(), free_port(), chain, LspTerms())
+                lsp = LspProcess(layout.lsp_storage, free_port(), free_port(), chain, lsp_terms)
                 await hub.start()
                 try:
                     await lsp.start()
@@ -150,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, required=True, help="the devnet directory")
     parser.add_argument("--detach", action="store_true", help="run in a new session")
     parser.add_argument("--owner", type=int, help="stop once this process is gone")
+    parser.add_argument(
+        "--lsp-client-trusts-lsp", action="store_true", help="the LSP's client-trusts-LSP model"
+    )
     args = parser.parse_args(argv)
     layout = DevnetLayout(args.dir.resolve())
     layout.create()
@@ -162,10 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         except BlockingIOError:
             print(f"a devnet supervisor already runs in {layout.root}", file=sys.stderr)
             return 1
-        return _serve(layout, args.owner)
+        return _serve(layout, args.owner, LspTerms(client_trusts_lsp=args.lsp_client_trusts_lsp))
 
 
-def _serve(layout: DevnetLayout, owner: int | None) -> int:
+def _serve(layout: DevnetLayout, owner: int | None, lsp_terms: LspTerms) -> int:
     with layout.log_file.open("a") as log:
         os.dup2(log.fileno(), sys.stdout.fileno())
         os.dup2(log.fileno(), sys.stderr.fileno())
@@ -176,7 +185,7 @@ def _serve(layout: DevnetLayout, owner: int | None) -> int:
     )
     write_pid(layout.supervisor_pid_file, os.getpid())
     try:
-        asyncio.run(run(layout, owner))
+        asyncio.run(run(layout, owner, lsp_terms))
     except asyncio.CancelledError:
         pass
     except Exception:
