@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -132,9 +133,14 @@ def _dispatch(args: argparse.Namespace) -> int:
         paths = Paths.resolve(args.home)
         config = load_config(paths)
         _configure_logging(config.log_level)
-        from autopilotd.daemon import run_daemon
+        from autopilotd.daemon import EXIT_RESTART, run_daemon
 
-        return asyncio.run(run_daemon(config))
+        code = asyncio.run(run_daemon(config))
+        if code == EXIT_RESTART:  # the same process starts again, with the same arguments
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.execv(sys.executable, [sys.executable, "-m", "autopilotd", *sys.argv[1:]])
+        return code
     if args.cmd == "demo":
         _configure_logging("INFO")
         from autopilotd.demo import run_demo

@@ -42,6 +42,7 @@ ServiceFactory = Callable[[Runtime], Service]
 EXIT_OK = 0
 EXIT_STARTUP_FAILED = 78  # EX_CONFIG: systemd's Restart=on-failure will not loop on it forever
 EXIT_STOP_TIMEOUT = 70
+EXIT_RESTART = 75  # stopped cleanly to start again: `autopilotd run` re-executes itself
 
 
 async def run_daemon(
@@ -165,6 +166,9 @@ async def _serve(app: App, extra: list[Service]) -> int:
     failed = supervisor.status(control.name)
     if not manifest_written and failed is not None and failed.state is ServiceState.FAILED:
         raise StartupCheckFailed(f"the control plane could not start: {failed.last_error}")
+    if rt.restart_requested:
+        logger.info("autopilotd stopped cleanly; starting again")
+        return EXIT_RESTART
     logger.info("autopilotd stopped cleanly")
     return EXIT_OK
 

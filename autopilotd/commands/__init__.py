@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from autopilotd.commands import access, settings, starter, system
+from autopilotd.commands import access, settings, setup, starter, system
 from autopilotd.registry import Registry
 from autopilotd.runtime.context import Runtime
 
@@ -15,5 +15,6 @@ BUILTINS: tuple[Registrar, ...] = (
     system.register,
     access.register,
     settings.register,
+    setup.register,
     starter.register,
 )

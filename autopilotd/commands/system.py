@@ -114,6 +114,14 @@ def register(reg: Registry, rt: Runtime) -> None:
         schema version and its path (what the start-up checks assert)."""
         return {**await rt.store.settings(), "path": str(rt.store.path)}
 
+    @reg.command("daemon.restart", access="owner")
+    async def daemon_restart() -> dict[str, Any]:
+        """Stop cleanly and start again in the same process, applying the settings saved for
+        the next start (a wallet network, a network profile). Owner only."""
+        rt.events.publish("daemon.restart_requested")
+        rt.request_restart()
+        return {"restarting": True}
+
     @reg.command("daemon.stop", access="control")
     async def daemon_stop() -> dict[str, Any]:
         """Stop the daemon cleanly: services are cancelled, the manifest is removed, then exit."""

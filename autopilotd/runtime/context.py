@@ -66,6 +66,7 @@ class Runtime:
     approvals: Approvals = field(default_factory=Approvals)
     conditions: Conditions = field(default_factory=builtin_conditions)
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
+    restart_requested: bool = False
 
     @property
     def config(self) -> Config:
@@ -73,4 +74,10 @@ class Runtime:
         return self.live.current
 
     def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    def request_restart(self) -> None:
+        """Stop cleanly, then start again in the same process (settings saved for the next
+        start, a restored seed): `autopilotd run` re-executes itself on EXIT_RESTART."""
+        self.restart_requested = True
         self.stop_requested.set()

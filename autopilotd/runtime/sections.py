@@ -58,6 +58,7 @@ class ServiceStatus:
 
 
 class WalletState(enum.StrEnum):
+    NEEDS_SETUP = "needs_setup"  # a first run: no backup confirmed, no network chosen
     OFF = "off"
     STARTING = "starting"
     SYNCING = "syncing"

@@ -35,6 +35,7 @@ from autopilotd.runtime.sections import WalletBalance, WalletSection, WalletStat
 from autopilotd.runtime.state import SectionWriter
 from autopilotd.store.ledger import Ledger, PaymentRow
 from autopilotd.vocab import PaymentDirection, PaymentStatus
+from autopilotd.wallet.setup import needs_setup
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,13 @@ class Wallet:
         self.node: LightningNode | None = None
         self._settled = asyncio.Event()
         self._streams: list[asyncio.Queue[SettledPayment]] = []
+        if needs_setup(config.current):
+            self.set_state(
+                WalletState.NEEDS_SETUP,
+                "no wallet is set up yet: back up its words (or restore yours) and choose a "
+                "network",
+                "set up your rig: the Set Up pane in the web UI, or 'autopilotctl setup.status'",
+            )
 
     # -- state -----------------------------------------------------------------------------
 

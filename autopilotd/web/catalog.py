@@ -19,6 +19,7 @@ PANES: tuple[Pane, ...] = (
         coming("chat", "the chat issue", "threads with your Autopilot and a message box"),
         placeholder=True,
     ),
+    Pane("setup", "Set Up Your Rig", "Autopilot", sources.setup),
     Pane(
         "go_online",
         "Go Online",

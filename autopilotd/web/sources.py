@@ -281,6 +281,23 @@ async def _receipt(v: View, payment_hash: str) -> dict[str, Any]:
     }
 
 
+async def setup(v: View) -> dict[str, Any]:
+    """The first run: each step from setup.status, and what the last action returned."""
+    reveal = v.acted("setup.reveal_words")
+    words = reveal.result["mnemonic"].split() if reveal and reveal.error is None else None
+    return {
+        "status": await v.call("setup.status"),
+        "confirm_phrase": REVEAL_CONFIRMATION,
+        "mnemonic": words,
+        "error": v.action.error if v.action else None,
+        "restarting": bool(
+            v.action
+            and v.action.error is None
+            and v.action.command in ("setup.finish", "setup.restore_wallet")
+        ),
+    }
+
+
 async def identity_keys(v: View) -> dict[str, Any]:
     reveal = v.acted("wallet.reveal_mnemonic")
     words = reveal.result["mnemonic"].split() if reveal and reveal.error is None else None

@@ -111,7 +111,7 @@ class WebUI:
             data=data,
             panes=[p.describe() for p in PANES],
             groups=GROUPS,
-            open=DEFAULT_PANE,
+            open="setup" if v.snapshot["wallet"]["state"] == "needs_setup" else DEFAULT_PANE,
             seq=v.snapshot["seq"],
         )
         return web.Response(text=html, content_type="text/html")

@@ -111,7 +111,7 @@ async def test_a_restart_setting_stays_pending_and_the_running_value_is_kept(
     }
     assert tomllib.loads(d.paths.config_file.read_text())["wallet_network"] == "regtest"
     status = await d.call("status")
-    assert status["wallet"]["state"] == "off"  # the running wallet is untouched
+    assert status["wallet"]["state"] == "needs_setup"  # the running wallet is untouched
     back = await d.call("settings.update", {"wallet_network": "off"})
     assert back["restart"] == []
     assert not shown(await d.call("settings.show"), "wallet_network")["pending"]

@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import DaemonFactory, InProcessDaemon, wallet_daemon
+from support import DaemonFactory, wallet_daemon
 
 from autopilotd.adapters.fake_lightning import FakeNetwork
 from autopilotd.app import Adapters
 from autopilotd.client import RpcError
 from autopilotd.errors import UserError
+from autopilotd.paths import Paths
 from autopilotd.store import Store
 from autopilotd.store.ledger import Ledger, preimage_matches
 from autopilotd.wallet.seed import import_seed, load_or_create_seed, seed_path
+from autopilotd.wallet.setup import mark_backed_up
 
 
 def _const(value: int) -> Any:
@@ -142,11 +144,20 @@ async def test_bad_input_gets_clear_errors(daemon_factory: DaemonFactory, net: F
     assert node.sends == 0
 
 
-async def test_wallet_off_says_so(daemon: InProcessDaemon) -> None:
-    status = await daemon.call("wallet.status")
+async def test_wallet_off_says_so(daemon_factory: DaemonFactory, tmp_path: Path) -> None:
+    first_run = await daemon_factory()
+    status = await first_run.call("wallet.status")
+    assert status["state"] == "needs_setup" and "setup.status" in status["next_step"]
+    with pytest.raises(RpcError, match="wallet is needs_setup"):
+        await first_run.call("wallet.balance")
+    # Words backed up, no network chosen: the wallet is simply off.
+    home = tmp_path / "backed-up"
+    mark_backed_up(Paths.for_home(home).data_dir, "confirmed")
+    off = await daemon_factory(home=home)
+    status = await off.call("wallet.status")
     assert status["state"] == "off" and status["next_step"]
     with pytest.raises(RpcError, match="wallet is off"):
-        await daemon.call("wallet.balance")
+        await off.call("wallet.balance")
 
 
 async def test_ledger_rules(tmp_path: Path) -> None:

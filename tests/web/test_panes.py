@@ -45,7 +45,7 @@ async def _check_every_pane(web: WebClient) -> None:
 async def test_every_pane_renders_with_the_wallet_off(web: WebClient) -> None:
     await _check_every_pane(web)
     _, data = await web.get_json("/pane/wallet")
-    assert data["wallet"]["state"] == "off" and data["history"] == []
+    assert data["wallet"]["state"] == "needs_setup" and data["history"] == []
     _, hud = await web.get("/pane/hud")
     assert "OFFLINE" in hud and "Go Online" in hud
 
@@ -121,7 +121,7 @@ async def test_nothing_on_the_page_is_refreshed_by_the_tick(web: WebClient) -> N
 
 def test_the_palette_has_one_command_per_pane() -> None:
     commands = [p.command for p in PANES]
-    assert len(commands) == len(set(commands)) == 19
+    assert len(commands) == len(set(commands)) == 20
     assert all(c == f"pane.{p.name}" for c, p in zip(commands, PANES, strict=True))
 
 
