@@ -68,6 +68,11 @@ class Payments(Protocol):
         """A BOLT11 invoice of this wallet. Raises NotReady or UserError (errors.py)."""
         ...
 
+    async def lsp_fee_msat(self, payment_hash: str) -> int:
+        """The LSP's agreed fee for this invoice when it goes over a just-in-time channel;
+        0 for an invoice over the wallet's channels (or one it does not know)."""
+        ...
+
     def settlements(self) -> AsyncIterator[SettledPayment]:
         """Each inbound payment the wallet records as settled from now on, in order.
 

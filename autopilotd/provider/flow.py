@@ -270,7 +270,13 @@ class JobFlow:
     async def _deadline(self, request_id: str) -> None:
         job = await self._jobs.get(request_id)
         if job is not None and job.stage is JobStage.DELIVERED:
-            await self.end_unpaid(job, "not paid in time", "deadline")
+            reason = "not paid in time"
+            if job.payment_hash and await self._payments.lsp_fee_msat(job.payment_hash):
+                reason += (
+                    ": its invoice needed a new channel from the LSP, and no payment came "
+                    "over it (the buyer did not pay, or the LSP could not open the channel)"
+                )
+            await self.end_unpaid(job, reason, "deadline")
 
     async def lost_race(self, event: SignedEvent) -> None:
         """A buyer telling us another provider won its request: our job ends unpaid, visibly.

@@ -171,6 +171,10 @@ class Wallet:
             inv.bolt11, inv.payment_hash, inv.amount_msat, inv.expires_at, lsp_fee_msat
         )
 
+    async def lsp_fee_msat(self, payment_hash: str) -> int:
+        invoice = await self.ledger.invoice(payment_hash)
+        return int(invoice["lsp_fee_msat"]) if invoice else 0
+
     def settlements(self) -> AsyncIterator[SettledPayment]:
         queue: asyncio.Queue[SettledPayment] = asyncio.Queue()
         self._streams.append(queue)

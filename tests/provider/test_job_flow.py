@@ -235,3 +235,19 @@ async def test_a_relay_that_comes_back_gets_the_job_events_and_the_handler_it_mi
         await until(
             lambda: len([e for e in market.relays.published if e.kind == KIND_HANDLER]) > handlers
         )
+
+
+async def test_an_unpaid_jit_invoice_says_the_lsp_may_be_why(market: Market) -> None:
+    """A job whose invoice went over a just-in-time channel that never carried a payment (the
+    LSP failed to open it, silently) ends unpaid with that possibility in its reason."""
+    node = FakeNode(market.lightning, "newcomer", 0)
+    node.receivable_msat = 0
+    node.lsp_fee_msat = 2_000
+    async with market.peer("newcomer", node=node, wallet_lsp="02" + "ab" * 32 + "@h:1") as p:
+        await online(p)
+        rid, event = request(generate_identity())
+        market.relays.inject(event)  # a buyer who never pays
+        await p.job_until(rid, "delivered")
+        market.clock.advance(p.app.rt.config.provider_payment_timeout_s + 1)
+        job = await p.job_until(rid, "delivered_unpaid")
+        assert job["reason"].startswith("not paid in time: its invoice needed a new channel")
