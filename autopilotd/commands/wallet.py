@@ -71,7 +71,8 @@ def register(reg: Registry, rt: Runtime, wallet: Wallet) -> None:
             "amount_sats": amount_sats,
             "description": description,
             "expires_at": inv.expires_at,
-            "lsp_fee_sats": lsp_fee_msat / 1000,
+            "lsp_fee_sats": -(-lsp_fee_msat // 1000),  # rounded up: never shown smaller
+            "lsp_fee_msat": lsp_fee_msat,
         }
 
     @reg.command("wallet.pay", access="owner", moves_money=True, needs={"wallet"})

@@ -268,7 +268,8 @@ class Wallet:
             "wallet.jit_invoice",
             payment_hash=inv.payment_hash,
             amount_sats=amount_msat // 1000,
-            lsp_fee_sats=jit.lsp_fee_msat / 1000,
+            lsp_fee_sats=-(-jit.lsp_fee_msat // 1000),
+            lsp_fee_msat=jit.lsp_fee_msat,
         )
         return inv, jit.lsp_fee_msat
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from support import DaemonFactory, InProcessDaemon, wallet_daemon
 
-from autopilotd.adapters.fake_lightning import FakeNetwork
+from autopilotd.adapters.fake_lightning import FakeNetwork, FakeNode
+from autopilotd.app import Adapters
 from autopilotd.commands.wallet import REVEAL_CONFIRMATION
 from autopilotd.registry import Registry
 from autopilotd.runtime.context import Runtime
@@ -81,6 +82,24 @@ async def test_create_invoice_shows_a_qr_code_and_turns_paid(
             break
         await asyncio.sleep(0.05)
     assert "PAID ✓ 10 sats received" in html
+
+
+async def test_an_invoice_over_the_lsp_shows_its_fee_before_it_is_paid(
+    daemon_factory: DaemonFactory, net: FakeNetwork, web_login: Any
+) -> None:
+    node = FakeNode(net, "newcomer", 0)
+    node.receivable_msat, node.lsp_fee_msat = 0, 2_000
+    d = await daemon_factory(
+        adapters=Adapters(node_factory=lambda m: node),
+        wallet_network="regtest",
+        wallet_bitcoind_rpc_url="http://u:p@127.0.0.1:1",
+        wallet_lsp="02" + "ab" * 32 + "@127.0.0.1:9735",
+    )
+    assert (await d.call("wait.until", {"condition": "wallet-ready", "timeout_s": 10}))["met"]
+    web = await web_login(d)
+    status, html = await web.do("wallet.receive", {"amount_sats": "21"}, pane="create_invoice")
+    assert status == 200 and 'data-testid="lsp-fee"' in html
+    assert "takes 2 sats of it to open the channel. You receive 19 sats." in html
 
 
 async def test_reveal_needs_the_confirmation(
