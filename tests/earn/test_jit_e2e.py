@@ -38,6 +38,7 @@ class Onboarding:
     net: Net
     nexus: NexusDaemon
     newcomer: WalletDaemon
+    friend: WalletDaemon  # another wallet the newcomer withdraws to, its channel from the LSP
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -62,15 +63,26 @@ async def onboarding(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
             wallet_peers="",
             wallet_trusted_peers_no_reserve="",
         )
+        friend = net.daemon(
+            "friend",
+            wallet_trusted_peers_no_reserve=info.lsp_node_id,
+            wallet_peers=info.lsp,
+        )
         try:
             treasury = nexus.operator("GET", "/operator/treasury")
             await net.client.lsp_open_channel(
                 treasury["node_id"], treasury["listening"], 1_000_000, 400_000
             )
+            friend.start()
+            status = friend.ctl_json("wallet.status")
+            await net.client.lsp_open_channel(
+                status["node_id"], status["listening"], 1_000_000, 400_000
+            )
             newcomer.start()
-            yield Onboarding(net, nexus, newcomer)
+            yield Onboarding(net, nexus, newcomer, friend)
         finally:
             newcomer.stop()
+            friend.stop()
             nexus.stop()
 
 
@@ -162,3 +174,24 @@ async def test_a_new_wallet_earns_its_first_sats_over_a_jit_channel(
     channels = (await onboarding.net.client.status())["lsp"]["channels"]
     assert [c["counterparty"] for c in channels].count(mine[0]["counterparty"]) == 1
     newcomer.ctl_json("provider.offline")
+
+
+async def test_the_newcomer_withdraws_over_its_new_channel(onboarding: Onboarding) -> None:
+    """Above the channel's reserve (1 % of it, which the LSP asks the wallet to keep), the
+    newcomer's earnings leave by paying an invoice of its other wallet: withdrawal stays one
+    payment, over the channel its first job opened."""
+    newcomer, friend = onboarding.newcomer, onboarding.friend
+    earned = newcomer.ctl_json("wallet.receive", "--amount-sats", "5000")
+    assert earned["lsp_fee_sats"] == 0  # over the channel that exists
+    assert friend.ctl_json("wallet.pay", "--bolt11", earned["bolt11"])["settled"]
+    await _until(newcomer, "wallet.balance", lambda b: b["spendable_sats"] >= 1_000)
+    invoice = friend.ctl_json("wallet.receive", "--amount-sats", "1000")
+    out = newcomer.ctl_json("wallet.withdraw", "--bolt11", invoice["bolt11"])
+    assert out["settled"] and out["amount_msat"] == 1_000_000
+    received = await _until(
+        friend,
+        "wallet.history",
+        lambda h: any(p["payment_hash"] == invoice["payment_hash"] for p in h["payments"]),
+    )
+    [row] = [p for p in received["payments"] if p["payment_hash"] == invoice["payment_hash"]]
+    assert row["direction"] == "in" and row["amount_msat"] == 1_000_000
