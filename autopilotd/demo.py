@@ -192,7 +192,7 @@ async def demo_network(root: Path) -> AsyncIterator[DemoNetwork]:
                 raise UserError("the local relay did not start; see relay.log")
             info = devnet.info
             common = {
-                "AUTOPILOTD_WALLET_NETWORK": "regtest",
+                "AUTOPILOTD_NETWORK_PROFILE": "regtest",  # the devnet's profile
                 "AUTOPILOTD_WALLET_BITCOIND_RPC_URL": (
                     f"http://{info.shim_user}:{info.shim_password}@{info.shim_host}:{info.shim_port}"
                 ),
