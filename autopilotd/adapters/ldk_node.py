@@ -211,8 +211,16 @@ class LdkNode(LightningNode):
         usable = [c for c in channels if c.is_usable]
         pending = sum(_sweep_amount(p) for p in b.pending_balances_from_channel_closures)
         pending += b.total_onchain_balance_sats - b.spendable_onchain_balance_sats
+        # A cooperative close pays an address of the on-chain wallet, which counts the coin
+        # once a block holds it; LDK reports it for six blocks more. Counted once: on chain.
+        landed = sum(
+            int(x.amount_satoshis)
+            for x in b.lightning_balances
+            if isinstance(x, self._ldk.LightningBalance.CLAIMABLE_AWAITING_CONFIRMATIONS)
+            and x.source == self._ldk.BalanceSource.COOP_CLOSE
+        )
         return Balances(
-            lightning_sats=b.total_lightning_balance_sats,
+            lightning_sats=max(0, b.total_lightning_balance_sats - landed),
             spendable_msat=sum(c.outbound_capacity_msat for c in usable),
             receivable_msat=sum(c.inbound_capacity_msat for c in usable),
             onchain_sats=b.total_onchain_balance_sats,
