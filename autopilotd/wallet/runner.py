@@ -27,6 +27,7 @@ from autopilotd.ports.lightning import (
 from autopilotd.runtime.sections import WalletState
 from autopilotd.vocab import PaymentStatus
 from autopilotd.wallet.network import check_network
+from autopilotd.wallet.onchain import OnchainWallet
 from autopilotd.wallet.seed import load_or_create_seed
 from autopilotd.wallet.service import Wallet
 
@@ -46,9 +47,12 @@ class WalletService:
 
     name = "wallet"
 
-    def __init__(self, wallet: Wallet, node_factory: NodeFactory) -> None:
+    def __init__(
+        self, wallet: Wallet, node_factory: NodeFactory, onchain: OnchainWallet | None = None
+    ) -> None:
         self.wallet = wallet
         self._node_factory = node_factory
+        self.onchain = onchain
 
     async def start(self) -> None:
         cfg = self.wallet.config
@@ -83,6 +87,11 @@ class WalletService:
         await self.reconcile()
         await self.wallet.refresh()
         self.wallet.set_state(WalletState.READY, "ready to receive and send")
+        if self.onchain is not None:  # a cash-out may close channels: after the state is ready
+            try:
+                await self.onchain.reconcile()
+            except NodeError as exc:  # it moves on at the next refresh
+                logger.warning("on-chain sends: %s", exc.reason)
 
     async def _connect_peers(self, node: LightningNode) -> None:
         """Reach the configured peers (an LSP, the devnet hub) so channels are usable at once.
@@ -199,10 +208,13 @@ class WalletService:
 
     async def _refresh_loop(self) -> None:
         """The node's balances change without events (on-chain confirmations, channel updates);
-        refreshing publishes a new snapshot only when a figure actually changed."""
+        refreshing publishes a new snapshot only when a figure actually changed. On-chain sends
+        and cash-outs move on here too (confirmations, a cash-out's sweep)."""
         while True:
             await asyncio.sleep(BALANCE_REFRESH_S)
             try:
+                if self.onchain is not None:
+                    await self.onchain.advance()
                 await self.wallet.refresh()
             except NodeError as exc:
                 self.wallet.set_state(
