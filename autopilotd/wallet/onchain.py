@@ -280,7 +280,8 @@ class OnchainWallet:
     async def reconcile(self) -> None:
         """At start: channels a cash-out left open are closed again, and every row moves on
         as far as the node's record allows (see the module docstring)."""
-        node = self._node()
+        node = self._wallet.node
+        assert node is not None
         for row in await self.sends.open():
             if row.kind is OnchainKind.CASH_OUT and row.status is OnchainStatus.CLOSING:
                 for channel in await node.channels():

@@ -1,9 +1,10 @@
 """Runs the wallet: the node's lifecycle, its events, reconciliation, the balance refresh.
 
 Lifecycle: `starting` (seed, node start) → `syncing` (chain sync, then reconciliation of every
-open send with the node's own payment store) → `ready`. Failures move it to `error` with the
-reason and what to do. Node events are handled one at a time, recorded in the ledger, and only
-then acknowledged to the node, so a crash replays the event instead of losing it.
+open send, Lightning and on-chain, with the node's own store) → `ready`. Failures move it to
+`error` with the reason and what to do. Node events are handled one at a time, recorded in the
+ledger, and only then acknowledged to the node, so a crash replays the event instead of losing
+it.
 """
 
 from __future__ import annotations
@@ -85,13 +86,13 @@ class WalletService:
         await node.sync()
         await self._connect_peers(node)
         await self.reconcile()
-        await self.wallet.refresh()
-        self.wallet.set_state(WalletState.READY, "ready to receive and send")
-        if self.onchain is not None:  # a cash-out may close channels: after the state is ready
+        if self.onchain is not None:
             try:
                 await self.onchain.reconcile()
             except NodeError as exc:  # it moves on at the next refresh
                 logger.warning("on-chain sends: %s", exc.reason)
+        await self.wallet.refresh()
+        self.wallet.set_state(WalletState.READY, "ready to receive and send")
 
     async def _connect_peers(self, node: LightningNode) -> None:
         """Reach the configured peers (an LSP, the devnet hub) so channels are usable at once.
