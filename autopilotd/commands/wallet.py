@@ -152,8 +152,8 @@ def register(reg: Registry, rt: Runtime, wallet: Wallet, onchain: OnchainWallet)
     async def wallet_onchain_address() -> dict[str, Any]:
         """Return a new on-chain address of this wallet, and its bitcoin: link for a QR code.
 
-        Coins sent to it are on-chain funds of this wallet: they can be sent on, and a
-        channel from an LSP that asks for a reserve takes it from them.
+        Coins sent to it are this wallet's on-chain funds: they can be sent on or cashed out,
+        and they hold the on-chain reserve a channel from an LSP you do not trust needs.
         """
         address = await wallet.require_node().onchain_address()
         return {"address": address, "uri": f"bitcoin:{address}"}
