@@ -3,7 +3,8 @@
 A daemon with a real ldk-node wallet is funded on chain, sends to an address at a fee rate,
 takes a channel from the hub, and cashes out (cooperative close, then everything to an
 address). Each amount and fee shown before confirming is checked against the transaction as
-btcd holds it (outputs, and inputs' values for the fee) and against the node's own record.
+btcd holds it (outputs, and inputs' values for the fee) and against the node's own record:
+equal where the preview says exact, within it where it says "at most" (a send from two coins).
 """
 
 from __future__ import annotations
@@ -129,6 +130,26 @@ async def test_receive_send_and_cash_out_move_what_was_shown(net: Net) -> None:
     done = await _confirmed(d, started["id"])
     assert (done["sent_sats"], done["fee_sats"]) == (plan["amount_sats"], plan["fee_sats"])
     await _wait_for(d, "an empty wallet", lambda: _empty(d.ctl_json("wallet.balance")))
+
+    # Two coins, and a send that needs both: the node picks the coins, so the fee shown is
+    # the most it can be; the amount is exact all the same, and the fee paid is within it.
+    for sats in (60_000, 45_000):
+        await net.client.fund(d.ctl_json("wallet.onchain_address")["address"], sats)
+    await _wait_for(
+        d, "two deposits", lambda: d.ctl_json("wallet.balance")["onchain_sats"] == 105_000
+    )
+    to = str(bech32.encode("bcrt", 0, os.urandom(20)))
+    args = ("--address", to, "--amount-sats", "80000", "--fee-rate-sat-vb", "2")
+    preview = d.ctl_json("wallet.onchain_preview", *args)
+    assert not preview["fee_exact"] and preview["coins"] == 2, preview
+    sent = d.ctl_json("wallet.onchain_send", *args, "--max-fee-sats", str(preview["fee_sats"]))
+    tx = await _transaction(net, sent["txid"])
+    assert tx["outputs"][to] == 80_000 and tx["inputs"] == 2
+    assert tx["fee"] <= preview["fee_sats"]
+    await net.client.mine(1)
+    done = await _confirmed(d, sent["id"])
+    assert (done["sent_sats"], done["fee_sats"]) == (80_000, tx["fee"])
+    assert done["quoted_fee_sats"] == preview["fee_sats"] and not done["quote_exact"]
 
 
 def _empty(balance: dict[str, Any]) -> bool:
