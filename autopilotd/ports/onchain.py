@@ -98,10 +98,10 @@ def parse_destination(text: str, network: str) -> Destination:
 class Quote:
     """What a send (or a sweep of every coin) moves and costs, before it is made.
 
-    `amount_sats` is what the address receives (None: not known yet, for a sweep whose coins
-    come from channel closes with a fee agreed at close). `fee_sats` is the fee: exact when
-    `exact`, else the most the transaction can pay. `coins` is how many of the wallet's coins
-    the figure allows for.
+    `amount_sats` is what the address receives: always exact for a send of an amount; for a
+    sweep exact when `exact`, else the least it can be (None: not known yet, when a channel
+    close's fee is agreed at close). `fee_sats` is the fee: exact when `exact`, else the most
+    the transaction can pay. `coins` is how many of the wallet's coins the figures allow for.
     """
 
     amount_sats: int | None
