@@ -49,6 +49,8 @@ from autopilotd.starter.service import StarterService
 from autopilotd.store import Store
 from autopilotd.store.buys import BuyRequests
 from autopilotd.store.ledger import Ledger
+from autopilotd.store.onchain import OnchainSends
+from autopilotd.wallet.onchain import OnchainWallet
 from autopilotd.wallet.runner import NodeFactory, WalletService
 from autopilotd.wallet.seed import load_or_create_seed
 from autopilotd.wallet.service import Wallet
@@ -129,6 +131,7 @@ def build(
         PoolConfig(relays=config.relay_urls()), identity=identity
     )
     wallet = Wallet(config=live, ledger=Ledger(store), writer=state.writer("wallet"), events=events)
+    onchain = OnchainWallet(wallet, OnchainSends(store))
     local = LocalRuntime(
         config=live,
         writer=state.writer("local_runtime"),
@@ -171,7 +174,7 @@ def build(
     auth = WebAuth()
     for register in BUILTINS:
         register(rt.registry, rt)
-    wallet_commands.register(rt.registry, rt, wallet)
+    wallet_commands.register(rt.registry, rt, wallet, onchain)
     runtime_commands.register(rt.registry, rt, local)
     provider_commands.register(rt.registry, rt, provider)
     buyer_commands.register(rt.registry, rt, buyer)
@@ -181,7 +184,8 @@ def build(
 
     services: list[Service] = [RelaysService(pool, state.writer("relays"), live)]
     if config.wallet_network != "off":
-        services.append(WalletService(wallet, adapters.node_factory or ldk_node_factory(config)))
+        node_factory = adapters.node_factory or ldk_node_factory(config)
+        services.append(WalletService(wallet, node_factory, onchain))
     if config.runtime_mode != "off":
         services.append(local)
     services += [provider, buyer, starter]

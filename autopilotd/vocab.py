@@ -91,6 +91,37 @@ OPEN_PAYMENT_STATUSES: frozenset[PaymentStatus] = frozenset(
 )
 
 
+class OnchainKind(enum.StrEnum):
+    """What an on-chain send of the wallet is: an amount to an address, or a cash-out (close
+    every channel, then everything to an address)."""
+
+    SEND = "send"
+    CASH_OUT = "cash_out"
+
+
+class OnchainStatus(enum.StrEnum):
+    """An on-chain send's status (wallet/onchain.py).
+
+    closing: a cash-out's channels are closing; intent: recorded, about to be handed to the
+    node; broadcast: the node built and broadcast it (txid known); confirmed: in a block, its
+    fee and amount from the node's record; failed: nothing was sent, with the reason; unknown:
+    autopilotd stopped between recording it and the node's answer, and the node's record
+    shows no matching transaction yet.
+    """
+
+    CLOSING = "closing"
+    INTENT = "intent"
+    BROADCAST = "broadcast"
+    CONFIRMED = "confirmed"
+    FAILED = "failed"
+    UNKNOWN = "unknown"
+
+
+OPEN_ONCHAIN_STATUSES: frozenset[OnchainStatus] = frozenset(
+    {OnchainStatus.CLOSING, OnchainStatus.INTENT, OnchainStatus.BROADCAST, OnchainStatus.UNKNOWN}
+)
+
+
 class BuyStatus(enum.StrEnum):
     """One of our own requests as a buyer (buyer/service.py)."""
 

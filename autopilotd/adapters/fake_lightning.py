@@ -11,7 +11,10 @@ import asyncio
 import hashlib
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+
+from embit import bech32
 
 from autopilotd.ports.lightning import (
     Balances,
@@ -24,6 +27,7 @@ from autopilotd.ports.lightning import (
     PaymentReceived,
     PaymentSucceeded,
 )
+from autopilotd.ports.onchain import ChannelInfo, Destination, OnchainTx, Quote
 
 
 @dataclass
@@ -51,6 +55,14 @@ class FakeNode:
         self.hold.set()
         self.receivable_msat = 10**12  # inbound capacity; 0 for a wallet with no channel
         self.lsp_fee_msat: int | None = None  # an LSP's opening fee; None: no LSP
+        # On chain: coins (sats), a record of transactions, channels a cash-out can close.
+        self.coins: list[int] = []
+        self.record: list[OnchainTx] = []
+        self.height = 100
+        self.onchain_sends = 0
+        self.fail_onchain: NodeError | None = None  # the next send, sweep or close raises it
+        self.open_channels: list[ChannelInfo] = []
+        self.closing: list[ChannelInfo] = []
         net.nodes[self._id] = self
 
     async def start(self) -> None:
@@ -76,8 +88,8 @@ class FakeNode:
             lightning_sats=self.balance_msat // 1000,
             spendable_msat=self.balance_msat,
             receivable_msat=self.receivable_msat,
-            onchain_sats=0,
-            onchain_spendable_sats=0,
+            onchain_sats=sum(self.coins),
+            onchain_spendable_sats=sum(self.coins),
             pending_sats=0,
         )
 
@@ -169,4 +181,106 @@ class FakeNode:
         self._unacked = None
 
     async def onchain_address(self) -> str:
-        return "bcrt1qfakeaddress"
+        return str(bech32.encode("bcrt", 0, secrets.token_bytes(20)))
+
+    # -- on chain: a simple exact fee model (rate × size), coins spent largest first ----------
+
+    def deposit(self, sats: int) -> str:
+        """Coins arrive (unconfirmed until `mine`)."""
+        txid = secrets.token_hex(32)
+        self.coins.append(sats)
+        self.record.append(OnchainTx(txid, "in", sats, 0, None))
+        return txid
+
+    def mine(self) -> None:
+        """A block: every recorded transaction confirms; closing channels pay out."""
+        self.height += 1
+        self.record = [t if t.height else replace(t, height=self.height) for t in self.record]
+        for ch in self.closing:
+            if ch.returns_sats:
+                self.coins.append(ch.returns_sats)
+                txid = secrets.token_hex(32)
+                self.record.append(OnchainTx(txid, "in", ch.returns_sats, 0, self.height))
+        self.closing = []
+
+    def add_channel(self, balance_sats: int, *, opened_by_us: bool = False) -> ChannelInfo:
+        channel = ChannelInfo(
+            channel_id=secrets.token_hex(32),
+            user_channel_id=str(secrets.randbits(64)),
+            peer_id="02" + secrets.token_hex(32),
+            opened_by_us=opened_by_us,
+            usable=True,
+            balance_sats=balance_sats,
+            returns_sats=None if opened_by_us else balance_sats if balance_sats > 354 else 0,
+        )
+        self.open_channels.append(channel)
+        return channel
+
+    def _select(self, amount: int, fee_rate: int, out_vbytes: int) -> tuple[list[int], int]:
+        chosen: list[int] = []
+        for coin in sorted(self.coins, reverse=True):
+            chosen.append(coin)
+            fee = fee_rate * (11 + 68 * len(chosen) + out_vbytes + 31)
+            if sum(chosen) >= amount + fee:
+                return chosen, fee
+        raise NodeError("not enough funds or channel capacity", kind="InsufficientFunds")
+
+    async def quote_send(self, dest: Destination, amount_sats: int, fee_rate: int) -> Quote:
+        chosen, fee = self._select(amount_sats, fee_rate, dest.output_vbytes)
+        return Quote(amount_sats, fee, True, len(chosen))
+
+    async def quote_sweep(
+        self, dest: Destination, fee_rate: int, incoming: Sequence[int | None] = ()
+    ) -> Quote:
+        arriving = [s for s in incoming if s is None or s > 0]
+        coins = len(self.coins) + len(arriving)
+        if coins == 0:
+            raise NodeError("there is nothing on chain to send", kind="InsufficientFunds")
+        fee = fee_rate * (11 + 68 * coins + dest.output_vbytes)
+        if any(s is None for s in arriving):
+            return Quote(None, fee, False, coins)
+        amount = sum(self.coins) + sum(s for s in arriving if s is not None) - fee
+        if amount < dest.dust_sats:
+            raise NodeError("what is left is dust", kind="InsufficientFunds")
+        return Quote(amount, fee, True, coins)
+
+    def _take_failure(self) -> None:
+        failure, self.fail_onchain = self.fail_onchain, None
+        if failure is not None:
+            raise failure
+
+    async def send_onchain(self, dest: Destination, amount_sats: int, fee_rate: int) -> str:
+        self._take_failure()
+        chosen, fee = self._select(amount_sats, fee_rate, dest.output_vbytes)
+        for coin in chosen:
+            self.coins.remove(coin)
+        if sum(chosen) - amount_sats - fee > 0:
+            self.coins.append(sum(chosen) - amount_sats - fee)
+        self.onchain_sends += 1
+        txid = secrets.token_hex(32)
+        self.record.append(OnchainTx(txid, "out", amount_sats, fee, None))
+        return txid
+
+    async def sweep_onchain(self, dest: Destination, fee_rate: int) -> str:
+        self._take_failure()
+        quote = await self.quote_sweep(dest, fee_rate)
+        assert quote.amount_sats is not None
+        self.coins = []
+        self.onchain_sends += 1
+        txid = secrets.token_hex(32)
+        self.record.append(OnchainTx(txid, "out", quote.amount_sats, quote.fee_sats, None))
+        return txid
+
+    async def onchain_txs(self) -> list[OnchainTx]:
+        return list(self.record)
+
+    async def channels(self) -> list[ChannelInfo]:
+        return list(self.open_channels)
+
+    async def close_channel(self, channel: ChannelInfo) -> None:
+        self._take_failure()
+        self.open_channels.remove(channel)
+        self.closing.append(channel)
+
+    async def closes_pending(self) -> int:
+        return len(self.open_channels) + len(self.closing)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
+from autopilotd.adapters import ldk_onchain
 from autopilotd.blocking import in_daemon_thread
 from autopilotd.config import Config, split_list
 from autopilotd.errors import StartupCheckFailed
@@ -35,6 +36,7 @@ from autopilotd.ports.lightning import (
     PaymentReceived,
     PaymentSucceeded,
 )
+from autopilotd.ports.onchain import ChannelInfo, Destination, OnchainTx, Quote
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -52,7 +54,12 @@ ERROR_TEXT = {
     "LiquiditySourceUnavailable": "no LSP is configured (wallet_lsp)",
     "LiquidityRequestFailed": "the LSP would not sell a channel for this amount",
     "LiquidityFeeTooHigh": "the LSP's fee is above your limit (wallet_jit_max_fee_sats)",
+    "InvalidAddress": "the address is not valid on this wallet's network",
+    "ChannelClosingFailed": "the channel could not be closed (is the peer connected?)",
+    "OnchainTxCreationFailed": "the node could not build the transaction",
 }
+LDK_DUST_LIMIT_SATS = 354
+"""LDK leaves out of a closing transaction an output of at most this many sats."""
 
 
 def ldk_module() -> ModuleType:
@@ -211,8 +218,16 @@ class LdkNode(LightningNode):
         usable = [c for c in channels if c.is_usable]
         pending = sum(_sweep_amount(p) for p in b.pending_balances_from_channel_closures)
         pending += b.total_onchain_balance_sats - b.spendable_onchain_balance_sats
+        # A cooperative close pays an address of the on-chain wallet, which counts the coin
+        # once a block holds it; LDK reports it for six blocks more. Counted once: on chain.
+        landed = sum(
+            int(x.amount_satoshis)
+            for x in b.lightning_balances
+            if isinstance(x, self._ldk.LightningBalance.CLAIMABLE_AWAITING_CONFIRMATIONS)
+            and x.source == self._ldk.BalanceSource.COOP_CLOSE
+        )
         return Balances(
-            lightning_sats=b.total_lightning_balance_sats,
+            lightning_sats=max(0, b.total_lightning_balance_sats - landed),
             spendable_msat=sum(c.outbound_capacity_msat for c in usable),
             receivable_msat=sum(c.inbound_capacity_msat for c in usable),
             onchain_sats=b.total_onchain_balance_sats,
@@ -335,6 +350,129 @@ class LdkNode(LightningNode):
 
     def listening(self) -> str:
         return f"127.0.0.1:{self.settings.listen_port}"
+
+    # -- on-chain money ----------------------------------------------------------------------
+
+    def _fee_rate(self, sat_per_vb: int) -> Any:
+        return self._ldk.FeeRate.from_sat_per_vb_unchecked(sat_per_vb)
+
+    async def quote_send(self, dest: Destination, amount_sats: int, fee_rate: int) -> Quote:
+        b = await self._call(self._node.list_balances)
+        return ldk_onchain.quote_send(
+            dest,
+            amount_sats,
+            fee_rate,
+            total_sats=b.total_onchain_balance_sats,
+            spendable_sats=b.spendable_onchain_balance_sats,
+            txs=await self.onchain_txs(),
+        )
+
+    async def quote_sweep(
+        self, dest: Destination, fee_rate: int, incoming: Sequence[int | None] = ()
+    ) -> Quote:
+        b = await self._call(self._node.list_balances)
+        if not incoming:  # a cash-out quotes while its channels are open: they will close
+            _check_no_reserve(b)
+        return ldk_onchain.quote_sweep(
+            dest,
+            fee_rate,
+            total_sats=b.total_onchain_balance_sats,
+            txs=await self.onchain_txs(),
+            incoming=incoming,
+        )
+
+    async def send_onchain(self, dest: Destination, amount_sats: int, fee_rate: int) -> str:
+        rate = self._fee_rate(fee_rate)
+        pay = self._node.onchain_payment()
+        return str(await self._call(lambda: pay.send_to_address(dest.address, amount_sats, rate)))
+
+    async def sweep_onchain(self, dest: Destination, fee_rate: int) -> str:
+        _check_no_reserve(await self._call(self._node.list_balances))
+        rate = self._fee_rate(fee_rate)
+        pay = self._node.onchain_payment()
+        # Keeping the reserve is a no-op without channels, and a guard should one open now.
+        return str(await self._call(lambda: pay.send_all_to_address(dest.address, True, rate)))
+
+    async def onchain_txs(self) -> list[OnchainTx]:
+        found = await self._call(self._node.list_payments)
+        txs = []
+        for p in found:
+            kind = p.kind
+            if not isinstance(kind, self._ldk.PaymentKind.ONCHAIN):
+                continue
+            status = kind.status
+            confirmed = isinstance(status, self._ldk.ConfirmationStatus.CONFIRMED)
+            inbound = p.direction == self._ldk.PaymentDirection.INBOUND
+            txs.append(
+                OnchainTx(
+                    txid=str(kind.txid),
+                    direction="in" if inbound else "out",
+                    amount_sats=(p.amount_msat or 0) // 1000,
+                    fee_sats=None if p.fee_paid_msat is None else p.fee_paid_msat // 1000,
+                    height=int(status.height) if confirmed else None,
+                )
+            )
+        return txs
+
+    async def channels(self) -> list[ChannelInfo]:
+        channels = await self._call(self._node.list_channels)
+        b = await self._call(self._node.list_balances)
+        on_close = {
+            str(x.channel_id): x
+            for x in b.lightning_balances
+            if isinstance(x, self._ldk.LightningBalance.CLAIMABLE_ON_CHANNEL_CLOSE)
+        }
+        out = []
+        for c in channels:
+            claim = on_close.get(str(c.channel_id))
+            if claim is not None:
+                balance = int(claim.amount_satoshis) + int(claim.transaction_fee_satoshis)
+            else:  # not funded yet: what the channel says we hold
+                reserve = c.unspendable_punishment_reserve or 0
+                balance = c.outbound_capacity_msat // 1000 + reserve
+            returns = None if c.is_outbound else balance if balance > LDK_DUST_LIMIT_SATS else 0
+            out.append(
+                ChannelInfo(
+                    channel_id=str(c.channel_id),
+                    user_channel_id=str(c.user_channel_id),
+                    peer_id=str(c.counterparty_node_id),
+                    opened_by_us=bool(c.is_outbound),
+                    usable=bool(c.is_usable),
+                    balance_sats=balance,
+                    returns_sats=returns,
+                )
+            )
+        return out
+
+    async def close_channel(self, channel: ChannelInfo) -> None:
+        await self._call(lambda: self._node.close_channel(channel.user_channel_id, channel.peer_id))
+
+    async def closes_pending(self) -> int:
+        channels = await self._call(self._node.list_channels)
+        b = await self._call(self._node.list_balances)
+        recorded = {t.height for t in await self.onchain_txs() if t.direction == "in"}
+        open_ids = {str(c.channel_id) for c in channels}
+        pending = len(channels)
+        for x in b.lightning_balances:
+            if isinstance(x, self._ldk.LightningBalance.CLAIMABLE_ON_CHANNEL_CLOSE):
+                pending += str(x.channel_id) not in open_ids  # closing, not confirmed yet
+            elif (
+                isinstance(x, self._ldk.LightningBalance.CLAIMABLE_AWAITING_CONFIRMATIONS)
+                and x.source == self._ldk.BalanceSource.COOP_CLOSE
+            ):
+                # Confirmed; pending until the on-chain wallet has recorded the close's block.
+                mined_at = int(x.confirmation_height) - (ldk_onchain.ANTI_REORG_DELAY - 1)
+                pending += mined_at not in recorded
+        return pending
+
+
+def _check_no_reserve(balances: Any) -> None:
+    """A sweep takes every coin; while channels need an on-chain reserve it is refused."""
+    if balances.total_anchor_channels_reserve_sats > 0:
+        raise NodeError(
+            "open channels need part of the on-chain balance as a reserve: close them first",
+            kind="InsufficientFunds",
+        )
 
 
 def _sweep_amount(balance: Any) -> int:

@@ -1,4 +1,5 @@
-"""Wallet commands: balance, receive, decode, pay and withdraw, history, address, mnemonic."""
+"""Wallet commands: balance, receive, decode, pay and withdraw, history, on-chain sends and
+cash-out, address, mnemonic."""
 
 from __future__ import annotations
 
@@ -6,12 +7,17 @@ from typing import Annotated, Any
 
 from autopilotd.codec import Bounds
 from autopilotd.errors import UserError
+from autopilotd.ports.onchain import FEE_RATE_MAX_SAT_VB, FEE_RATE_MIN_SAT_VB
 from autopilotd.registry import Registry
 from autopilotd.runtime.context import Runtime
 from autopilotd.store.ledger import PaymentRow
-from autopilotd.vocab import PaymentStatus
+from autopilotd.store.onchain import OnchainSendRow
+from autopilotd.vocab import OnchainStatus, PaymentStatus
+from autopilotd.wallet.onchain import OnchainWallet
 from autopilotd.wallet.seed import read_seed, seed_path
 from autopilotd.wallet.service import Wallet
+
+FeeRate = Annotated[int, Bounds(FEE_RATE_MIN_SAT_VB, FEE_RATE_MAX_SAT_VB)]
 
 
 def payment_json(row: PaymentRow, *, repeated: bool) -> dict[str, Any]:
@@ -26,10 +32,29 @@ def payment_json(row: PaymentRow, *, repeated: bool) -> dict[str, Any]:
     return data
 
 
+ONCHAIN_HINTS = {
+    OnchainStatus.CLOSING: "the channels are closing: the sweep goes out once each closing "
+    "transaction is in a block",
+    OnchainStatus.INTENT: "being handed to the node",
+    OnchainStatus.BROADCAST: "broadcast: the fee paid shows once a block holds it",
+    OnchainStatus.UNKNOWN: "not proven either way yet: it resolves at the next block",
+}
+
+
+def onchain_json(row: OnchainSendRow, *, repeated: bool) -> dict[str, Any]:
+    """An on-chain send or cash-out as the commands answer it."""
+    data = row.to_json()
+    data["repeated"] = repeated
+    hint = ONCHAIN_HINTS.get(row.status)
+    if hint is not None:
+        data["hint"] = hint
+    return data
+
+
 REVEAL_CONFIRMATION = "I understand this shows my wallet's secret words"
 
 
-def register(reg: Registry, rt: Runtime, wallet: Wallet) -> None:
+def register(reg: Registry, rt: Runtime, wallet: Wallet, onchain: OnchainWallet) -> None:
     """Wallet commands exist whether or not the wallet runs; when off they say so."""
 
     @reg.command("wallet.status")
@@ -126,8 +151,79 @@ def register(reg: Registry, rt: Runtime, wallet: Wallet) -> None:
 
     @reg.command("wallet.onchain_address", access="control", needs={"wallet"})
     async def wallet_onchain_address() -> dict[str, Any]:
-        """Return a new on-chain address of this wallet (to fund channels)."""
-        return {"address": await wallet.require_node().onchain_address()}
+        """Return a new on-chain address of this wallet, and its bitcoin: link for a QR code.
+
+        Coins sent to it are this wallet's on-chain funds: they can be sent on or cashed out,
+        and they hold the on-chain reserve a channel from an LSP you do not trust needs.
+        """
+        address = await wallet.require_node().onchain_address()
+        return {"address": address, "uri": f"bitcoin:{address}"}
+
+    @reg.command("wallet.onchain_preview", needs={"wallet"})
+    async def wallet_onchain_preview(
+        address: str, amount_sats: int, fee_rate_sat_vb: FeeRate
+    ) -> dict[str, Any]:
+        """Show what sending amount_sats on chain to address would cost, without sending it.
+
+        amount_sats is exactly what the address receives. fee_sats is the fee at
+        fee_rate_sat_vb: exact when fee_exact is true (the wallet holds one coin), otherwise
+        the most it can be (the node chooses which coins to spend; coins says how many the
+        figure allows for). Confirm with wallet.onchain_send, passing fee_sats as max_fee_sats.
+        """
+        return await onchain.preview_send(address, amount_sats, fee_rate_sat_vb)
+
+    @reg.command("wallet.onchain_send", access="owner", moves_money=True, needs={"wallet"})
+    async def wallet_onchain_send(
+        address: str, amount_sats: int, fee_rate_sat_vb: FeeRate, max_fee_sats: int | None = None
+    ) -> dict[str, Any]:
+        """Send amount_sats on chain to address at fee_rate_sat_vb (1 to 1,000 sat/vB), once.
+
+        max_fee_sats is the fee you confirmed (wallet.onchain_preview's fee_sats): if the send
+        could now cost more, it is refused and nothing is sent. The same amount to the same
+        address while an earlier one is not yet in a block returns that one, not a second
+        send. The answer has the txid; wallet.onchain_sends shows the fee paid once a block
+        holds it. Withdrawing by paying an invoice (wallet.withdraw) stays the quick way out.
+        """
+        row, repeated = await onchain.send(address, amount_sats, fee_rate_sat_vb, max_fee_sats)
+        return onchain_json(row, repeated=repeated)
+
+    @reg.command("wallet.cash_out_preview", needs={"wallet"})
+    async def wallet_cash_out_preview(address: str, fee_rate_sat_vb: FeeRate) -> dict[str, Any]:
+        """Show what cashing out to address would do, without doing it.
+
+        channels lists each channel with this wallet's balance and what its cooperative close
+        returns (the peer that opened a channel pays its closing fee). amount_sats and fee_sats
+        are the sweep of everything to address at fee_rate_sat_vb: exact when exact is true,
+        otherwise the fee is the most and the amount the least it can be (amount_sats is null
+        while a closing fee is still to be agreed). Confirm with wallet.cash_out.
+        """
+        return await onchain.preview_cash_out(address, fee_rate_sat_vb)
+
+    @reg.command("wallet.cash_out", access="owner", moves_money=True, needs={"wallet"})
+    async def wallet_cash_out(
+        address: str, fee_rate_sat_vb: FeeRate, max_fee_sats: int | None = None
+    ) -> dict[str, Any]:
+        """Cash out: close every channel cooperatively, then send everything on chain to address.
+
+        Answers at once: status closing while the closing transactions wait for a block, then
+        the wallet sends everything to address at fee_rate_sat_vb (broadcast, then confirmed
+        with sent_sats and fee_sats next to the quoted figures). wallet.onchain_sends follows
+        it. max_fee_sats is the sweep fee you confirmed (wallet.cash_out_preview's fee_sats):
+        if it could now be more, nothing is done. Asking again returns the cash-out under way.
+        """
+        row, repeated = await onchain.cash_out(address, fee_rate_sat_vb, max_fee_sats)
+        return onchain_json(row, repeated=repeated)
+
+    @reg.command("wallet.onchain_sends")
+    async def wallet_onchain_sends(limit: Annotated[int, Bounds(1, 200)] = 20) -> dict[str, Any]:
+        """List on-chain sends and cash-outs, newest first.
+
+        Each shows what was quoted before confirming (quoted_sats, quoted_fee_sats, and
+        quote_exact: false when the fee shown was the most it could be) next to what moved
+        (sent_sats and fee_sats, from the node's record once a block holds the transaction).
+        """
+        rows = await onchain.sends.recent(limit)
+        return {"sends": [onchain_json(r, repeated=False) for r in rows]}
 
     @reg.command("wallet.reveal_mnemonic", access="owner")
     async def wallet_reveal_mnemonic(confirm: str) -> dict[str, Any]:

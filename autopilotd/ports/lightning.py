@@ -6,8 +6,11 @@ fast unit tests only. Amounts are millisatoshis; payment hashes are lower-case h
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
+
+from autopilotd.ports.onchain import ChannelInfo, Destination, OnchainTx, Quote
 
 Direction = Literal["in", "out"]
 NodeStatus = Literal["pending", "succeeded", "failed"]
@@ -140,3 +143,48 @@ class LightningNode(Protocol):
     async def event_handled(self) -> None: ...
 
     async def onchain_address(self) -> str: ...
+
+    # -- on-chain money (fee rates in sat/vB) -------------------------------------------------
+
+    async def quote_send(self, dest: Destination, amount_sats: int, fee_rate: int) -> Quote:
+        """What sending `amount_sats` to `dest` will cost, before sending: the amount exactly,
+        the fee exactly or as the most it can be.
+
+        Raises NodeError (kind `InsufficientFunds`) when the spendable on-chain balance cannot
+        pay the amount and the least fee it needs.
+        """
+        ...
+
+    async def quote_sweep(
+        self, dest: Destination, fee_rate: int, incoming: Sequence[int | None] = ()
+    ) -> Quote:
+        """What sending every on-chain coin to `dest` will move and cost, counting the coins
+        still to arrive (`incoming`: what each channel close pays; None: not known yet).
+
+        Raises NodeError (kind `InsufficientFunds`) when what is left after the fee would be
+        below the dust limit.
+        """
+        ...
+
+    async def send_onchain(self, dest: Destination, amount_sats: int, fee_rate: int) -> str:
+        """Build, sign and broadcast a send of exactly `amount_sats`; returns its txid."""
+        ...
+
+    async def sweep_onchain(self, dest: Destination, fee_rate: int) -> str:
+        """Send every on-chain coin to `dest` (keeping what open channels need); its txid."""
+        ...
+
+    async def onchain_txs(self) -> list[OnchainTx]:
+        """The node's record of its on-chain transactions (it records one once a block holds
+        it, or once the chain source reports it)."""
+        ...
+
+    async def channels(self) -> list[ChannelInfo]: ...
+
+    async def close_channel(self, channel: ChannelInfo) -> None:
+        """Start a cooperative close (the closing transaction pays each side its balance)."""
+        ...
+
+    async def closes_pending(self) -> int:
+        """Channels still open or closing whose money is not yet a coin of the on-chain wallet."""
+        ...

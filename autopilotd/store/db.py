@@ -218,13 +218,23 @@ class Store:
                 yield tx
             return
         async with self._write_lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                # Cancelled while waiting, the BEGIN still runs on the database's thread: a
+                # ROLLBACK queued behind it undoes it (and fails harmlessly if it did not take).
+                await asyncio.shield(self._rollback_quietly())
+                raise
             try:
                 yield Tx(self._conn)
             except BaseException:
                 await asyncio.shield(self._conn.execute("ROLLBACK"))
                 raise
             await asyncio.shield(self._conn.execute("COMMIT"))
+
+    async def _rollback_quietly(self) -> None:
+        with contextlib.suppress(sqlite3.OperationalError):
+            await self._conn.execute("ROLLBACK")
 
     @asynccontextmanager
     async def _grouped(self) -> AsyncIterator[Tx]:

@@ -147,4 +147,30 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             CHECK (lsp_fee_msat >= 0);
         """,
     ),
+    (
+        7,
+        "on-chain sends and cash-outs: what was shown before confirming, then what the node did",
+        """
+        CREATE TABLE wallet_onchain_sends (
+            id               INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind             TEXT NOT NULL CHECK (kind IN ('send', 'cash_out')),
+            status           TEXT NOT NULL CHECK (status IN ('closing', 'intent', 'broadcast',
+                                 'confirmed', 'failed', 'unknown')),
+            address          TEXT NOT NULL,
+            fee_rate_sat_vb  INTEGER NOT NULL CHECK (fee_rate_sat_vb > 0),
+            quoted_sats      INTEGER CHECK (quoted_sats >= 0),
+            quoted_fee_sats  INTEGER NOT NULL CHECK (quoted_fee_sats >= 0),
+            quote_exact      INTEGER NOT NULL CHECK (quote_exact IN (0, 1)),
+            channels_json    TEXT NOT NULL DEFAULT '[]',
+            txid             TEXT UNIQUE,
+            sent_sats        INTEGER CHECK (sent_sats >= 0),
+            fee_sats         INTEGER CHECK (fee_sats >= 0),
+            failure          TEXT,
+            created_at       REAL NOT NULL,
+            updated_at       REAL NOT NULL
+        );
+        CREATE INDEX wallet_onchain_sends_open ON wallet_onchain_sends (status)
+            WHERE status IN ('closing', 'intent', 'broadcast', 'unknown');
+        """,
+    ),
 ]

@@ -1,9 +1,10 @@
 """Runs the wallet: the node's lifecycle, its events, reconciliation, the balance refresh.
 
 Lifecycle: `starting` (seed, node start) → `syncing` (chain sync, then reconciliation of every
-open send with the node's own payment store) → `ready`. Failures move it to `error` with the
-reason and what to do. Node events are handled one at a time, recorded in the ledger, and only
-then acknowledged to the node, so a crash replays the event instead of losing it.
+open send, Lightning and on-chain, with the node's own store) → `ready`. Failures move it to
+`error` with the reason and what to do. Node events are handled one at a time, recorded in the
+ledger, and only then acknowledged to the node, so a crash replays the event instead of losing
+it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from autopilotd.ports.lightning import (
 from autopilotd.runtime.sections import WalletState
 from autopilotd.vocab import PaymentStatus
 from autopilotd.wallet.network import check_network
+from autopilotd.wallet.onchain import OnchainWallet
 from autopilotd.wallet.seed import load_or_create_seed
 from autopilotd.wallet.service import Wallet
 
@@ -46,9 +48,12 @@ class WalletService:
 
     name = "wallet"
 
-    def __init__(self, wallet: Wallet, node_factory: NodeFactory) -> None:
+    def __init__(
+        self, wallet: Wallet, node_factory: NodeFactory, onchain: OnchainWallet | None = None
+    ) -> None:
         self.wallet = wallet
         self._node_factory = node_factory
+        self.onchain = onchain
 
     async def start(self) -> None:
         cfg = self.wallet.config
@@ -82,6 +87,11 @@ class WalletService:
         await node.sync()
         await self._connect_peers(node)
         await self.reconcile()
+        if self.onchain is not None:
+            try:
+                await self.onchain.reconcile()
+            except NodeError as exc:  # it moves on at the next refresh
+                logger.warning("on-chain sends: %s", exc.reason)
         await self.wallet.refresh()
         self.wallet.set_state(WalletState.READY, "ready to receive and send")
 
@@ -200,10 +210,13 @@ class WalletService:
 
     async def _refresh_loop(self) -> None:
         """The node's balances change without events (on-chain confirmations, channel updates);
-        refreshing publishes a new snapshot only when a figure actually changed."""
+        refreshing publishes a new snapshot only when a figure actually changed. On-chain sends
+        and cash-outs move on here too (confirmations, a cash-out's sweep)."""
         while True:
             await asyncio.sleep(BALANCE_REFRESH_S)
             try:
+                if self.onchain is not None:
+                    await self.onchain.advance()
                 await self.wallet.refresh()
             except NodeError as exc:
                 self.wallet.set_state(

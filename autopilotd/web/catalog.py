@@ -66,6 +66,9 @@ PANES: tuple[Pane, ...] = (
     Pane("wallet", "Wallet", "Wallet", sources.wallet, live="snapshot"),
     Pane("pay_invoice", "Pay Lightning Invoice", "Wallet", sources.pay_invoice),
     Pane("create_invoice", "Create Lightning Invoice", "Wallet", sources.create_invoice),
+    Pane("receive_onchain", "Receive On-chain", "Wallet", sources.receive_onchain),
+    Pane("send_onchain", "Send On-chain", "Wallet", sources.send_onchain),
+    Pane("cash_out", "Cash Out", "Wallet", sources.cash_out),
     Pane("identity_keys", "Identity Keys", "Wallet", sources.identity_keys),
     Pane(
         "relay_connections",

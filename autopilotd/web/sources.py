@@ -15,12 +15,13 @@ from typing import Any
 from autopilotd.commands.wallet import REVEAL_CONFIRMATION
 from autopilotd.config import split_list
 from autopilotd.errors import AutopilotError
-from autopilotd.vocab import JobStage, PaymentStatus
+from autopilotd.vocab import OPEN_ONCHAIN_STATUSES, JobStage, OnchainKind, PaymentStatus
 from autopilotd.web.panes import View
 from autopilotd.web.qr import qr_path
 from autopilotd.web.tailnet import tailnet_status
 
 HISTORY_PAGE = 25
+ONCHAIN_SHOWN = 10
 FEED_SHOWN = 100
 HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 
@@ -267,6 +268,57 @@ async def create_invoice(v: View) -> dict[str, Any]:
     }
 
 
+async def receive_onchain(v: View) -> dict[str, Any]:
+    made = v.acted("wallet.onchain_address")
+    address = made.result if made and made.error is None else None
+    if address is not None:
+        address = {**address, "qr": qr_path(address["uri"]).to_json()}
+    return {
+        "wallet": _onchain_brief(v),
+        "address": address,
+        "error": made.error if made else None,
+    }
+
+
+async def send_onchain(v: View) -> dict[str, Any]:
+    previewed = v.acted("wallet.onchain_preview")
+    sent = v.acted("wallet.onchain_send")
+    act = previewed or sent
+    sends = (await v.call("wallet.onchain_sends", {"limit": ONCHAIN_SHOWN}))["sends"]
+    return {
+        "wallet": _onchain_brief(v),
+        "params": act.params if act else {},
+        "preview": previewed.result if previewed and previewed.error is None else None,
+        "sent": sent.result if sent and sent.error is None else None,
+        "error": act.error if act else None,
+        "sends": [s for s in sends if s["kind"] == OnchainKind.SEND],
+    }
+
+
+async def cash_out(v: View) -> dict[str, Any]:
+    previewed = v.acted("wallet.cash_out_preview")
+    started = v.acted("wallet.cash_out")
+    act = previewed or started
+    sends = (await v.call("wallet.onchain_sends", {"limit": ONCHAIN_SHOWN}))["sends"]
+    cash_outs = [s for s in sends if s["kind"] == OnchainKind.CASH_OUT]
+    wanted = _int(v.query.get("id"))
+    if started and started.error is None:
+        current = started.result
+    else:  # the one asked for by id (the progress poll), else one under way
+        current = next((s for s in cash_outs if s["id"] == wanted), None) or next(
+            (s for s in cash_outs if s["status"] in OPEN_ONCHAIN_STATUSES), None
+        )
+    return {
+        "wallet": _onchain_brief(v),
+        "params": act.params if act else {},
+        "preview": previewed.result if previewed and previewed.error is None else None,
+        "current": current,
+        "finished": current is None or current["status"] not in OPEN_ONCHAIN_STATUSES,
+        "error": act.error if act else None,
+        "cash_outs": cash_outs,
+    }
+
+
 async def _receipt(v: View, payment_hash: str) -> dict[str, Any]:
     """Has this invoice been paid? The ledger holds a row for it only once it is."""
     try:
@@ -379,6 +431,17 @@ async def settings(v: View) -> dict[str, Any]:
 
 async def tailnet(v: View) -> dict[str, Any]:
     return await tailnet_status()
+
+
+def _onchain_brief(v: View) -> dict[str, Any]:
+    balance = v.snapshot["wallet"]["balance"] or {}
+    return {
+        **_wallet_brief(v),
+        "lightning_sats": balance.get("lightning_sats"),
+        "onchain_sats": balance.get("onchain_sats"),
+        "onchain_spendable_sats": balance.get("onchain_spendable_sats"),
+        "pending_sats": balance.get("pending_sats"),
+    }
 
 
 def _wallet_brief(v: View) -> dict[str, Any]:

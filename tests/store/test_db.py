@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 from pathlib import Path
 
@@ -94,6 +95,33 @@ async def test_transaction_rolls_back_on_error_and_cancellation(tmp_path: Path) 
         await started.wait()
         task.cancel()
     assert await store.fetchall("SELECT x FROM t") == []
+    await store.close()
+
+
+async def test_a_unit_cancelled_while_it_begins_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    """T15: cancelled at its BEGIN (which the database's thread runs all the same), a unit
+    leaves nothing open: the next unit begins as usual."""
+    store = await Store.open(tmp_path / "db.sqlite3")
+    async with store.transaction() as tx:
+        await tx.execute("CREATE TABLE t (x INTEGER)")
+
+    async def writer() -> None:
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO t VALUES (1)")
+
+    for spins in range(10):  # cancel after 0, 1, … passes of the loop: before, at, after BEGIN
+        task = asyncio.create_task(writer())
+        for _ in range(spins):
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO t VALUES (2)")
+    rows = await store.fetchall("SELECT x FROM t")
+    assert rows.count((2,)) == 10
     await store.close()
 
 
