@@ -218,7 +218,15 @@ class Store:
                 yield tx
             return
         async with self._write_lock:
-            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+            except asyncio.CancelledError:
+                # aiosqlite runs the statement in its thread even when this task is cancelled
+                # (a SIGTERM's stop): undo it, queued behind it, rather than leave the one
+                # connection inside a transaction that every later write would trip over.
+                with contextlib.suppress(sqlite3.Error):
+                    await asyncio.shield(self._conn.execute("ROLLBACK"))
+                raise
             try:
                 yield Tx(self._conn)
             except BaseException:
