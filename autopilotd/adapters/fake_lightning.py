@@ -168,5 +168,8 @@ class FakeNode:
     async def event_handled(self) -> None:
         self._unacked = None
 
+    async def wait_saved(self, timeout_s: float) -> bool:
+        return True
+
     async def onchain_address(self) -> str:
         return "bcrt1qfakeaddress"

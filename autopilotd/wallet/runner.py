@@ -138,6 +138,10 @@ class WalletService:
         assert node is not None
         while True:
             event = await node.next_event()
+            if not isinstance(event, OtherEvent):
+                # A payment event follows a channel update: as in `Wallet.pay`, let the node
+                # save it before this event is recorded and acknowledged.
+                await self.wallet.wait_node_saved(node)
             await self.handle(event)
             crash_point("wallet.before_event_ack")
             await node.event_handled()
