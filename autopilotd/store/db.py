@@ -218,15 +218,7 @@ class Store:
                 yield tx
             return
         async with self._write_lock:
-            try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-            except asyncio.CancelledError:
-                # aiosqlite runs the statement in its thread even when this task is cancelled
-                # (a SIGTERM's stop): undo it, queued behind it, rather than leave the one
-                # connection inside a transaction that every later write would trip over.
-                with contextlib.suppress(sqlite3.Error):
-                    await asyncio.shield(self._conn.execute("ROLLBACK"))
-                raise
+            await self._begin()
             try:
                 yield Tx(self._conn)
             except BaseException:
@@ -243,7 +235,7 @@ class Store:
             await self._write_lock.acquire()
             acquired = True
             if self._batch is None:
-                await self._conn.execute("BEGIN IMMEDIATE")
+                await self._begin()
                 self._batch = asyncio.get_running_loop().create_future()
             batch = self._batch
             await self._conn.execute("SAVEPOINT unit")
@@ -266,6 +258,20 @@ class Store:
             elif self._queued == 0 and self._batch is not None and not self._write_lock.locked():
                 self._flush_later()  # the unit that would have committed was cancelled
         await asyncio.shield(batch)
+
+    async def _begin(self) -> None:
+        """`BEGIN IMMEDIATE`, undone if the caller is cancelled meanwhile.
+
+        aiosqlite runs the statement in its thread even when the awaiting task is cancelled
+        (a SIGTERM's stop): the ROLLBACK, queued behind it, keeps the one connection from
+        staying inside a transaction that every later write would trip over.
+        """
+        try:
+            await self._conn.execute("BEGIN IMMEDIATE")
+        except asyncio.CancelledError:
+            with contextlib.suppress(sqlite3.Error):
+                await asyncio.shield(self._conn.execute("ROLLBACK"))
+            raise
 
     async def _commit(self) -> None:
         """Commit the open group (the write lock is held); its units learn the outcome."""

@@ -178,10 +178,13 @@ async def test_group_commit_shares_commits_and_keeps_each_unit_whole(tmp_path: P
         await store.close()
 
 
-async def test_a_transaction_cancelled_while_it_begins_leaves_none_open(tmp_path: Path) -> None:
+@pytest.mark.parametrize("group_commit", [False, True])
+async def test_a_transaction_cancelled_while_it_begins_leaves_none_open(
+    tmp_path: Path, group_commit: bool
+) -> None:
     """aiosqlite runs `BEGIN` in its thread even when the awaiting task is cancelled (as a
     SIGTERM's stop does): the store undoes it, so the next write (the session's end) works."""
-    store = await Store.open(tmp_path / "db.sqlite3")
+    store = await Store.open(tmp_path / "db.sqlite3", group_commit=group_commit)
     async with store.transaction() as tx:
         await tx.execute("CREATE TABLE t (x INTEGER)")
 
