@@ -180,6 +180,9 @@ class FakeNode:
     async def event_handled(self) -> None:
         self._unacked = None
 
+    async def wait_saved(self, timeout_s: float) -> bool:
+        return True
+
     async def onchain_address(self) -> str:
         return str(bech32.encode("bcrt", 0, secrets.token_bytes(20)))
 

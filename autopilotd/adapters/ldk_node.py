@@ -8,8 +8,11 @@ from `next_event_async`. This module is the only place that knows ldk-node's typ
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import logging
+import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -348,6 +351,15 @@ class LdkNode(LightningNode):
     async def onchain_address(self) -> str:
         return str(await self._call(lambda: self._node.onchain_payment().new_address()))
 
+    async def wait_saved(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if _manager_saved(self.settings.storage_dir / STORE_FILE):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(SAVED_POLL_S)
+
     def listening(self) -> str:
         return f"127.0.0.1:{self.settings.listen_port}"
 
@@ -473,6 +485,38 @@ def _check_no_reserve(balances: Any) -> None:
             "open channels need part of the on-chain balance as a reserve: close them first",
             kind="InsufficientFunds",
         )
+
+
+# ldk-node 0.7's key-value store (its default SqliteStore): one table, each write an INSERT OR
+# REPLACE, so a row's rowid grows with every write. Channel monitors and their updates are
+# written while a channel changes; the channel manager after, by the background processor.
+STORE_FILE = "ldk_node_data.sqlite"
+SAVED_POLL_S = 0.005
+_MANAGER_SAVED = """
+SELECT (SELECT rowid FROM ldk_node_data
+        WHERE primary_namespace = '' AND secondary_namespace = '' AND key = 'manager')
+     > (SELECT coalesce(max(rowid), 0) FROM ldk_node_data
+        WHERE primary_namespace IN ('monitors', 'monitor_updates'))
+"""
+
+
+def _manager_saved(path: Path) -> bool:
+    """Whether ldk-node wrote its channel manager after its last channel monitor (update).
+
+    A read-only look that never waits for a lock (the node's writer has priority); a store
+    that is busy, missing or laid out otherwise counts as not saved (yet).
+    """
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=0)
+    except sqlite3.Error:
+        return False
+    try:
+        row = conn.execute(_MANAGER_SAVED).fetchone()
+    except sqlite3.Error:
+        return False
+    finally:
+        conn.close()
+    return bool(row and row[0])
 
 
 def _sweep_amount(balance: Any) -> int:

@@ -142,6 +142,14 @@ class LightningNode(Protocol):
 
     async def event_handled(self) -> None: ...
 
+    async def wait_saved(self, timeout_s: float) -> bool:
+        """Wait until the node has saved its channel state since its last channel update.
+
+        A node killed before that may close the channel on its next start (LDK's stale
+        channel manager, docs/wallet.md). True once saved, False if not within `timeout_s`.
+        """
+        ...
+
     async def onchain_address(self) -> str: ...
 
     # -- on-chain money (fee rates in sat/vB) -------------------------------------------------

@@ -218,23 +218,13 @@ class Store:
                 yield tx
             return
         async with self._write_lock:
-            try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-            except BaseException:
-                # Cancelled while waiting, the BEGIN still runs on the database's thread: a
-                # ROLLBACK queued behind it undoes it (and fails harmlessly if it did not take).
-                await asyncio.shield(self._rollback_quietly())
-                raise
+            await self._begin()
             try:
                 yield Tx(self._conn)
             except BaseException:
                 await asyncio.shield(self._conn.execute("ROLLBACK"))
                 raise
             await asyncio.shield(self._conn.execute("COMMIT"))
-
-    async def _rollback_quietly(self) -> None:
-        with contextlib.suppress(sqlite3.OperationalError):
-            await self._conn.execute("ROLLBACK")
 
     @asynccontextmanager
     async def _grouped(self) -> AsyncIterator[Tx]:
@@ -245,7 +235,7 @@ class Store:
             await self._write_lock.acquire()
             acquired = True
             if self._batch is None:
-                await self._conn.execute("BEGIN IMMEDIATE")
+                await self._begin()
                 self._batch = asyncio.get_running_loop().create_future()
             batch = self._batch
             await self._conn.execute("SAVEPOINT unit")
@@ -268,6 +258,20 @@ class Store:
             elif self._queued == 0 and self._batch is not None and not self._write_lock.locked():
                 self._flush_later()  # the unit that would have committed was cancelled
         await asyncio.shield(batch)
+
+    async def _begin(self) -> None:
+        """`BEGIN IMMEDIATE`, undone if the caller is cancelled meanwhile.
+
+        aiosqlite runs the statement in its thread even when the awaiting task is cancelled
+        (a SIGTERM's stop): the ROLLBACK, queued behind it, keeps the one connection from
+        staying inside a transaction that every later write would trip over.
+        """
+        try:
+            await self._conn.execute("BEGIN IMMEDIATE")
+        except asyncio.CancelledError:
+            with contextlib.suppress(sqlite3.Error):
+                await asyncio.shield(self._conn.execute("ROLLBACK"))
+            raise
 
     async def _commit(self) -> None:
         """Commit the open group (the write lock is held); its units learn the outcome."""

@@ -76,6 +76,12 @@ class WalletService:
                 f"it did not start within {START_TIMEOUT_S:.0f} s; is the chain source "
                 "(wallet_bitcoind_rpc_url, wallet_esplora_url or wallet_electrum_url) reachable?"
             ) from None
+        except asyncio.CancelledError:
+            # A stop asked for while the node starts: ldk-node's stop waits for the start to
+            # finish, then saves the channel state. A node left running would end as a kill
+            # does, and could lose a channel (docs/wallet.md, "After a hard crash").
+            await asyncio.shield(node.stop())
+            raise
         self.wallet.node = node
         self.wallet.set_state(
             WalletState.SYNCING,
@@ -142,6 +148,10 @@ class WalletService:
         assert node is not None
         while True:
             event = await node.next_event()
+            if not isinstance(event, OtherEvent):
+                # A payment event follows a channel update: as in `Wallet.pay`, let the node
+                # save it before this event is recorded and acknowledged.
+                await self.wallet.wait_node_saved(node)
             await self.handle(event)
             crash_point("wallet.before_event_ack")
             await node.event_handled()
@@ -186,20 +196,28 @@ class WalletService:
             logger.info("node event %s", event.kind)
 
     async def run(self, ready: Callable[[], None]) -> None:
+        """Start the wallet, then handle its events until cancelled.
+
+        Once the node has started, every way out (a stop during the chain sync or the
+        reconciliation, a stop mid-payment, a failure) goes through `node.stop()`, which saves
+        the channel state; only a kill skips it.
+        """
         w = self.wallet
         try:
-            await self.start()
-        except NodeError as exc:
-            w.set_state(WalletState.ERROR, f"the Lightning node could not start: {exc.reason}", FIX)
-            raise
-        except StartupCheckFailed as exc:
-            w.set_state(WalletState.ERROR, exc.message, CHECK_FIX)
-            raise
-        except Exception:
-            w.set_state(WalletState.ERROR, "the Lightning node could not start", FIX)
-            raise
-        ready()
-        try:
+            try:
+                await self.start()
+            except NodeError as exc:
+                w.set_state(
+                    WalletState.ERROR, f"the Lightning node could not start: {exc.reason}", FIX
+                )
+                raise
+            except StartupCheckFailed as exc:
+                w.set_state(WalletState.ERROR, exc.message, CHECK_FIX)
+                raise
+            except Exception:
+                w.set_state(WalletState.ERROR, "the Lightning node could not start", FIX)
+                raise
+            ready()
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self.handle_events())
                 tg.create_task(self._refresh_loop())

@@ -40,6 +40,7 @@ from autopilotd.wallet.setup import needs_setup
 logger = logging.getLogger(__name__)
 
 MIN_DEFAULT_FEE_SATS = 10
+SAVE_WAIT_S = 2.0  # how long the wallet waits for the node to save its channel state
 # What ldk-node keeps on chain per anchor channel unless the opener is trusted.
 ANCHOR_RESERVE_SATS = 25_000
 
@@ -345,12 +346,26 @@ class Wallet:
                 )
                 await self.refresh()
                 raise UserError(f"the payment failed: {exc.reason}") from None
+        # The node took the payment and changed the channel; a crash before it has saved that
+        # change may cost the channel (docs/wallet.md). Let it save before our own next steps.
+        await self.wait_node_saved(node)
         crash_point("pay.after_node_send")
         await self.ledger.mark_pending(inv.payment_hash)
         await self.refresh()
         settled = await self.wait_settled(inv.payment_hash, wait_s)
         await self.refresh()  # the snapshot is never behind what the caller is told
         return settled or row, False
+
+    async def wait_node_saved(self, node: LightningNode) -> None:
+        """Let the node save a channel update before the wallet's own next steps.
+
+        LDK saves a channel's monitor before the channel manager; a process killed between
+        the two may find its channel force-closed at the next start (docs/wallet.md, "After a
+        hard crash"). Waiting here keeps what the wallet does next (ledger writes, a crash in
+        them) out of that window; it cannot close the window for a kill from outside.
+        """
+        if not await node.wait_saved(SAVE_WAIT_S):
+            logger.info("the node had not saved its channel state after %.0f s", SAVE_WAIT_S)
 
     def default_max_fee_sats(self, amount_msat: int) -> int:
         """The fee cap of a send that names none: the configured ppm, at least 10 sats."""

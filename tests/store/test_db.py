@@ -204,3 +204,27 @@ async def test_group_commit_shares_commits_and_keeps_each_unit_whole(tmp_path: P
         assert seen().count(100) == 2 and 102 not in seen()
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("group_commit", [False, True])
+async def test_a_transaction_cancelled_while_it_begins_leaves_none_open(
+    tmp_path: Path, group_commit: bool
+) -> None:
+    """aiosqlite runs `BEGIN` in its thread even when the awaiting task is cancelled (as a
+    SIGTERM's stop does): the store undoes it, so the next write (the session's end) works."""
+    store = await Store.open(tmp_path / "db.sqlite3", group_commit=group_commit)
+    async with store.transaction() as tx:
+        await tx.execute("CREATE TABLE t (x INTEGER)")
+
+    async def writer() -> None:
+        async with store.transaction() as tx:
+            await tx.execute("INSERT INTO t VALUES (1)")
+
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(writer())
+        await asyncio.sleep(0)  # the task now waits for its BEGIN
+        task.cancel()
+    async with store.transaction() as tx:
+        await tx.execute("INSERT INTO t VALUES (2)")
+    assert await store.fetchall("SELECT x FROM t") == [(2,)]
+    await store.close()

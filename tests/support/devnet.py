@@ -67,11 +67,17 @@ class WalletDaemon:
     def paths(self) -> Paths:
         return Paths.for_home(self.home)
 
-    def start(self, crash_at: str | None = None, wait_ready: bool = True) -> WalletDaemon:
+    def start(
+        self, crash_at: str | None = None, wait_ready: bool = True, crash_how: str = "kill"
+    ) -> WalletDaemon:
+        """Start the daemon; `crash_at` names a crash point where it dies (`crash_how="kill"`,
+        exit 137) or asks itself to stop (`"term"`, a SIGTERM at exactly that point)."""
         env = {**os.environ, **self.env}
         env.pop("AUTOPILOTD_CRASH_AT", None)
+        env.pop("AUTOPILOTD_CRASH_HOW", None)
         if crash_at:
             env["AUTOPILOTD_CRASH_AT"] = crash_at
+            env["AUTOPILOTD_CRASH_HOW"] = crash_how
         log = (self.home.parent / f"{self.home.name}.stderr").open("ab")
         self.proc = subprocess.Popen(
             [str(BIN / "autopilotd"), "run", "--home", str(self.home)],
@@ -97,12 +103,16 @@ class WalletDaemon:
         except (OSError, ValueError, KeyError):
             return None
 
+    def usable(self) -> bool:
+        """Whether the node's channels can send and receive now."""
+        balance = self.ctl_json("wallet.balance")
+        return bool(balance["spendable_sats"] > 0 and balance["receivable_sats"] > 0)
+
     def wait_usable(self, timeout: float = 90) -> None:
         """Wait until the node's channels are usable again (peer reconnected after a restart)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            balance = self.ctl_json("wallet.balance")
-            if balance["spendable_sats"] > 0 and balance["receivable_sats"] > 0:
+            if self.usable():
                 return
             time.sleep(0.25)
         raise AssertionError(f"{self.home.name}: channels not usable after {timeout} s")
@@ -110,6 +120,22 @@ class WalletDaemon:
     def stderr(self) -> str:
         path = self.home.parent / f"{self.home.name}.stderr"
         return path.read_text(errors="replace") if path.exists() else ""
+
+    @property
+    def ldk_log(self) -> Path:
+        """ldk-node's own log: where LDK says why it closed a channel."""
+        return self.paths.data_dir / "wallet" / "ldk" / "ldk_node.log"
+
+    def ldk_log_size(self) -> int:
+        return self.ldk_log.stat().st_size if self.ldk_log.exists() else 0
+
+    def closes_since(self, offset: int) -> list[str]:
+        """The channel closes ldk-node logged after `offset` (a `ldk_log_size()`), one line
+        each with LDK's reason, e.g. a stale ChannelManager after a kill."""
+        with self.ldk_log.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        return [line for line in text.splitlines() if "closed due to" in line]
 
     def ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return run_ctl("--home", str(self.home), *args, timeout=timeout)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from support import DaemonFactory, wallet_daemon
 
-from autopilotd.adapters.fake_lightning import FakeNetwork
+from autopilotd.adapters.fake_lightning import FakeNetwork, FakeNode
 from autopilotd.app import Adapters
 from autopilotd.client import RpcError
 from autopilotd.errors import UserError
@@ -244,3 +244,35 @@ def test_seed_file_is_private_and_never_overwritten(tmp_path: Path) -> None:
         import_seed(other, "hello world")
     import_seed(other, "abandon " * 11 + "about")
     assert load_or_create_seed(other)[0] == "abandon " * 11 + "about"
+
+
+class _SlowSyncNode(FakeNode):
+    """A node whose chain sync never ends, and which records being stopped."""
+
+    def __init__(self, net: FakeNetwork) -> None:
+        super().__init__(net, "slow", 0)
+        self.syncing = asyncio.Event()
+        self.stopped = 0
+
+    async def sync(self) -> None:
+        self.syncing.set()
+        await asyncio.Event().wait()
+
+    async def stop(self) -> None:
+        self.stopped += 1
+
+
+async def test_a_stop_during_start_up_stops_the_node(
+    daemon_factory: DaemonFactory, net: FakeNetwork
+) -> None:
+    """SIGTERM (here `daemon.stop`) while the wallet syncs: the node is stopped, and so saves
+    its channel state, instead of being left to die with the process as a kill would."""
+    node = _SlowSyncNode(net)
+    d = await daemon_factory(
+        adapters=Adapters(node_factory=lambda mnemonic: node),
+        wallet_network="regtest",
+        wallet_bitcoind_rpc_url="http://u:p@127.0.0.1:1",
+    )
+    await asyncio.wait_for(node.syncing.wait(), 10)
+    assert await d.stop() == 0
+    assert node.stopped == 1
