@@ -129,7 +129,7 @@ def _blockers(
                 "wallet",
                 Blocker(
                     "wallet",
-                    f"the wallet is {wallet.state.value}: {wallet.reason}",
+                    f"the wallet is {wallet.state.words}: {wallet.reason}",
                     wallet.next_step or "wait until the wallet is ready",
                 ),
             )

@@ -60,6 +60,12 @@ class ServiceStatus:
 class WalletState(enum.StrEnum):
     NEEDS_SETUP = "needs_setup"  # a first run: no backup confirmed, no network chosen
     OFF = "off"
+
+    @property
+    def words(self) -> str:
+        """The state as a sentence says it: "the wallet is …"."""
+        return "not set up yet" if self is WalletState.NEEDS_SETUP else self.value
+
     STARTING = "starting"
     SYNCING = "syncing"
     READY = "ready"

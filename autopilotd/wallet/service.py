@@ -66,8 +66,7 @@ class Wallet:
         if needs_setup(config.current):
             self.set_state(
                 WalletState.NEEDS_SETUP,
-                "no wallet is set up yet: back up its words (or restore yours) and choose a "
-                "network",
+                "back up its words (or restore yours) and choose a network",
                 "set up your rig: the Set Up pane in the web UI, or 'autopilotctl setup.status'",
             )
 
@@ -88,7 +87,7 @@ class Wallet:
     def require_node(self) -> LightningNode:
         section = self.section()
         if self.node is None or section.state is not WalletState.READY:
-            raise NotReady(f"the wallet is {section.state.value}: {section.reason}")
+            raise NotReady(f"the wallet is {section.state.words}: {section.reason}")
         return self.node
 
     async def refresh(self) -> None:

@@ -37,7 +37,7 @@ async def test_a_first_run_needs_setup_and_says_how(daemon_factory: DaemonFactor
     assert {p["name"] for p in status["profiles"]} == {"regtest", "signet", "mutinynet", "bitcoin"}
     with pytest.raises(RpcError) as refused:
         await d.call("provider.online")
-    assert "no wallet is set up yet" in refused.value.message
+    assert "the wallet is not set up yet: back up its words" in refused.value.message
 
 
 async def test_the_words_are_shown_once_and_two_confirmed(daemon_factory: DaemonFactory) -> None:

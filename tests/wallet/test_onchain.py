@@ -139,7 +139,7 @@ async def test_only_the_owner_moves_money(daemon: InProcessDaemon) -> None:
         assert commands[name]["access"] == "owner" and commands[name]["moves_money"], name
     for name in ("wallet.onchain_preview", "wallet.cash_out_preview", "wallet.onchain_sends"):
         assert commands[name]["access"] == "read" and not commands[name]["moves_money"], name
-    with pytest.raises(RpcError, match="wallet is off"):
+    with pytest.raises(RpcError, match="the wallet is not set up yet"):
         await daemon.call("wallet.cash_out_preview", {"address": address(), "fee_rate_sat_vb": 1})
 
 

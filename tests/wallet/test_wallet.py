@@ -148,7 +148,7 @@ async def test_wallet_off_says_so(daemon_factory: DaemonFactory, tmp_path: Path)
     first_run = await daemon_factory()
     status = await first_run.call("wallet.status")
     assert status["state"] == "needs_setup" and "setup.status" in status["next_step"]
-    with pytest.raises(RpcError, match="wallet is needs_setup"):
+    with pytest.raises(RpcError, match="wallet is not set up yet"):
         await first_run.call("wallet.balance")
     # Words backed up, no network chosen: the wallet is simply off.
     home = tmp_path / "backed-up"
