@@ -242,6 +242,44 @@ async def test_activity_feed_filters_and_follows_new_events(daemon: InProcessDae
         await page.screenshot(path=artifact("flow-activity-live.png"))
 
 
+async def test_a_live_refresh_keeps_the_caret_of_the_field_being_typed_in(
+    daemon: InProcessDaemon,
+) -> None:
+    """A refresh that lands between selecting a field's value and typing over it (what a person
+    does with a double-click, or a test with fill) must not put the typing before the old value.
+    """
+    async with chromium() as ctx:
+        page = await ctx.new_page()
+        await _login(page, daemon)
+        await page.click("button[data-open=network_requests]")
+        pane = "#pane-network_requests"
+        for field, value, start, end, typed, expected in (
+            ("#buy-budget", None, 0, None, "30", "30"),  # the whole default value selected
+            ("#buy-prompt", "hello world", 5, 5, ",", "hello, world"),  # a caret mid-text
+        ):
+            await page.wait_for_selector(field)
+            if value is not None:
+                await page.fill(field, value)
+            await page.focus(field)
+            before = await page.evaluate_handle(
+                """([field, start, end]) => {
+                     const el = document.querySelector(field);
+                     if (end === null) el.select();
+                     else el.setSelectionRange(start, end);
+                     return el;
+                   }""",
+                [field, start, end],
+            )
+            await page.evaluate(f"htmx.trigger(document.querySelector('{pane}'), 'ap:refresh')")
+            await page.wait_for_function(
+                """([field, before]) => document.querySelector(field) !== before""",
+                arg=[field, before],
+            )
+            await page.keyboard.insert_text(typed)
+            assert await page.input_value(field) == expected
+            assert await page.evaluate(f"document.activeElement.matches('{field}')")
+
+
 # The login page is answered with HTTP 401 (no session), and Chromium logs every page that
 # loads with an error status; only that page's own load is expected, not a pane's.
 LOGIN_PAGE_401 = r"^(http://[^/]+/): console error: .* status of 401 \(Unauthorized\) \(at \1\)$"

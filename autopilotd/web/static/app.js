@@ -234,6 +234,12 @@
     }, true);
   }
 
+  // The field being typed in keeps its caret and selection across a live refresh, exactly:
+  // htmx puts focus back but drops a selection that starts at 0, so the next key typed over a
+  // selected value would land before it ("50" selected, "30" typed, "3050" sent). Kept form
+  // fields are therefore text fields (a number field's selection cannot be read).
+  let caret = null;
+
   // A live refresh sent before the user typed in a kept field (a filter, a form being filled
   // in) would put back the old value and drop what they typed: discard that answer and ask
   // again with the new one. The answer to an action (a POST) is always shown.
@@ -256,6 +262,27 @@
         refresh(target);
         return;
       }
+    }
+    caret = null;
+    const active = document.activeElement;
+    const typing = active && active.id && target.contains(active);
+    if (typing && typeof active.selectionStart === "number") {
+      const { id, selectionStart: start, selectionEnd: end, selectionDirection: dir } = active;
+      caret = { target, id, start, end, dir };
+    }
+  });
+
+  document.body.addEventListener("htmx:afterSwap", (e) => {
+    if (!caret || caret.target !== e.detail.target) return;
+    const field = document.getElementById(caret.id);
+    const { start, end, dir } = caret;
+    caret = null;
+    if (!field || !e.detail.target.contains(field) || !field.setSelectionRange) return;
+    try {
+      field.focus({ preventScroll: true });
+      field.setSelectionRange(start, end, dir || "none");
+    } catch (err) {
+      // a field whose type has no selection (none of the kept ones)
     }
   });
 
