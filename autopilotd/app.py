@@ -4,8 +4,8 @@ wires them together. Everything else gets its collaborators handed in, typed as 
     kernel    Runtime: config, state store, event bus, store, registry, clock, log, stop
     adapters  the relay pool (nostr-sdk), the Lightning node (ldk-node), psionic and a Nexus
               over HTTP
-    services  relays, wallet, local runtime, provider, buyer, starter (each owns its snapshot
-              sections; the starter service is also a job source of the provider)
+    services  relays, wallet, local runtime, provider, buyer, starter, sync (each owns its
+              snapshot sections; the starter service is also a job source of the provider)
     commands  the registry's commands, each given the service it drives
 
 `Adapters` replaces real adapters in fast tests only; the daemon and the demo never use it.
@@ -28,6 +28,7 @@ from autopilotd.commands import BUILTINS, Registrar
 from autopilotd.commands import buyer as buyer_commands
 from autopilotd.commands import provider as provider_commands
 from autopilotd.commands import runtime as runtime_commands
+from autopilotd.commands import sync as sync_commands
 from autopilotd.commands import wallet as wallet_commands
 from autopilotd.config import Config
 from autopilotd.inference.service import ClientFactory, LocalRuntime
@@ -50,6 +51,8 @@ from autopilotd.store import Store
 from autopilotd.store.buys import BuyRequests
 from autopilotd.store.ledger import Ledger
 from autopilotd.store.onchain import OnchainSends
+from autopilotd.store.sync import SyncEvents
+from autopilotd.sync.service import SyncService
 from autopilotd.wallet.onchain import OnchainWallet
 from autopilotd.wallet.runner import NodeFactory, WalletService
 from autopilotd.wallet.seed import load_or_create_seed
@@ -171,6 +174,13 @@ def build(
         events=events,
         clock=clock,
     )
+    sync = SyncService(
+        pool=pool,
+        identity=identity,
+        records=SyncEvents(store),
+        writer=state.writer("sync"),
+        events=events,
+    )
     auth = WebAuth()
     for register in BUILTINS:
         register(rt.registry, rt)
@@ -178,6 +188,7 @@ def build(
     runtime_commands.register(rt.registry, rt, local)
     provider_commands.register(rt.registry, rt, provider)
     buyer_commands.register(rt.registry, rt, buyer)
+    sync_commands.register(rt.registry, rt, sync)
     web_commands.register(rt.registry, auth)
     for register in registrars:
         register(rt.registry, rt)
@@ -188,5 +199,5 @@ def build(
         services.append(WalletService(wallet, node_factory, onchain))
     if config.runtime_mode != "off":
         services.append(local)
-    services += [provider, buyer, starter]
+    services += [provider, buyer, starter, sync]
     return App(rt, services, auth, seed_created)

@@ -20,6 +20,8 @@ from autopilotd.ports.relays import (
     LinkState,
     PublishOutcome,
     PublishReport,
+    ReconcileRefused,
+    Reconciliation,
     RelayAnswer,
     RelayHealth,
     RelayPoolPort,
@@ -128,6 +130,21 @@ class FakePool:
                     )
                 )
         return report
+
+    async def reconcile(
+        self, url: str, f: SubscriptionFilter, items: Sequence[tuple[str, int]]
+    ) -> Reconciliation:
+        """Every fake relay holds what was accepted on the network (`published`)."""
+        if url not in self._rows:
+            raise ReconcileRefused(url, "not one of the pool's relays")
+        ours = {i for i, _ in items}
+        theirs = {e.id for e in self._network.published if f.matches(e)}
+        return Reconciliation(tuple(sorted(ours - theirs)), tuple(sorted(theirs - ours)))
+
+    async def fetch(self, url: str, f: SubscriptionFilter, timeout_s: float) -> list[SignedEvent]:
+        if url not in self._rows:
+            raise ReconcileRefused(url, "not one of the pool's relays")
+        return [e for e in self._network.published if f.matches(e)]
 
     async def set_relays(self, urls: Sequence[str]) -> None:
         for url in [u for u in self._rows if u not in urls]:

@@ -37,6 +37,8 @@ from autopilotd.nostr.identity import NostrIdentity
 from autopilotd.ports.relays import (
     LinkState,
     PublishOutcome,
+    ReconcileRefused,
+    Reconciliation,
     RelayAnswer,
     RelayHealth,
     SubscriptionFilter,
@@ -93,8 +95,12 @@ def sdk_filter(f: SubscriptionFilter) -> sdk.Filter:
         out = out.pubkeys([sdk.PublicKey.parse(p) for p in f.p])
     if f.e:
         out = out.events([sdk.EventId.parse(e) for e in f.e])
+    if f.ids:
+        out = out.ids([sdk.EventId.parse(i) for i in f.ids])
     if f.since is not None:
         out = out.since(sdk.Timestamp.from_secs(f.since))
+    if f.until is not None:
+        out = out.until(sdk.Timestamp.from_secs(f.until))
     if f.limit is not None:
         out = out.limit(f.limit)
     return out
@@ -369,6 +375,50 @@ class RelayLink:
                 self.update(last_seen=now, last_error=f"notice: {message.message}"[:200])
             else:
                 self.update(last_seen=now)
+
+    # -- reconcile (NIP-77) and one-shot queries -------------------------------------------
+
+    async def reconcile(
+        self, f: SubscriptionFilter, items: Sequence[tuple[str, int]], timeout_s: float
+    ) -> Reconciliation:
+        """A negentropy dry run against our own items: what each side lacks, nothing sent."""
+        if not self.row.connected:
+            raise ReconcileRefused(self.url, f"not connected ({self.row.state})")
+        negentropy = [
+            sdk.NegentropyItem(id=sdk.EventId.parse(i), timestamp=sdk.Timestamp.from_secs(t))
+            for i, t in items
+        ]
+        opts = sdk.SyncOptions().dry_run().initial_timeout(timedelta(seconds=timeout_s))
+        try:
+            relay = await self.client.relay(self.sdk_url)
+            if relay is None:
+                raise ReconcileRefused(self.url, "not in the pool")
+            async with asyncio.timeout(timeout_s * 3):
+                summary = await relay.sync(sdk_filter(f), negentropy, opts)
+        except ReconcileRefused:
+            raise
+        except TimeoutError:
+            raise ReconcileRefused(self.url, "timeout") from None
+        except Exception as exc:
+            raise ReconcileRefused(self.url, str(exc)[:200]) from exc
+        self.update(last_seen=self.clock())
+        return Reconciliation(
+            have=tuple(sorted(e.to_hex() for e in summary.local)),
+            need=tuple(sorted(e.to_hex() for e in summary.remote)),
+        )
+
+    async def fetch(self, f: SubscriptionFilter, timeout_s: float) -> list[sdk.Event]:
+        if not self.row.connected:
+            raise ReconcileRefused(self.url, f"not connected ({self.row.state})")
+        target = sdk.ReqTarget.single(self.sdk_url, [sdk_filter(f)])
+        try:
+            async with asyncio.timeout(timeout_s + 1.0):
+                events = await self.client.fetch_events(target, timedelta(seconds=timeout_s))
+        except TimeoutError:
+            raise ReconcileRefused(self.url, "timeout") from None
+        except Exception as exc:
+            raise ReconcileRefused(self.url, str(exc)[:200]) from exc
+        return list(events)
 
     # -- publish ---------------------------------------------------------------------------
 

@@ -40,6 +40,8 @@ from autopilotd.ports.relays import (
     IncomingEvent,
     LinkState,
     PublishReport,
+    ReconcileRefused,
+    Reconciliation,
     RelayAnswer,
     RelayHealth,
     SubscriptionFilter,
@@ -198,6 +200,30 @@ class RelayPool:
         if links:
             answers = list(await asyncio.gather(*(link.publish_one(sdk_event) for link in links)))
         return PublishReport(event_id=event.id, answers=tuple(answers))
+
+    def _link(self, url: str) -> RelayLink:
+        link = self._links.get(url)
+        if link is None:
+            raise ReconcileRefused(url, "not one of the pool's relays")
+        return link
+
+    async def reconcile(
+        self, url: str, f: SubscriptionFilter, items: Sequence[tuple[str, int]]
+    ) -> Reconciliation:
+        return await self._link(url).reconcile(f, items, self.config.connect_timeout_s)
+
+    async def fetch(self, url: str, f: SubscriptionFilter, timeout_s: float) -> list[SignedEvent]:
+        """Events from one query to `url`, each checked like a subscription's (RELIABILITY N6):
+        shape, id and signature, and the filter; anything else is counted invalid and left out.
+        """
+        out: list[SignedEvent] = []
+        for event in await self._link(url).fetch(f, timeout_s):
+            raw = parse_raw(event.as_json(), self.config.caps)
+            if isinstance(raw, ShapeError) or not f.matches(raw) or isinstance(verify(raw), str):
+                self._invalid += 1
+                continue
+            out.append(raw)
+        return out
 
     async def add_relay(self, url: str) -> bool:
         """Add a relay (at once if `run()` runs, else when it starts); False if already in."""

@@ -54,6 +54,11 @@ class SubscriptionFilter:
     e: tuple[str, ...] = ()
     since: int | None = None
     limit: int | None = None
+    ids: tuple[str, ...] = ()
+    until: int | None = None
+
+    def window(self, since: int | None, until: int | None) -> SubscriptionFilter:
+        return dataclasses.replace(self, since=since, until=until)
 
     def with_since(self, since: int | None) -> SubscriptionFilter:
         return dataclasses.replace(self, since=since)
@@ -64,6 +69,10 @@ class SubscriptionFilter:
         if self.authors and event.pubkey not in self.authors:
             return False
         if self.since is not None and event.created_at < self.since:
+            return False
+        if self.until is not None and event.created_at > self.until:
+            return False
+        if self.ids and event.id not in self.ids:
             return False
         for name, wanted in (("p", self.p), ("e", self.e)):
             if wanted and not any(len(t) > 1 and t[1] in wanted for t in event.all(name)):
@@ -110,6 +119,31 @@ class PublishReport:
         return bool(self.accepted)
 
 
+@dataclass(frozen=True)
+class Reconciliation:
+    """A NIP-77 negentropy round with one relay over one filter, against our own items."""
+
+    have: tuple[str, ...]
+    """Ids we hold that the relay lacks (to upload)."""
+    need: tuple[str, ...]
+    """Ids the relay holds that we lack (to fetch)."""
+
+
+class ReconcileRefused(Exception):
+    """The relay would not reconcile this filter (too many records, unsupported, closed)."""
+
+    def __init__(self, url: str, reason: str) -> None:
+        super().__init__(f"{url}: {reason}")
+        self.url = url
+        self.reason = reason
+
+    @property
+    def too_large(self) -> bool:
+        """A refusal a smaller query (a narrower time window) may get past."""
+        words = self.reason.lower()
+        return any(w in words for w in ("too many", "too large", "too big", "blocked", "limit"))
+
+
 class RelaySubscription(Protocol):
     """One consumer's view of the pool: its filters, and the events that match them."""
 
@@ -149,6 +183,20 @@ class RelayPoolPort(Protocol):
 
     async def publish(self, event: SignedEvent) -> PublishReport:
         """Send to every connected relay at once; each relay's answer within its timeout."""
+        ...
+
+    async def reconcile(
+        self, url: str, f: SubscriptionFilter, items: Sequence[tuple[str, int]]
+    ) -> Reconciliation:
+        """Compare our `items` (event id, created_at) matching `f` with what relay `url` holds
+        (NIP-77 negentropy); transfers nothing. Raises ReconcileRefused when the relay says no
+        or is not connected."""
+        ...
+
+    async def fetch(self, url: str, f: SubscriptionFilter, timeout_s: float) -> list[SignedEvent]:
+        """The events relay `url` holds matching `f` (one query, until EOSE or the timeout);
+        each checked (shape, id, signature, the filter). Raises ReconcileRefused when the
+        relay is not connected."""
         ...
 
     async def set_relays(self, urls: Sequence[str]) -> None:

@@ -246,3 +246,22 @@ class StarterSection:
     sats_earned: int = 0
     last_poll_at: float | None = None
     last_error: str | None = None
+
+
+class SyncState(enum.StrEnum):
+    STARTING = "starting"  # reading what is held, recording what is new
+    IDLE = "idle"  # between reconciliations
+    RECONCILING = "reconciling"
+
+
+@dataclass(frozen=True)
+class SyncSection:
+    """History sync over the user's relays (sync/service.py): records held, and each relay's
+    last reconciliation (have = ours it lacked, need = its we lacked). Restored history is
+    shown as restored and never counted as earnings."""
+
+    state: SyncState = SyncState.STARTING
+    records: int = 0
+    restored: int = 0  # jobs and requests known only from a relay
+    relays: tuple[dict[str, Any], ...] = ()
+    last_error: str | None = None

@@ -28,6 +28,7 @@ from autopilotd.runtime.sections import (
     RelayRow,
     ServiceStatus,
     StarterSection,
+    SyncSection,
     WalletSection,
 )
 
@@ -46,6 +47,7 @@ class Snapshot:
     earnings: EarningsSection = field(default_factory=EarningsSection)
     buyer: BuyerSection = field(default_factory=BuyerSection)
     starter: StarterSection = field(default_factory=StarterSection)
+    sync: SyncSection = field(default_factory=SyncSection)
     facts: Facts = field(init=False, compare=False, repr=False)
     """Derived from the sections above when the snapshot is made (never written by anyone)."""
 

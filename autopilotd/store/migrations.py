@@ -173,4 +173,37 @@ MIGRATIONS: list[tuple[int, str, str]] = [
             WHERE status IN ('closing', 'intent', 'broadcast', 'unknown');
         """,
     ),
+    (
+        8,
+        "history sync: each job and buy transition as a signed event to self, ours or from a "
+        "relay, and each relay's last reconciliation",
+        """
+        CREATE TABLE sync_events (
+            event_id    TEXT PRIMARY KEY,
+            created_at  INTEGER NOT NULL,
+            subject     TEXT NOT NULL,
+            step        TEXT NOT NULL,
+            rank        INTEGER NOT NULL,
+            at          REAL NOT NULL,
+            record      TEXT NOT NULL,
+            raw         TEXT NOT NULL,
+            origin      TEXT NOT NULL CHECK (origin IN ('local', 'relay')),
+            stored_at   REAL NOT NULL
+        );
+        CREATE INDEX sync_events_subject ON sync_events (subject, step);
+        CREATE INDEX sync_events_created ON sync_events (created_at);
+        CREATE TABLE sync_relays (
+            url         TEXT PRIMARY KEY,
+            at          REAL NOT NULL,
+            method      TEXT NOT NULL,
+            have        INTEGER NOT NULL,
+            need        INTEGER NOT NULL,
+            uploaded    INTEGER NOT NULL,
+            fetched     INTEGER NOT NULL,
+            refused     INTEGER NOT NULL,
+            round_trips INTEGER NOT NULL,
+            error       TEXT
+        );
+        """,
+    ),
 ]

@@ -133,7 +133,14 @@ async def active_job(v: View) -> dict[str, Any]:
 async def job_history(v: View) -> dict[str, Any]:
     before = _float(v.query.get("before"))
     page = await v.call("jobs.history", {"limit": HISTORY_PAGE, "before": before})
-    return {"jobs": page["jobs"], "next_before": page["next_before"], "before": before}
+    synced = await v.call("sync.history", {"limit": HISTORY_PAGE, "type": "job"})
+    return {
+        "jobs": page["jobs"],
+        "next_before": page["next_before"],
+        "before": before,
+        # jobs known only from the user's relays (a restore, another daemon): history, not earnings
+        "restored": [j for j in synced["items"] if j["restored"]],
+    }
 
 
 async def starter_jobs(v: View) -> dict[str, Any]:
@@ -407,7 +414,8 @@ async def sync_health(v: View) -> dict[str, Any]:
         # signed job events no relay has accepted yet (sent again when a relay connects)
         "outbox_waiting": v.snapshot["jobs"]["outbox_waiting"],
         "relays": v.snapshot["relays"],
-        "nexus": v.snapshot.get("sync"),
+        "history": v.snapshot["sync"],
+        "synced": v.acted("sync.now"),
     }
 
 

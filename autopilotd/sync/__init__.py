@@ -1,0 +1,1 @@
+"""History sync over the user's relays (service.py)."""

@@ -1,0 +1,68 @@
+"""History sync through the registry and the web UI, on two in-process daemons with one seed
+(fake relays): a request made on one is history on the other, marked restored, never earnings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from support import DaemonFactory, InProcessDaemon
+from support.relays import until
+from web.conftest import WebClient, login
+
+from autopilotd.adapters.fake_lightning import FakeNetwork, FakeNode
+from autopilotd.adapters.fake_relays import FakeNetwork as FakeRelays
+from autopilotd.app import Adapters
+from autopilotd.paths import Paths
+from autopilotd.wallet.seed import load_or_create_seed, seed_path, write_seed_exclusive
+
+
+async def test_a_second_daemon_with_the_same_words_sees_the_history(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    relays = FakeRelays()
+    words, _ = load_or_create_seed(Paths.for_home(tmp_path / "a").data_dir)
+    write_seed_exclusive(seed_path(Paths.for_home(tmp_path / "b").data_dir), words)
+
+    net = FakeNetwork()
+
+    async def start(home: str) -> InProcessDaemon:
+        node = FakeNode(net, home, 100_000_000)
+        d = await daemon_factory(
+            home=tmp_path / home,
+            adapters=Adapters(node_factory=lambda mnemonic: node, relay_pool=relays.pool()),
+            relays=", ".join(relays.relays),
+            wallet_network="regtest",
+            wallet_bitcoind_rpc_url="http://u:p@127.0.0.1:1",
+        )
+        assert (await d.call("wait.until", {"condition": "wallet-ready", "timeout_s": 10}))["met"]
+        return d
+
+    a = await start("a")
+    bought = await a.call("buy.submit", {"prompt": "Name a colour.", "budget_sats": 5})
+    history = (await a.call("sync.history"))["items"]
+    assert [(h["type"], h["id"], h["restored"]) for h in history] == [
+        ("buy", bought["request_id"], False)
+    ]
+
+    b = await start("b")
+    await until(lambda: bool(relays.published))
+    rounds = (await b.call("sync.now"))["relays"]
+    assert {r["url"] for r in rounds} == set(relays.relays)
+    assert all(r["method"] == "negentropy" and r["error"] is None for r in rounds)
+    (item,) = (await b.call("sync.history"))["items"]
+    assert item["id"] == bought["request_id"] and item["restored"] is True
+    assert item["data"]["prompt"] == "Name a colour."
+    status = await b.call("sync.status")
+    assert status["restored"] == 1 and len(status["relays"]) == 2
+    assert (await b.call("status"))["earnings"]["lifetime_sats"] == 0  # history, not earnings
+
+    web: WebClient = await login(b)
+    try:
+        _, html = await web.get("/pane/sync_health")
+        assert "1 jobs and requests restored from relays" in html
+        assert all(f'data-relay="{url}"' in html for url in relays.relays)
+        status_code, html = await web.do("sync.now", pane="sync_health")
+        assert status_code == 200 and "negentropy" in html
+    finally:
+        await web.session.close()
