@@ -57,6 +57,7 @@ from autopilotd.wallet.onchain import OnchainWallet
 from autopilotd.wallet.runner import NodeFactory, WalletService
 from autopilotd.wallet.seed import load_or_create_seed
 from autopilotd.wallet.service import Wallet
+from autopilotd.wallet.setup import restored_at
 from autopilotd.web import commands as web_commands
 from autopilotd.web.auth import WebAuth
 
@@ -195,7 +196,8 @@ def build(
 
     services: list[Service] = [RelaysService(pool, state.writer("relays"), live)]
     if config.wallet_network != "off":
-        node_factory = adapters.node_factory or ldk_node_factory(config)
+        rescan = restored_at(config.paths.data_dir) is not None  # coins the words held before
+        node_factory = adapters.node_factory or ldk_node_factory(config, rescan=rescan)
         services.append(WalletService(wallet, node_factory, onchain))
     if config.runtime_mode != "off":
         services.append(local)

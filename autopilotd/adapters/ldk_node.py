@@ -9,6 +9,7 @@ from `next_event_async`. This module is the only place that knows ldk-node's typ
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import logging
 import sqlite3
@@ -533,8 +534,29 @@ def _network_name(value: Any) -> str:
     return {"bitcoin": "bitcoin", "regtest": "regtest", "signet": "signet"}.get(name, name)
 
 
-def ldk_node_factory(config: Config) -> Callable[[str], LightningNode]:
-    """The daemon's node factory: settings from config, storage under the daemon's data dir."""
+def start_wallet_at_genesis(settings: NodeSettings, mnemonic: str) -> bool:
+    """Make a restored wallet's first sync over bitcoind RPC a rescan from the genesis block.
+
+    ldk-node 0.7 starts a new on-chain wallet at the chain tip when its bitcoind source
+    answers, so coins received before (a restore from words) are never found; Esplora and
+    Electrum sources do a full scan instead and need nothing. When the source cannot answer
+    ldk-node creates the wallet at genesis: so the node is first built (never started) against
+    a closed loopback port, which saves that wallet; the real build then loads it and syncs
+    it from genesis. Only for a node with no storage yet; True when it did so.
+    """
+    chain = settings.chain
+    if not chain.bitcoind_host or (settings.storage_dir / STORE_FILE).exists():
+        return False
+    closed = dataclasses.replace(chain, bitcoind_host="127.0.0.1", bitcoind_port=free_port())
+    build_node(dataclasses.replace(settings, chain=closed), mnemonic)
+    return True
+
+
+def ldk_node_factory(config: Config, *, rescan: bool = False) -> Callable[[str], LightningNode]:
+    """The daemon's node factory: settings from config, storage under the daemon's data dir.
+
+    `rescan`: the words were restored, so a node built for the first time looks for the coins
+    they held before (`start_wallet_at_genesis`)."""
 
     def make(mnemonic: str) -> LightningNode:
         port = config.wallet_listen_port or free_port()
@@ -549,6 +571,11 @@ def ldk_node_factory(config: Config) -> Callable[[str], LightningNode]:
             lsp_trusted_no_reserve=config.wallet_lsp_trusted,
             rgs_url=config.wallet_rgs_url,
         )
+        if rescan:
+            try:
+                start_wallet_at_genesis(settings, mnemonic)
+            except ldk_module().BuildError as exc:
+                raise NodeError(f"cannot build the node ({type(exc).__name__})") from None
         return LdkNode(settings, mnemonic)
 
     return make

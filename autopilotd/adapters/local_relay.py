@@ -114,13 +114,15 @@ async def start_relay(
     database: sdk.NostrDatabase | None = None,
     auth_writes: bool = False,
     admit: Admit | None = None,
+    max_results: int | None = None,
 ) -> RunningRelay:
     """Start a relay on `host:port` (0 = a free port) and return once it accepts connections.
 
     Pass the same `database` to a relay restarted on the same port to keep its events.
     `auth_writes` asks every writer to authenticate first (NIP-42; the relay accepts only an
     AUTH event whose `relay` tag is its own `ws://host:port`, so a relay behind a proxy must
-    leave NIP-42 to the proxy); `admit` decides which events are stored (a write policy).
+    leave NIP-42 to the proxy); `admit` decides which events are stored (a write policy);
+    `max_results` caps the events one query returns (as public relays do).
     """
     check_loopback(host)
     if port == 0:
@@ -140,6 +142,8 @@ async def start_relay(
         )
     if admit is not None:
         builder = builder.write_policy(_WritePolicy(admit))
+    if max_results is not None:
+        builder = builder.max_filter_limit(max_results)
     relay = builder.build()
     try:
         await relay.run()
@@ -164,10 +168,16 @@ async def local_relay(
     notes_per_minute: int = DEFAULT_NOTES_PER_MINUTE,
     max_reqs: int = DEFAULT_MAX_REQS,
     database: sdk.NostrDatabase | None = None,
+    max_results: int | None = None,
 ) -> AsyncIterator[RunningRelay]:
     """`async with local_relay() as relay:` a relay for the block's duration."""
     running = await start_relay(
-        host, port, notes_per_minute=notes_per_minute, max_reqs=max_reqs, database=database
+        host,
+        port,
+        notes_per_minute=notes_per_minute,
+        max_reqs=max_reqs,
+        database=database,
+        max_results=max_results,
     )
     try:
         yield running

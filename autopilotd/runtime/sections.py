@@ -97,6 +97,7 @@ class WalletSection:
     lsp: str | None = None  # the LSPS2 LSP's node id, when one is configured
     balance: WalletBalance | None = None
     last_payment: dict[str, Any] | None = None
+    restored_at: float | None = None  # the words were restored here: channels did not come back
     updated_at: float | None = None
 
 

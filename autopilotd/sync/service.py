@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from autopilotd.crashpoints import crash_point
 from autopilotd.nostr.events import ShapeError, parse_raw
 from autopilotd.nostr.history import (
     KIND_HISTORY,
@@ -201,9 +202,7 @@ class SyncService:
                 await self._records.add(sealed)
             self._watermark = started - CAPTURE_SLACK_S
             await self._show()
-        for i in range(0, len(sealed), UPLOAD_CHUNK):
-            chunk = sealed[i : i + UPLOAD_CHUNK]
-            await asyncio.gather(*(self._publish(s.raw) for s in chunk))
+        await self._publish_all([s.raw for s in sealed])  # best effort: rounds make sure
         return len(sealed)
 
     async def _records_since(self, since: float) -> list[HistoryRecord]:
@@ -263,17 +262,29 @@ class SyncService:
             origin,
         )
 
-    async def _publish(self, raw: str) -> dict[str, bool]:
-        """Publish one stored event; per relay, whether it now holds it."""
+    async def _publish(self, raw: str) -> dict[str, str | None]:
+        """Publish one stored event; per relay, None if it now holds it, else why not."""
         event = parse_raw(raw)
         if isinstance(event, ShapeError):  # our own rows; never expected
             logger.error("a stored history record does not parse: %s", event.detail)
             return {}
         report = await self._pool.publish(event)
         return {
-            a.url: a.outcome == PublishOutcome.ACCEPTED or a.message.startswith("duplicate:")
+            a.url: None
+            if a.outcome == PublishOutcome.ACCEPTED or a.message.startswith("duplicate:")
+            else (a.message or a.outcome.value)
             for a in report.answers
         }
+
+    async def _publish_all(self, raws: Sequence[str]) -> list[dict[str, str | None]]:
+        """Publish stored events, `UPLOAD_CHUNK` at a time. The first goes alone: a relay
+        asks a writer of protected events to authenticate (NIP-42) once, and events sent
+        together before that answer are all refused."""
+        answers = [await self._publish(raws[0])] if raws else []
+        for i in range(1, len(raws), UPLOAD_CHUNK):
+            chunk = raws[i : i + UPLOAD_CHUNK]
+            answers += await asyncio.gather(*(self._publish(raw) for raw in chunk))
+        return answers
 
     # -- reconcile ---------------------------------------------------------------------------
 
@@ -295,7 +306,7 @@ class SyncService:
         error = None
         try:
             have, need = await self._diff(r)
-            r.have, r.need = len(have), len(need)
+            r.have, r.need = len(have), r.need + len(need)
             await self._fetch(r, need)
             await self._upload(r, have)
         except ReconcileRefused as exc:
@@ -336,21 +347,42 @@ class SyncService:
         return list(result.have), list(result.need)
 
     async def _by_fetch(self, r: _Round) -> tuple[list[str], list[str]]:
-        """For a relay without NIP-77: read everything it holds of ours and compare."""
-        r.round_trips += 1
-        theirs = await self._pool.fetch(r.url, self._filter, FETCH_TIMEOUT_S)
+        """For a relay without NIP-77: read everything it holds of ours and compare. Relays cap
+        one answer (newest first), so it is read page by page, each ending where the last
+        began, until a page brings nothing new."""
+        theirs: set[str] = set()
         ours = {i for i, _ in await self._records.items()}
-        have = sorted(ours - {e.id for e in theirs})
-        new = [e for e in theirs if e.id not in ours]
-        await self._apply(r, new)
-        return have, []
+        until: int | None = None
+        while True:
+            r.round_trips += 1
+            page = await self._pool.fetch(r.url, self._filter.window(None, until), FETCH_TIMEOUT_S)
+            fresh = [e for e in page if e.id not in theirs]
+            if not fresh:
+                break
+            theirs.update(e.id for e in fresh)
+            missing = [e for e in fresh if e.id not in ours]
+            r.need += len(missing)
+            await self._apply(r, missing)
+            until = min(e.created_at for e in page)  # that second again: ids already seen
+        return sorted(ours - theirs), []
 
     async def _fetch(self, r: _Round, need: Sequence[str]) -> None:
+        """Fetch what we lack by id, `FETCH_CHUNK` at a time; a relay that answers a chunk
+        only in part (its own cap) is asked again for the rest while it brings something."""
         for i in range(0, len(need), FETCH_CHUNK):
-            ids = tuple(need[i : i + FETCH_CHUNK])
-            r.round_trips += 1
-            f = SubscriptionFilter(kinds=self._filter.kinds, authors=self._filter.authors, ids=ids)
-            await self._apply(r, await self._pool.fetch(r.url, f, FETCH_TIMEOUT_S))
+            wanted = set(need[i : i + FETCH_CHUNK])
+            while wanted:
+                r.round_trips += 1
+                f = SubscriptionFilter(
+                    kinds=self._filter.kinds, authors=self._filter.authors, ids=tuple(wanted)
+                )
+                got = [
+                    e for e in await self._pool.fetch(r.url, f, FETCH_TIMEOUT_S) if e.id in wanted
+                ]
+                if not got:
+                    break  # the relay no longer has them: nothing to wait for
+                wanted -= {e.id for e in got}
+                await self._apply(r, got)
 
     async def _apply(self, r: _Round, events: Sequence[Any]) -> None:
         stored = []
@@ -364,14 +396,18 @@ class SyncService:
             stored.append(self._stored(event, record, "relay"))
         if stored:
             r.fetched += await self._records.add(stored)  # committed chunk by chunk
+            crash_point("sync.after_fetch_chunk")
 
     async def _upload(self, r: _Round, have: Sequence[str]) -> None:
+        """Send the relay what it lacks; any it did not take is the round's problem (the next
+        round finds them missing again)."""
         raws = await self._records.raw(have)
-        for i in range(0, len(raws), UPLOAD_CHUNK):
-            chunk = raws[i : i + UPLOAD_CHUNK]
-            r.round_trips += 1
-            held = await asyncio.gather(*(self._publish(raw) for raw in chunk))
-            r.uploaded += sum(1 for h in held if h.get(r.url))
+        r.round_trips += -(-len(raws) // UPLOAD_CHUNK)
+        answers = [a.get(r.url, "not sent") for a in await self._publish_all(raws)]
+        r.uploaded += sum(1 for a in answers if a is None)
+        failed = [a for a in answers if a is not None]
+        if failed:
+            raise ReconcileRefused(r.url, f"{len(failed)} not uploaded: {failed[0]}")
 
     # -- what is shown -------------------------------------------------------------------------
 

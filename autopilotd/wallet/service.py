@@ -35,7 +35,7 @@ from autopilotd.runtime.sections import WalletBalance, WalletSection, WalletStat
 from autopilotd.runtime.state import SectionWriter
 from autopilotd.store.ledger import Ledger, PaymentRow
 from autopilotd.vocab import PaymentDirection, PaymentStatus
-from autopilotd.wallet.setup import needs_setup
+from autopilotd.wallet.setup import needs_setup, restored_at
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +63,7 @@ class Wallet:
         self.node: LightningNode | None = None
         self._settled = asyncio.Event()
         self._streams: list[asyncio.Queue[SettledPayment]] = []
+        self._writer.set(restored_at=restored_at(config.current.paths.data_dir))
         if needs_setup(config.current):
             self.set_state(
                 WalletState.NEEDS_SETUP,

@@ -40,6 +40,20 @@ def mark_backed_up(data_dir: Path, how: str) -> None:
     write_private_atomic(backup_marker(data_dir), f"{how} {time.time():.0f}\n".encode())
 
 
+def restored_at(data_dir: Path) -> float | None:
+    """When this home's words were restored from the owner's (not made here), else None."""
+    try:
+        how, _, at = backup_marker(data_dir).read_text().partition(" ")
+    except OSError:
+        return None
+    if how != "restored":
+        return None
+    try:
+        return float(at)
+    except ValueError:
+        return 0.0
+
+
 def needs_setup(config: Config) -> bool:
     """No network chosen for the wallet and no backup of its words confirmed: a first run."""
     return (

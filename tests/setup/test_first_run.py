@@ -149,3 +149,23 @@ def test_restore_then_choose_then_finish_restarts_into_the_network(
     assert _json(d, "setup.status")["state"] == "done"
     d.ctl("daemon.stop")
     assert d.wait_exit() == 0
+
+
+async def test_a_restored_wallet_says_its_channels_did_not_come_back(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    from web.conftest import login
+
+    from autopilotd.paths import Paths
+    from autopilotd.wallet.setup import replace_unused_seed
+
+    replace_unused_seed(Paths.for_home(tmp_path / "restored").data_dir, WORDS)
+    for home, restored in (("restored", True), ("new", False)):
+        d = await daemon_factory(home=tmp_path / home)
+        assert ((await d.call("wallet.status"))["restored_at"] is not None) is restored
+        web = await login(d)
+        try:
+            _, html = await web.get("/pane/wallet")
+        finally:
+            await web.session.close()
+        assert ("Channel balances from before the restore are not" in html) is restored

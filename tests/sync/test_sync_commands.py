@@ -4,7 +4,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from support import DaemonFactory, InProcessDaemon
 from support.relays import until
@@ -15,6 +18,12 @@ from autopilotd.adapters.fake_relays import FakeNetwork as FakeRelays
 from autopilotd.app import Adapters
 from autopilotd.paths import Paths
 from autopilotd.wallet.seed import load_or_create_seed, seed_path, write_seed_exclusive
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 10.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.02)
 
 
 async def test_a_second_daemon_with_the_same_words_sees_the_history(
@@ -40,7 +49,13 @@ async def test_a_second_daemon_with_the_same_words_sees_the_history(
 
     a = await start("a")
     bought = await a.call("buy.submit", {"prompt": "Name a colour.", "budget_sats": 5})
-    history = (await a.call("sync.history"))["items"]
+    history: list[dict[str, Any]] = []
+
+    async def recorded() -> bool:
+        history[:] = (await a.call("sync.history"))["items"]
+        return bool(history)
+
+    await eventually(recorded)  # recorded after the request's domain event
     assert [(h["type"], h["id"], h["restored"]) for h in history] == [
         ("buy", bought["request_id"], False)
     ]

@@ -225,6 +225,7 @@ async def test_the_starter_jobs_pane_shows_the_lease_and_the_markers_show_the_so
             "jobs": [{**row, "received_at": now, "price_sats": 21, "paid_at": now, "reason": None}],
             "next_before": None,
             "before": None,
+            "restored": [],
         },
     )
     assert "starter · Nexus" in html
