@@ -27,9 +27,9 @@ def register(reg: Registry, rt: Runtime, sync: SyncService) -> None:
     @reg.command("sync.history")
     async def sync_history(
         limit: Annotated[int, Bounds(1, 1000)] = 50,
-        type: Literal["job", "buy"] | None = None,
+        type: Literal["job", "buy", "pay"] | None = None,
     ) -> dict[str, Any]:
-        """Jobs and buy requests as all their history records say they are now, newest first.
-        `restored` marks one this daemon has no row of its own for (it came from a relay);
-        restored history is never counted as earnings."""
+        """Jobs, buy requests and wallet payments as all their history records say they are
+        now, newest first. `restored` marks one this daemon has no row of its own for (it came
+        from a relay): restored history is never counted as earnings or balance."""
         return {"items": await sync.history(limit, type)}

@@ -1,10 +1,12 @@
 """History records as Nostr events to self: how job and buy transitions travel to the user's
 relays and come back (the sync service, sync/service.py, decides when).
 
-One record is one transition of one thing: a provider job reaching a stage, or one of our buy
-requests reaching a status. Its plaintext is compact JSON
+One record is one transition of one thing: a provider job reaching a stage, one of our buy
+requests reaching a status, or a wallet payment (in or out) reaching a status. Its plaintext is
+compact JSON
 
-    {"v": 1, "type": "job" | "buy", "id": <request id>, "step": <stage or status>,
+    {"v": 1, "type": "job" | "buy" | "pay_in" | "pay_out", "id": <request id or payment hash>,
+     "step": <stage or status>,
      "at": <when, UNIX seconds>, "data": {...the row's fields, long texts cut}}
 
 encrypted with NIP-44 (v2) to our own key, in an event of kind `KIND_HISTORY` signed by our
@@ -49,6 +51,11 @@ STEPS: dict[str, dict[str, int]] = {
         JobStage.FAILED: 4,
         JobStage.DELIVERED_UNPAID: 4,
         JobStage.PAID: 5,
+    },
+    # a wallet payment, by its direction (the same hash can be both: one daemon pays another)
+    **{
+        name: {"intent": 0, "pending": 1, "unknown": 1, "failed": 2, "succeeded": 3}
+        for name in ("pay_in", "pay_out")
     },
     "buy": {
         BuyStatus.OPEN: 0,

@@ -263,6 +263,6 @@ class SyncSection:
 
     state: SyncState = SyncState.STARTING
     records: int = 0
-    restored: int = 0  # jobs and requests known only from a relay
+    restored: int = 0  # jobs, requests and payments known only from a relay
     relays: tuple[dict[str, Any], ...] = ()
     last_error: str | None = None

@@ -22,9 +22,11 @@ from autopilotd.store.db import Sql
 
 _RESTORED = (
     "NOT EXISTS (SELECT 1 FROM jobs j WHERE s.subject = 'job:' || j.request_id) "
-    "AND NOT EXISTS (SELECT 1 FROM buy_requests b WHERE s.subject = 'buy:' || b.request_id)"
+    "AND NOT EXISTS (SELECT 1 FROM buy_requests b WHERE s.subject = 'buy:' || b.request_id) "
+    "AND NOT EXISTS (SELECT 1 FROM wallet_payments w "
+    "                WHERE s.subject = 'pay_' || w.direction || ':' || w.payment_hash)"
 )
-"""A subject this daemon has no job or request of its own for: its history came from a relay."""
+"""A subject this daemon has no job, request or payment of its own for: it came from a relay."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +81,7 @@ class SyncEvents:
         return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
 
     async def count(self) -> tuple[int, int]:
-        """(records, jobs and requests known only from a relay: restored history)."""
+        """(records, jobs, requests and payments known only from a relay: restored history)."""
         row = await self._sql.fetchone(
             f"SELECT (SELECT COUNT(*) FROM sync_events), "
             f"(SELECT COUNT(DISTINCT subject) FROM sync_events s WHERE {_RESTORED})"
@@ -135,13 +137,14 @@ class SyncEvents:
         return out
 
     async def current(self, limit: int, kind: str | None = None) -> list[dict[str, Any]]:
-        """Each job or request as its records say it is now (its furthest step), newest first;
-        `restored` when this daemon has no row of its own for it (it came from a relay)."""
+        """Each job, request or payment as its records say it is now (its furthest step), newest
+        first; `restored` when this daemon has no row of its own for it (it came from a relay).
+        `kind` picks one type ('job', 'buy', 'pay' for both directions)."""
         rows = await self._sql.fetchall(
             f"SELECT record, event_id, {_RESTORED} "
             "FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY subject "
             "      ORDER BY rank DESC, at DESC, event_id DESC) AS n FROM sync_events "
-            "      WHERE ? IS NULL OR subject LIKE ? || ':%') AS s "
+            "      WHERE ? IS NULL OR subject LIKE ? || '%') AS s "
             "WHERE n = 1 ORDER BY at DESC, subject LIMIT ?",
             (kind, kind, limit),
         )
@@ -153,49 +156,37 @@ class SyncEvents:
             out.append(item)
         return out
 
-    async def changed_jobs(self, since: float) -> list[dict[str, Any]]:
+    async def _changed(self, table: str, columns: str, since: float) -> list[dict[str, Any]]:
+        """`table`'s rows changed since `since`, as dicts of `columns` (its own names)."""
         rows = await self._sql.fetchall(
-            "SELECT request_id, stage, updated_at, source, kind, buyer_pubkey, price_msat, "
-            "payment_hash, reason, received_at, paid_at, result_json FROM jobs "
-            "WHERE updated_at >= ?",
-            (since,),
+            f"SELECT {columns} FROM {table} WHERE updated_at >= ?", (since,)
         )
-        names = [
-            "request_id",
-            "stage",
-            "updated_at",
-            "source",
-            "kind",
-            "buyer_pubkey",
-            "price_msat",
-            "payment_hash",
-            "reason",
-            "received_at",
-            "paid_at",
-            "result_json",
-        ]
+        names = [c.strip() for c in columns.split(",")]
         return [dict(zip(names, r, strict=True)) for r in rows]
 
-    async def changed_buys(self, since: float) -> list[dict[str, Any]]:
-        rows = await self._sql.fetchall(
-            "SELECT request_id, status, updated_at, kind, prompt, budget_msat, provider, result, "
-            "payment_hash, reason, created_at FROM buy_requests WHERE updated_at >= ?",
-            (since,),
+    async def changed_jobs(self, since: float) -> list[dict[str, Any]]:
+        return await self._changed(
+            "jobs",
+            "request_id, stage, updated_at, source, kind, buyer_pubkey, price_msat, "
+            "payment_hash, reason, received_at, paid_at",
+            since,
         )
-        names = [
-            "request_id",
-            "status",
-            "updated_at",
-            "kind",
-            "prompt",
-            "budget_msat",
-            "provider",
-            "result",
-            "payment_hash",
-            "reason",
+
+    async def changed_buys(self, since: float) -> list[dict[str, Any]]:
+        return await self._changed(
+            "buy_requests",
+            "request_id, status, updated_at, kind, prompt, budget_msat, provider, result, "
+            "payment_hash, reason, created_at",
+            since,
+        )
+
+    async def changed_payments(self, since: float) -> list[dict[str, Any]]:
+        return await self._changed(
+            "wallet_payments",
+            "payment_hash, status, updated_at, direction, amount_msat, fee_msat, description, "
             "created_at",
-        ]
-        return [dict(zip(names, r, strict=True)) for r in rows]
+            since,
+        )
 
     async def save_relay(self, row: RelaySync) -> None:
         async with self._sql.write() as tx:

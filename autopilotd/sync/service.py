@@ -1,6 +1,7 @@
 """History sync: job and buy history kept on the user's relays, replay-safe (ARCHITECTURE §6).
 
-Every transition of a provider job or of one of our buy requests becomes a history record
+Every transition of a provider job, of one of our buy requests or of a wallet payment becomes
+a history record
 (nostr/history.py: NIP-44 to ourselves, NIP-70 protected, signed by our key), stored here
 (store/sync.py) and published to the user's relays. A lost disk or a second daemon with the
 same words gets the history back from those relays.
@@ -39,6 +40,7 @@ from autopilotd.nostr.history import (
     KIND_HISTORY,
     HistoryRecord,
     RecordError,
+    check_record,
     cut,
     open_record,
     seal,
@@ -97,6 +99,16 @@ class _Round:
             self.round_trips,
             error,
         )
+
+
+def _sound(record: HistoryRecord) -> bool:
+    """Whether another daemon will accept this record (a row this one cannot sync is logged)."""
+    try:
+        check_record(record.to_json())
+    except RecordError as exc:
+        logger.warning("%s is not synced: %s", record.subject, exc)
+        return False
+    return True
 
 
 class SyncService:
@@ -245,8 +257,23 @@ class SyncService:
                     },
                 )
             )
+        for pay in await self._records.changed_payments(since):
+            out.append(
+                HistoryRecord(
+                    f"pay_{pay['direction']}",
+                    pay["payment_hash"],
+                    pay["status"],
+                    float(pay["updated_at"]),
+                    {
+                        "amount_msat": pay["amount_msat"],
+                        "fee_msat": pay["fee_msat"],
+                        "description": cut(pay["description"]),
+                        "created_at": pay["created_at"],
+                    },
+                )
+            )
         held = await self._records.steps([r.subject for r in out])
-        return [r for r in out if (r.subject, r.step) not in held]
+        return [r for r in out if (r.subject, r.step) not in held and _sound(r)]
 
     @staticmethod
     def _stored(event: Any, record: HistoryRecord, origin: str) -> StoredRecord:

@@ -238,11 +238,13 @@ async def network_requests(v: View) -> dict[str, Any]:
 async def wallet(v: View) -> dict[str, Any]:
     before = _int(v.query.get("before_seq"))
     page = await v.call("wallet.history", {"limit": HISTORY_PAGE, "before_seq": before})
+    synced = await v.call("sync.history", {"limit": HISTORY_PAGE, "type": "pay"})
     return {
         "wallet": v.snapshot["wallet"],
         "history": page["payments"],
         "next_before_seq": page["next_before_seq"],
         "before_seq": before,
+        "restored": [p for p in synced["items"] if p["restored"]],  # history, not balance
     }
 
 

@@ -21,7 +21,7 @@ from support.relays import until
 
 from autopilotd.adapters.local_relay import local_relay, start_relay
 from autopilotd.adapters.relay_pool import PoolConfig, RelayPool, running
-from autopilotd.nostr.history import KIND_HISTORY, PROTECTED_TAG
+from autopilotd.nostr.history import KIND_HISTORY, PROTECTED_TAG, HistoryRecord, seal
 from autopilotd.nostr.identity import NostrIdentity, generate_identity
 from autopilotd.nostr.nip90 import sign
 from autopilotd.runtime.clock import SystemClock
@@ -313,3 +313,42 @@ async def test_what_is_not_our_record_is_refused_and_never_applied(tmp_path: Pat
                 assert (row.need, row.fetched, row.refused) == (2, 0, 2)
                 assert await b.count("sync_events") == 2
                 assert steps(await b.history()) == steps(await a.history())
+
+
+async def test_the_same_records_from_two_relays_are_kept_once(tmp_path: Path) -> None:
+    me = generate_identity()
+    async with local_relay() as one, local_relay() as two:
+        async with side(tmp_path / "a", me, (one.url, two.url)) as a:
+            for n in range(3):
+                await add_job(a, n + 1, "paid", paid=True)
+            await records_on(a, 6)
+            await a.sync.reconcile([one.url, two.url])  # both hold all six
+            async with side(tmp_path / "b", me, (one.url, two.url)) as b:
+                rounds = await b.sync.reconcile([one.url, two.url])
+                assert all(r.error is None and r.need == 0 for r in rounds)  # after start-up
+                assert await b.count("sync_events") == 6
+                assert steps(await b.history()) == steps(await a.history())
+
+
+async def test_what_a_thing_is_does_not_depend_on_the_order_its_records_came_in(
+    tmp_path: Path,
+) -> None:
+    me = generate_identity()
+    rid = "ab" * 32
+    made = [
+        HistoryRecord("job", rid, step, 1_800_000_000.0 + i, {"kind": 5050})
+        for i, step in enumerate(("received", "accepted", "running", "delivered", "paid"))
+    ]
+    sealed = [SyncService._stored(seal(me, r), r, "relay") for r in made]
+    results = []
+    for order in (sealed, sealed[::-1], sealed[2:] + sealed[:2] + sealed[1:3]):
+        store = await Store.open(tmp_path / f"{len(results)}.sqlite")
+        try:
+            records = SyncEvents(store)
+            for one in order:
+                await records.add([one])  # one at a time, some twice
+            results.append([(h["id"], h["step"]) for h in await records.current(10)])
+            assert (await records.count())[0] == 5
+        finally:
+            await store.close()
+    assert results == [[(rid, "paid")]] * 3

@@ -75,9 +75,33 @@ async def test_a_second_daemon_with_the_same_words_sees_the_history(
     web: WebClient = await login(b)
     try:
         _, html = await web.get("/pane/sync_health")
-        assert "1 jobs and requests restored from relays" in html
+        assert "1 jobs, requests and payments restored from relays" in html
         assert all(f'data-relay="{url}"' in html for url in relays.relays)
         status_code, html = await web.do("sync.now", pane="sync_health")
         assert status_code == 200 and "negentropy" in html
     finally:
         await web.session.close()
+
+    # Wallet activity too: B pays A; each sees the other's side as restored, not as balance.
+    invoice = await a.call("wallet.receive", {"amount_sats": 7, "description": "tea money"})
+    paid = await b.call("wallet.pay", {"bolt11": invoice["bolt11"]})
+    assert paid["status"] == "succeeded"
+
+    async def a_side_on_b() -> bool:
+        await a.call("sync.now")
+        await b.call("sync.now")
+        items = (await b.call("sync.history", {"type": "pay"}))["items"]
+        return {(i["type"], i["step"], i["restored"]) for i in items} == {
+            ("pay_in", "succeeded", True),  # A's: restored on B
+            ("pay_out", "succeeded", False),  # B's own
+        }
+
+    await eventually(a_side_on_b)
+    balance = (await b.call("wallet.status"))["balance"]
+    web = await login(b)
+    try:
+        _, html = await web.get("/pane/wallet")
+    finally:
+        await web.session.close()
+    assert 'data-testid="restored-payments"' in html and "tea money" in html
+    assert (await b.call("wallet.status"))["balance"] == balance  # history, not balance
