@@ -207,6 +207,14 @@ class SyncEvents:
                 ),
             )
 
+    async def keep_relays(self, urls: Sequence[str]) -> None:
+        """Forget the last round of every relay not in `urls` (taken out of the pool)."""
+        held = {r.url for r in await self.relays()}
+        gone = sorted(held - set(urls))
+        if gone:
+            async with self._sql.write() as tx:
+                await tx.executemany("DELETE FROM sync_relays WHERE url = ?", [(u,) for u in gone])
+
     async def relays(self) -> list[RelaySync]:
         rows = await self._sql.fetchall(
             "SELECT url, at, method, have, need, uploaded, fetched, refused, round_trips, error "

@@ -70,6 +70,8 @@ MIN_WINDOW_S = 60
 FETCH_TIMEOUT_S = 10.0
 FUTURE_SKEW_S = 3600
 """How far ahead of our clock a record's time may be and still be reconciled."""
+QUIET_EVENTS = ("sync.", "relays.")
+"""Domain events that never change a job, request or payment: no capture after them."""
 EPOCH = 1_600_000_000
 """No history record is older (September 2020): where the time windows start."""
 
@@ -144,17 +146,20 @@ class SyncService:
     # -- the loop ------------------------------------------------------------------------------
 
     async def run(self, ready: Callable[[], None]) -> None:
-        self._last = {r.url: r for r in await self._records.relays()}
+        pooled = set(self._pool.relays())  # a relay taken out while stopped is forgotten
+        self._last = {r.url: r for r in await self._records.relays() if r.url in pooled}
         await self.capture()
         self._connected = {h.url for h in self._pool.health() if h.connected}
         self._due = set(self._connected)
         unsubscribe = self._pool.on_health(self._on_health)
+        unsubscribe_removed = self._pool.on_removed(self._on_removed)
         try:
             self._writer.set(state=SyncState.IDLE)
             ready()
             await self._loop()
         finally:
             unsubscribe()
+            unsubscribe_removed()
 
     async def _loop(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -162,13 +167,13 @@ class SyncService:
             tg.create_task(self._reconciling())
 
     async def _capturing(self) -> None:
-        """Record new steps after each domain event (not our own `sync.*` ones)."""
+        """Record new steps after each domain event (not our own, nor the relays' rows)."""
         seen = self._events.last_id
         while True:
             news, _ = await self._events.wait(seen, 3600.0, 1000)
             if news:
                 seen = news[-1].id
-            if any(not e.name.startswith("sync.") for e in news):
+            if any(not e.name.startswith(QUIET_EVENTS) for e in news):
                 await self.capture()
 
     async def _reconciling(self) -> None:
@@ -186,6 +191,9 @@ class SyncService:
                 async with asyncio.timeout(max(0.0, next_round - self._clock())):
                     await self._wake.wait()
             self._wake.clear()
+            if {row["url"] for row in self._writer.current.relays} != set(self._last):
+                async with self._lock:
+                    await self._show()  # a relay was taken out
 
     def _on_health(self, row: RelayHealth) -> None:
         if row.connected and row.url not in self._connected:
@@ -194,6 +202,14 @@ class SyncService:
             self._wake.set()
         elif not row.connected:
             self._connected.discard(row.url)
+
+    def _on_removed(self, url: str) -> None:
+        """A relay taken out of the pool (Settings): no more rounds with it; its last one is
+        forgotten when the next round is shown."""
+        self._connected.discard(url)
+        self._due.discard(url)
+        self._last.pop(url, None)
+        self._wake.set()
 
     def connected(self) -> list[str]:
         return sorted(self._connected)
@@ -455,6 +471,7 @@ class SyncService:
     # -- what is shown -------------------------------------------------------------------------
 
     async def _show(self) -> None:
+        await self._records.keep_relays(list(self._last))
         records, restored = await self._records.count()
         self._writer.set(
             records=records,

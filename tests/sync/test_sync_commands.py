@@ -105,3 +105,12 @@ async def test_a_second_daemon_with_the_same_words_sees_the_history(
         await web.session.close()
     assert 'data-testid="restored-payments"' in html and "tea money" in html
     assert (await b.call("wallet.status"))["balance"] == balance  # history, not balance
+
+    # A relay taken out in Settings leaves Sync Health with its last round.
+    await b.call("settings.update", {"relays": relays.relays[0]})
+
+    async def one_relay_shown() -> bool:
+        shown = (await b.call("sync.status"))["relays"]
+        return [r["url"] for r in shown] == [relays.relays[0]]
+
+    await eventually(one_relay_shown)
