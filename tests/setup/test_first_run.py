@@ -169,3 +169,19 @@ async def test_a_restored_wallet_says_its_channels_did_not_come_back(
         finally:
             await web.session.close()
         assert ("Channel balances from before the restore are not" in html) is restored
+
+
+async def test_a_restore_over_a_wallet_that_has_run_is_refused(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    from autopilotd.paths import Paths
+    from autopilotd.wallet.seed import read_seed, seed_path
+
+    data = Paths.for_home(tmp_path / "used").data_dir
+    (data / "wallet" / "ldk").mkdir(parents=True)  # its Lightning node has run on this seed
+    d = await daemon_factory(home=tmp_path / "used")
+    own = read_seed(seed_path(data))
+    with pytest.raises(RpcError) as refused:
+        await d.call("setup.restore_wallet", {"words": WORDS})
+    assert "already run" in refused.value.message and "new home" in refused.value.message
+    assert read_seed(seed_path(data)) == own  # nothing replaced
