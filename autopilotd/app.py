@@ -181,6 +181,7 @@ def build(
         records=SyncEvents(store),
         writer=state.writer("sync"),
         events=events,
+        config=live,
     )
     auth = WebAuth()
     for register in BUILTINS:

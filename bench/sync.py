@@ -41,10 +41,13 @@ from aiohttp import ClientSession, WSMsgType, web
 
 from autopilotd.adapters.local_relay import local_relay
 from autopilotd.adapters.relay_pool import PoolConfig, RelayPool, running
+from autopilotd.config import Config
 from autopilotd.nostr.events import SignedEvent, parse_raw
 from autopilotd.nostr.history import HistoryRecord, seal
 from autopilotd.nostr.identity import NostrIdentity, generate_identity
+from autopilotd.paths import Paths
 from autopilotd.runtime.clock import SystemClock
+from autopilotd.runtime.configs import LiveConfig
 from autopilotd.runtime.events import EventBus
 from autopilotd.runtime.sections import DaemonSection
 from autopilotd.runtime.snapshot import Snapshot
@@ -93,6 +96,7 @@ async def daemon(
         records=SyncEvents(store),
         writer=state.writer("sync"),
         events=events,
+        config=LiveConfig(Config(paths=Paths.for_home(home), relays=", ".join(relays))),
     )
     try:
         async with running(pool):

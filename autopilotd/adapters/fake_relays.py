@@ -55,9 +55,13 @@ class FakeNetwork:
         for pool in self._pools:
             pool.deliver(raw, relay or self.relays[0])
 
-    def _publish(self, sender: FakePool, event: SignedEvent) -> PublishReport:
+    def _publish(
+        self, sender: FakePool, event: SignedEvent, relays: Sequence[str] | None = None
+    ) -> PublishReport:
         answers = []
         for url in sender.relays():
+            if relays is not None and url not in relays:
+                continue
             scripted = self._script(url, event) if self._script else None
             answers.append(scripted or RelayAnswer(url, PublishOutcome.ACCEPTED))
         accepted = [a.url for a in answers if a.outcome == PublishOutcome.ACCEPTED]
@@ -114,8 +118,10 @@ class FakePool:
     def subscription(self, name: str) -> _FakeSubscription:
         return self._subs.setdefault(name, _FakeSubscription(name))
 
-    async def publish(self, event: SignedEvent) -> PublishReport:
-        report = self._network._publish(self, event)
+    async def publish(
+        self, event: SignedEvent, relays: Sequence[str] | None = None
+    ) -> PublishReport:
+        report = self._network._publish(self, event, relays)
         for answer in report.answers:
             row = self._rows.get(answer.url)
             if row is not None:

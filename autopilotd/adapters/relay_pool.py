@@ -192,10 +192,13 @@ class RelayPool:
         """Drop the connection to `url` and connect again at once (not for dropped relays)."""
         await self._links[url].reconnect()
 
-    async def publish(self, event: SignedEvent) -> PublishReport:
-        """Send `event` to every connected relay at once; each answer within its timeout."""
+    async def publish(
+        self, event: SignedEvent, relays: Sequence[str] | None = None
+    ) -> PublishReport:
+        """Send `event` to every connected relay (or those of `relays`) at once; each answer
+        within its timeout."""
         sdk_event = sdk.Event.from_json(event.json)
-        links = list(self._links.values())
+        links = [link for url, link in self._links.items() if relays is None or url in relays]
         answers: list[RelayAnswer] = []
         if links:
             answers = list(await asyncio.gather(*(link.publish_one(sdk_event) for link in links)))

@@ -181,8 +181,11 @@ class RelayPoolPort(Protocol):
         """The consumer `name`'s subscription (one per name; asking again returns it)."""
         ...
 
-    async def publish(self, event: SignedEvent) -> PublishReport:
-        """Send to every connected relay at once; each relay's answer within its timeout."""
+    async def publish(
+        self, event: SignedEvent, relays: Sequence[str] | None = None
+    ) -> PublishReport:
+        """Send to every connected relay (or those of `relays` in the pool) at once; each
+        relay's answer within its timeout."""
         ...
 
     async def reconcile(

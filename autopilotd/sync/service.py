@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from autopilotd.blocking import in_daemon_thread
+from autopilotd.config import split_list
 from autopilotd.crashpoints import crash_point
 from autopilotd.nostr.events import ShapeError, SignedEvent, parse_raw
 from autopilotd.nostr.history import (
@@ -54,6 +55,7 @@ from autopilotd.ports.relays import (
     RelayPoolPort,
     SubscriptionFilter,
 )
+from autopilotd.runtime.configs import LiveConfig
 from autopilotd.runtime.events import EventBus
 from autopilotd.runtime.sections import SyncSection, SyncState
 from autopilotd.runtime.state import SectionWriter
@@ -125,6 +127,7 @@ class SyncService:
         records: SyncEvents,
         writer: SectionWriter[SyncSection],
         events: EventBus,
+        config: LiveConfig,
         every_s: float = RECONCILE_EVERY_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -133,6 +136,7 @@ class SyncService:
         self._records = records
         self._writer = writer
         self._events = events
+        self._config = config
         self._every_s = every_s
         self._clock = clock
         self._filter = SubscriptionFilter(kinds=(KIND_HISTORY,), authors=(identity.pubkey_hex,))
@@ -149,7 +153,9 @@ class SyncService:
         pooled = set(self._pool.relays())  # a relay taken out while stopped is forgotten
         self._last = {r.url: r for r in await self._records.relays() if r.url in pooled}
         await self.capture()
-        self._connected = {h.url for h in self._pool.health() if h.connected}
+        self._connected = {
+            h.url for h in self._pool.health() if h.connected and h.url in self._targets()
+        }
         self._due = set(self._connected)
         unsubscribe = self._pool.on_health(self._on_health)
         unsubscribe_removed = self._pool.on_removed(self._on_removed)
@@ -195,7 +201,14 @@ class SyncService:
                 async with self._lock:
                     await self._show()  # a relay was taken out
 
+    def _targets(self) -> tuple[str, ...]:
+        """The user's own relays (`relays`): a Nexus's relay, which joins the pool by itself,
+        is for starter jobs and keeps no one's history."""
+        return split_list(self._config.current.relays)
+
     def _on_health(self, row: RelayHealth) -> None:
+        if row.url not in self._targets():
+            return
         if row.connected and row.url not in self._connected:
             self._connected.add(row.url)
             self._due.add(row.url)  # a relay that (re)connects is reconciled at once
@@ -316,7 +329,7 @@ class SyncService:
         if isinstance(event, ShapeError):  # our own rows; never expected
             logger.error("a stored history record does not parse: %s", event.detail)
             return {}
-        report = await self._pool.publish(event)
+        report = await self._pool.publish(event, self._targets())
         return {
             a.url: None
             if a.outcome == PublishOutcome.ACCEPTED or a.message.startswith("duplicate:")

@@ -21,10 +21,13 @@ from support.relays import until
 
 from autopilotd.adapters.local_relay import local_relay, start_relay
 from autopilotd.adapters.relay_pool import PoolConfig, RelayPool, running
+from autopilotd.config import Config
 from autopilotd.nostr.history import KIND_HISTORY, PROTECTED_TAG, HistoryRecord, seal
 from autopilotd.nostr.identity import NostrIdentity, generate_identity
 from autopilotd.nostr.nip90 import sign
+from autopilotd.paths import Paths
 from autopilotd.runtime.clock import SystemClock
+from autopilotd.runtime.configs import LiveConfig
 from autopilotd.runtime.events import EventBus
 from autopilotd.runtime.sections import DaemonSection
 from autopilotd.runtime.snapshot import Snapshot
@@ -76,6 +79,7 @@ async def side(home: Path, identity: NostrIdentity, relays: tuple[str, ...]) -> 
         records=SyncEvents(store),
         writer=state.writer("sync"),
         events=events,
+        config=LiveConfig(Config(paths=Paths.for_home(home), relays=", ".join(relays))),
     )
     ready = asyncio.Event()
     try:

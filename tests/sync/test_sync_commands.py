@@ -114,3 +114,29 @@ async def test_a_second_daemon_with_the_same_words_sees_the_history(
         return [r["url"] for r in shown] == [relays.relays[0]]
 
     await eventually(one_relay_shown)
+
+
+async def test_only_the_users_own_relays_keep_history(daemon_factory: DaemonFactory) -> None:
+    """A relay in the pool that is not in `relays` (a Nexus's, which joins by itself) is for
+    starter jobs: history is neither reconciled with it nor published to it."""
+    relays = FakeRelays(("ws://mine", "ws://nexus-relay"))
+    node = FakeNode(FakeNetwork(), "me", 100_000_000)
+    d = await daemon_factory(
+        adapters=Adapters(node_factory=lambda mnemonic: node, relay_pool=relays.pool()),
+        relays="ws://mine",
+        wallet_network="regtest",
+        wallet_bitcoind_rpc_url="http://u:p@127.0.0.1:1",
+    )
+    assert (await d.call("wait.until", {"condition": "wallet-ready", "timeout_s": 10}))["met"]
+    seen: list[tuple[str, int]] = []
+    relays.answer(lambda url, event: seen.append((url, event.kind)))  # type: ignore[func-returns-value]
+    await d.call("buy.submit", {"prompt": "Name a river.", "budget_sats": 5})
+
+    async def recorded() -> bool:
+        return ("ws://mine", 4377) in seen
+
+    await eventually(recorded)
+    rounds = (await d.call("sync.now"))["relays"]
+    assert [r["url"] for r in rounds] == ["ws://mine"]
+    assert ("ws://nexus-relay", 5050) in seen  # the job request itself goes everywhere
+    assert ("ws://nexus-relay", 4377) not in seen  # history does not
