@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from autopilotd import __version__
+from autopilotd.adapters.bitcoind_chain import BitcoindChain
 from autopilotd.adapters.ldk_node import ldk_node_factory
 from autopilotd.adapters.nexus_http import HttpNexus
 from autopilotd.adapters.psionic_http import PsionicClient
@@ -33,6 +34,7 @@ from autopilotd.commands import wallet as wallet_commands
 from autopilotd.config import Config
 from autopilotd.inference.service import ClientFactory, LocalRuntime
 from autopilotd.nostr.identity import NostrIdentity, identity_from_mnemonic
+from autopilotd.ports.chain import ChainReader
 from autopilotd.ports.nexus import NexusClient, NexusFactory
 from autopilotd.ports.relays import RelayPoolPort
 from autopilotd.provider.service import ProviderService
@@ -51,9 +53,11 @@ from autopilotd.store import Store
 from autopilotd.store.buys import BuyRequests
 from autopilotd.store.ledger import Ledger
 from autopilotd.store.onchain import OnchainSends
+from autopilotd.store.recovery import Recoveries
 from autopilotd.store.sync import SyncEvents
 from autopilotd.sync.service import SyncService
 from autopilotd.wallet.onchain import OnchainWallet
+from autopilotd.wallet.recovery import ChannelRecovery
 from autopilotd.wallet.runner import NodeFactory, WalletService
 from autopilotd.wallet.seed import load_or_create_seed
 from autopilotd.wallet.service import Wallet
@@ -71,6 +75,7 @@ class Adapters:
     relay_pool: RelayPoolPort | None = None
     nexus: NexusFactory | None = None
     clock: Clock | None = None
+    chain: ChainReader | None = None
 
 
 @dataclass
@@ -200,6 +205,17 @@ def build(
         rescan = restored_at(config.paths.data_dir) is not None  # coins the words held before
         node_factory = adapters.node_factory or ldk_node_factory(config, rescan=rescan)
         services.append(WalletService(wallet, node_factory, onchain))
+        if rescan and config.wallet_bitcoind_rpc_url:  # the old channels' closes, swept back
+            services.append(
+                ChannelRecovery(
+                    wallet=wallet,
+                    chain=adapters.chain or BitcoindChain(config.wallet_bitcoind_rpc_url),
+                    recoveries=Recoveries(store),
+                    writer=state.writer("recovery"),
+                    events=events,
+                    data_dir=config.paths.data_dir,
+                )
+            )
     if config.runtime_mode != "off":
         services.append(local)
     services += [provider, buyer, starter, sync]

@@ -266,3 +266,17 @@ class SyncSection:
     restored: int = 0  # jobs, requests and payments known only from a relay
     relays: tuple[dict[str, Any], ...] = ()
     last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class RecoverySection:
+    """A restored wallet's share of its old channels, found on chain and swept back
+    (wallet/recovery.py). Off unless the words were restored and the chain source is bitcoind
+    RPC. `recovered_sats` counts only sweeps the chain confirmed."""
+
+    state: str = "off"  # off | scanning | watching
+    reason: str = "the wallet was not restored from words"
+    scanned_height: int | None = None
+    outputs: tuple[dict[str, Any], ...] = ()
+    recovered_sats: int = 0
+    last_error: str | None = None

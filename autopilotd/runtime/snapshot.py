@@ -25,6 +25,7 @@ from autopilotd.runtime.sections import (
     JobsSection,
     LocalRuntimeSection,
     ProviderSection,
+    RecoverySection,
     RelayRow,
     ServiceStatus,
     StarterSection,
@@ -48,6 +49,7 @@ class Snapshot:
     buyer: BuyerSection = field(default_factory=BuyerSection)
     starter: StarterSection = field(default_factory=StarterSection)
     sync: SyncSection = field(default_factory=SyncSection)
+    recovery: RecoverySection = field(default_factory=RecoverySection)
     facts: Facts = field(init=False, compare=False, repr=False)
     """Derived from the sections above when the snapshot is made (never written by anyone)."""
 

@@ -206,4 +206,31 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        9,
+        "channel recovery after a restore: the outputs of old channels' closes found on chain "
+        "for this seed, and each one's sweep back to the wallet",
+        """
+        CREATE TABLE channel_recoveries (
+            outpoint     TEXT PRIMARY KEY,
+            kind         TEXT NOT NULL CHECK (kind IN ('anchor', 'static')),
+            key_index    INTEGER NOT NULL,
+            sats         INTEGER NOT NULL CHECK (sats > 0),
+            height       INTEGER NOT NULL,
+            status       TEXT NOT NULL CHECK (status IN ('found', 'sweeping', 'swept',
+                             'confirmed', 'too_small')),
+            sweep_txid   TEXT,
+            sweep_hex    TEXT,
+            fee_sats     INTEGER,
+            sent_sats    INTEGER,
+            error        TEXT,
+            created_at   REAL NOT NULL,
+            updated_at   REAL NOT NULL
+        );
+        CREATE TABLE channel_recovery_scan (
+            id      INTEGER PRIMARY KEY CHECK (id = 1),
+            height  INTEGER NOT NULL
+        );
+        """,
+    ),
 ]

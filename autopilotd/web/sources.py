@@ -245,6 +245,7 @@ async def wallet(v: View) -> dict[str, Any]:
         "next_before_seq": page["next_before_seq"],
         "before_seq": before,
         "restored": [p for p in synced["items"] if p["restored"]],  # history, not balance
+        "recovery": v.snapshot["recovery"],  # a restored wallet's old channels, swept back
     }
 
 

@@ -1,7 +1,8 @@
 """A lost disk: the provider's home is deleted and its words restored into a new one, through
 the first-run flow, on the devnet with the real relay. The identity is the same, its on-chain
-coins come back by a rescan, its job history comes back from the relay (marked restored, no
-duplicate, no new earnings), and a kill -9 in the middle of that reconciliation loses nothing.
+coins come back by a rescan, its share of the channel the hub then closes is swept back, its
+job history comes back from the relay (marked restored, no duplicate, no new earnings), and a
+kill -9 in the middle of that reconciliation loses nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from .test_earn_e2e import _buy, _go_online
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 ONCHAIN_SATS = 80_000
+CHANNEL_PUSH_SATS = 50_000  # the provider's side of its hub channel (conftest.market)
 
 
 async def _until(check: Callable[[], Any], what: str, timeout: float = 120) -> Any:
@@ -102,8 +104,36 @@ async def test_restore_from_words_after_a_lost_disk(market: Market) -> None:
         lambda: fresh.ctl_json("wallet.balance")["onchain_sats"] == ONCHAIN_SATS,
         "the restored wallet's on-chain coins never came back",
     )
-    wallet = fresh.ctl_json("wallet.status")
-    assert wallet["restored_at"] is not None  # and the Wallet pane says channels did not
+    assert fresh.ctl_json("wallet.status")["restored_at"] is not None
+
+    # The old channel: the hub closes it when the restored node connects and does not know it;
+    # the restored wallet finds its share on chain and sweeps it back.
+    share = CHANNEL_PUSH_SATS + 2 * PRICE_SATS
+
+    def swept() -> dict[str, Any] | None:
+        outputs = fresh.ctl_json("status")["recovery"]["outputs"]
+        done = [o for o in outputs if o["status"] == "confirmed"]
+        return done[0] if done else None
+
+    async def mine_until_swept() -> dict[str, Any]:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            await net.client.mine(1)
+            await asyncio.sleep(1.5)
+            found = swept()
+            if found:
+                return found
+        raise AssertionError(f"never swept: {fresh.ctl_json('status')['recovery']}")
+
+    output = await mine_until_swept()
+    assert output["sats"] == share and output["sent_sats"] == share - output["fee_sats"]
+    assert fresh.ctl_json("status")["recovery"]["recovered_sats"] == output["sent_sats"]
+    await _until(
+        lambda: (
+            fresh.ctl_json("wallet.balance")["onchain_sats"] == ONCHAIN_SATS + output["sent_sats"]
+        ),
+        "the swept share never reached the wallet's balance",
+    )
 
     # The history, from the relay: the same steps, marked restored, once each, never earnings.
     await _until(lambda: fresh.ctl_json("sync.status")["records"] == records, "history")

@@ -168,7 +168,7 @@ async def test_a_restored_wallet_says_its_channels_did_not_come_back(
             _, html = await web.get("/pane/wallet")
         finally:
             await web.session.close()
-        assert ("Channel balances from before the restore are not" in html) is restored
+        assert ("Channel balances from before the restore are not in the words" in html) is restored
 
 
 async def test_a_restore_over_a_wallet_that_has_run_is_refused(
