@@ -64,6 +64,15 @@ async def rogue_relay(events: list[dict[str, Any]]) -> AsyncIterator[str]:
                 await ws.send_str(json.dumps(["OK", frame[1]["id"], True, ""]))
         return ws
 
+    async with serve_ws(handler) as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def serve_ws(handler: Any) -> AsyncIterator[str]:
+    """Serve the aiohttp websocket `handler` on a free loopback port; yields its ws:// URL."""
+    from aiohttp import web
+
     app = web.Application()
     app.router.add_get("/", handler)
     runner = web.AppRunner(app)

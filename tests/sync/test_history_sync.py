@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from aiohttp import ClientSession, WSMsgType, web
-from support.relays import until
+from support.relays import serve_ws, until
 
 from autopilotd.adapters.local_relay import local_relay, start_relay
 from autopilotd.adapters.relay_pool import PoolConfig, RelayPool, running
@@ -215,17 +215,8 @@ async def refusing_proxy(
                 pump.cancel()
         return ws
 
-    app = web.Application()
-    app.router.add_get("/", handler)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"ws://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    async with serve_ws(handler) as url:
+        yield url
 
 
 WINDOW_LIMIT_S = 50_000_000
