@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 export AUTOPILOTD_BUILD_CACHE ?= $(HOME)/.cache/autopilotd
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: setup native ldk-node btcd test lint typecheck pytest demo smoke soak clean web-assets chromium
+.PHONY: setup native ldk-node btcd test lint typecheck pytest demo smoke soak clean web-assets chromium bubblewrap
 
 setup: $(STAMP) web-assets
 
@@ -40,6 +40,13 @@ chromium:
 		$$sudo_ apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo_ apt-get install -y chromium; \
 	fi
 
+# Debian's bubblewrap for the sandbox (autopilotd/adapters/bwrap_sandbox.py, docs/sandbox.md).
+bubblewrap:
+	@if ! command -v bwrap >/dev/null 2>&1; then \
+		sudo_=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+		$$sudo_ apt-get update && DEBIAN_FRONTEND=noninteractive $$sudo_ apt-get install -y bubblewrap; \
+	fi
+
 native: ldk-node btcd
 
 ldk-node: setup
@@ -56,7 +63,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-pytest: setup native chromium
+pytest: setup native chromium bubblewrap
 	$(BIN)/pytest
 
 test: lint typecheck pytest

@@ -1,0 +1,296 @@
+"""The sandbox port (ports/sandbox.py) on Linux, with bubblewrap.
+
+Each run is `bwrap` with every namespace new (user, PID, IPC, UTS, mount, network, cgroup):
+
+- the system's `/usr` (and the `/bin`, `/lib` … links into it) and `/etc`'s few files a
+  runtime needs, read-only; a new `/proc`, a minimal `/dev`, an empty `/tmp`;
+- the run's workspace at `/work`, its only writable directory, and its working directory;
+- no network at all (a new network namespace with only its own loopback);
+- a cleared environment (`PATH`, `HOME=/work`, `LANG`), `--die-with-parent`, a new session;
+- a seccomp filter that refuses ptrace, mount, keyctl, bpf, perf_event_open, module and
+  kexec loading, namespace changes and the like with EPERM;
+- run as `nobody` when the daemon is root (so the process limit counts, and nothing of root's
+  is reachable), with rlimits for CPU time, address space, processes, file size, open files
+  and no core dumps.
+
+The daemon kills the run's whole process group at the wall-clock timeout (bwrap's PID
+namespace takes every descendant with it) and keeps at most `output_bytes` of what it printed.
+Only x86-64 is supported; anywhere else, or where bwrap cannot start, `unavailable()` says why
+and `run` refuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import os
+import platform
+import resource
+import shutil
+import signal
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+from autopilotd.ports.sandbox import Limits, Outcome, RunResult, SandboxUnavailable
+
+NOBODY = 65534
+PR_SET_DUMPABLE = 4
+PATH = "/usr/local/bin:/usr/bin:/bin"
+ETC_FILES = ("passwd", "group", "nsswitch.conf", "ld.so.cache", "localtime")
+
+# seccomp: refuse these with EPERM (x86-64 numbers; include/uapi/asm/unistd_64.h)
+DENIED_X86_64 = {
+    "ptrace": 101,
+    "mount": 165,
+    "umount2": 166,
+    "swapon": 167,
+    "swapoff": 168,
+    "reboot": 169,
+    "iopl": 172,
+    "ioperm": 173,
+    "init_module": 175,
+    "delete_module": 176,
+    "chroot": 161,
+    "pivot_root": 155,
+    "acct": 163,
+    "settimeofday": 164,
+    "clock_settime": 227,
+    "kexec_load": 246,
+    "add_key": 248,
+    "request_key": 249,
+    "keyctl": 250,
+    "unshare": 272,
+    "perf_event_open": 298,
+    "name_to_handle_at": 303,
+    "open_by_handle_at": 304,
+    "setns": 308,
+    "process_vm_readv": 310,
+    "process_vm_writev": 311,
+    "finit_module": 313,
+    "kexec_file_load": 320,
+    "bpf": 321,
+    "userfaultfd": 323,
+    "open_tree": 428,
+    "move_mount": 429,
+    "fsopen": 430,
+    "fsconfig": 431,
+    "fsmount": 432,
+    "fspick": 433,
+    "mount_setattr": 442,
+}
+AUDIT_ARCH_X86_64 = 0xC000_003E
+X32_SYSCALL_BIT = 0x4000_0000
+_LD_W_ABS, _JEQ_K, _JGE_K, _RET_K = 0x20, 0x15, 0x35, 0x06
+_ALLOW, _KILL, _EPERM = 0x7FFF_0000, 0x8000_0000, 0x0005_0000 | 1
+
+
+def seccomp_filter() -> bytes:
+    """The classic-BPF program bwrap installs (`--seccomp FD`): wrong arch or an x32 call is
+    killed, a denied call gets EPERM, anything else is allowed."""
+    denied = sorted(DENIED_X86_64.values())
+    prog = [
+        (_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
+        (_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+        (_RET_K, 0, 0, _KILL),
+        (_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
+        (_JGE_K, 0, 1, X32_SYSCALL_BIT),
+        (_RET_K, 0, 0, _KILL),
+    ]
+    for i, nr in enumerate(denied):
+        to_eperm = len(denied) - i  # skip the remaining checks and the allow
+        prog.append((_JEQ_K, to_eperm, 0, nr))
+    prog += [(_RET_K, 0, 0, _ALLOW), (_RET_K, 0, 0, _EPERM)]
+    return b"".join(struct.pack("<HBBI", *ins) for ins in prog)
+
+
+class BwrapSandbox:
+    def __init__(self, bwrap: str | None = None) -> None:
+        self._bwrap = bwrap or shutil.which("bwrap")
+        self._checked: str | bool | None = False  # False: not checked yet
+
+    def unavailable(self) -> str | None:
+        if self._checked is not False:
+            return self._checked  # type: ignore[return-value]
+        self._checked = self._check()
+        return self._checked
+
+    def _check(self) -> str | None:
+        if platform.system() != "Linux":
+            return f"sandboxed runs need Linux; this is {platform.system()}"
+        if platform.machine() != "x86_64":
+            return f"the sandbox's seccomp filter covers x86-64 only, not {platform.machine()}"
+        if self._bwrap is None:
+            return "bubblewrap (bwrap) is not installed: 'apt-get install bubblewrap'"
+        probe = subprocess.run(
+            [self._bwrap, *self._args(Path("/"), ()), "/bin/true"],
+            capture_output=True,
+            preexec_fn=_drop,
+            timeout=20,
+            check=False,
+        )
+        if probe.returncode != 0:
+            why = probe.stderr.decode(errors="replace").strip()[:200]
+            return f"bubblewrap cannot start here (user namespaces off?): {why}"
+        return None
+
+    @staticmethod
+    def _args(workspace: Path | int, seccomp: tuple[str, ...]) -> list[str]:
+        args = [
+            "--unshare-all",
+            "--die-with-parent",
+            "--new-session",
+            "--cap-drop",
+            "ALL",
+            "--clearenv",
+            "--setenv",
+            "PATH",
+            PATH,
+            "--setenv",
+            "HOME",
+            "/work",
+            "--setenv",
+            "LANG",
+            "C.UTF-8",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+        ]
+        for link in ("bin", "sbin", "lib", "lib64", "lib32", "libx32"):
+            target = Path("/") / link
+            if target.is_symlink():
+                args += ["--symlink", str(target.readlink()), f"/{link}"]
+            elif target.is_dir():
+                args += ["--ro-bind", str(target), f"/{link}"]
+        for name in ETC_FILES:
+            if (Path("/etc") / name).exists():
+                args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+        args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
+        if isinstance(workspace, int):  # an open directory: reached by root, bound for nobody
+            args += ["--bind-fd", str(workspace), "/work"]
+        else:
+            args += ["--bind", str(workspace), "/work"]
+        args += ["--chdir", "/work", *seccomp, "--"]
+        return args
+
+    async def run(self, workspace: Path, argv: list[str], limits: Limits) -> RunResult:
+        reason = self.unavailable()
+        if reason is not None:
+            raise SandboxUnavailable(reason)
+        assert self._bwrap is not None
+        if os.geteuid() == 0:
+            os.chown(workspace, NOBODY, NOBODY)
+        read, write = os.pipe()
+        os.write(write, seccomp_filter())
+        os.close(write)
+        work = os.open(workspace, os.O_PATH | os.O_DIRECTORY)
+        started = time.monotonic()
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        try:
+            seccomp = ("--seccomp", str(read))
+            proc = await asyncio.create_subprocess_exec(
+                self._bwrap,
+                *self._args(work, seccomp),
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                pass_fds=(read, work),
+                preexec_fn=lambda: _limit(limits),
+                start_new_session=True,
+            )
+        finally:
+            for fd in (read, work):
+                os.close(fd)
+        out = _Capped(limits.output_bytes)
+        timed_out = False
+        try:
+            async with asyncio.TaskGroup() as tg:
+                # The output is read to its end even past the limit or the timeout: a pipe
+                # left unread would keep the run from ever being seen to end.
+                drains = [tg.create_task(out.drain(proc.stdout, 1))]
+                drains.append(tg.create_task(out.drain(proc.stderr, 2)))
+                try:
+                    async with asyncio.timeout(limits.timeout_s):
+                        await asyncio.wait(drains)  # both pipes closed: everything in it ended
+                except TimeoutError:
+                    timed_out = True
+                finally:
+                    _kill_group(proc.pid)  # bwrap; its PID namespace takes every descendant
+        except BaseException:
+            _kill_group(proc.pid)
+            raise
+        code = await proc.wait()
+        if code == 1 and not out.parts[1] and out.parts[2].startswith(b"bwrap: "):
+            why = bytes(out.parts[2]).decode(errors="replace").strip()[:300]
+            raise SandboxUnavailable(f"the sandbox did not start: {why}")  # nothing of argv ran
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        if timed_out:
+            outcome, exit_code = Outcome.TIMED_OUT, None
+        else:
+            outcome, exit_code = (Outcome.SUCCEEDED if code == 0 else Outcome.FAILED), code
+        return RunResult(
+            outcome,
+            exit_code,
+            bytes(out.parts[1]),
+            bytes(out.parts[2]),
+            out.truncated,
+            round(time.monotonic() - started, 3),
+            round(cpu, 3),
+        )
+
+
+class _Capped:
+    """stdout and stderr kept together up to `cap` bytes; the rest read and dropped."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.kept = 0
+        self.truncated = False
+        self.parts = {1: bytearray(), 2: bytearray()}
+
+    async def drain(self, stream: asyncio.StreamReader | None, fd: int) -> None:
+        if stream is None:
+            return
+        while chunk := await stream.read(65536):
+            room = self.cap - self.kept
+            if len(chunk) > room:
+                self.truncated = True
+                chunk = chunk[: max(0, room)]
+            self.parts[fd] += chunk
+            self.kept += len(chunk)
+
+
+def _kill_group(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def _drop() -> None:
+    """In the child, before bwrap: not root (nobody), so nothing of root's is reachable and the
+    process limit counts. Dumpable again, so bwrap can open its own /proc/self/fd (the
+    workspace is handed over as an open directory: nobody may not be able to reach its path).
+    """
+    if os.geteuid() == 0:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+
+
+def _limit(limits: Limits) -> None:
+    mib = 1 << 20
+    for which, value in (
+        (resource.RLIMIT_CPU, limits.cpu_s),
+        (resource.RLIMIT_AS, limits.memory_mb * mib),
+        (resource.RLIMIT_FSIZE, limits.file_size_mb * mib),
+        (resource.RLIMIT_NOFILE, limits.open_files),
+        (resource.RLIMIT_CORE, 0),
+    ):
+        resource.setrlimit(which, (value, value))
+    _drop()
+    resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
