@@ -9,9 +9,11 @@ Each run is `bwrap` with every namespace new (user, PID, IPC, UTS, mount, networ
 - a cleared environment (`PATH`, `HOME=/work`, `LANG`), `--die-with-parent`, a new session;
 - a seccomp filter that refuses ptrace, mount, keyctl, bpf, perf_event_open, module and
   kexec loading, namespace changes and the like with EPERM;
-- run as `nobody` when the daemon is root (so the process limit counts, and nothing of root's
-  is reachable), with rlimits for CPU time, address space, processes, file size, open files
-  and no core dumps.
+- run, when the daemon is root, as a user id of its own (`RUN_UIDS`: no account has one, so
+  nothing of root's is reachable and its process limit is its own), seen inside as `nobody`;
+  with rlimits for CPU time, address space, processes, file size, open files and no core
+  dumps. When the daemon is not root the run is the daemon's user, and the process limit is
+  what that user already runs plus the run's own.
 
 The daemon kills the run's whole process group at the wall-clock timeout (bwrap's PID
 namespace takes every descendant with it) and keeps at most `output_bytes` of what it printed.
@@ -24,9 +26,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import os
 import platform
 import resource
+import secrets
 import shutil
 import signal
 import struct
@@ -37,6 +41,9 @@ from pathlib import Path
 from autopilotd.ports.sandbox import Limits, Outcome, RunResult, SandboxUnavailable
 
 NOBODY = 65534
+RUN_UIDS = (1_000_000, 2_000_000)
+"""When the daemon is root each run gets a user id of its own from this range (no account
+has one): its process limit is its own, and no run can signal or read another's processes."""
 PR_SET_DUMPABLE = 4
 PATH = "/usr/local/bin:/usr/bin:/bin"
 ETC_FILES = ("passwd", "group", "nsswitch.conf", "ld.so.cache", "localtime")
@@ -127,7 +134,7 @@ class BwrapSandbox:
         probe = subprocess.run(
             [self._bwrap, *self._args(Path("/"), ()), "/bin/true"],
             capture_output=True,
-            preexec_fn=_drop,
+            preexec_fn=lambda: _drop(NOBODY),
             timeout=20,
             check=False,
         )
@@ -140,6 +147,11 @@ class BwrapSandbox:
     def _args(workspace: Path | int, seccomp: tuple[str, ...]) -> list[str]:
         args = [
             "--unshare-all",
+            "--unshare-user",
+            "--uid",
+            str(NOBODY),
+            "--gid",
+            str(NOBODY),
             "--die-with-parent",
             "--new-session",
             "--cap-drop",
@@ -180,8 +192,11 @@ class BwrapSandbox:
         if reason is not None:
             raise SandboxUnavailable(reason)
         assert self._bwrap is not None
+        uid = secrets.randbelow(RUN_UIDS[1] - RUN_UIDS[0]) + RUN_UIDS[0]
         if os.geteuid() == 0:
-            os.chown(workspace, NOBODY, NOBODY)
+            os.chown(workspace, uid, uid)
+        else:  # the user's own processes count against the limit too
+            limits = dataclasses.replace(limits, processes=limits.processes + _processes_of_mine())
         read, write = os.pipe()
         os.write(write, seccomp_filter())
         os.close(write)
@@ -198,7 +213,7 @@ class BwrapSandbox:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(read, work),
-                preexec_fn=lambda: _limit(limits),
+                preexec_fn=lambda: _limit(limits, uid),
                 start_new_session=True,
             )
         finally:
@@ -269,20 +284,33 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _drop() -> None:
-    """In the child, before bwrap: not root (nobody), so nothing of root's is reachable and the
-    process limit counts. Dumpable again, so bwrap can open its own /proc/self/fd (the
-    workspace is handed over as an open directory: nobody may not be able to reach its path).
-    """
+def _drop(uid: int) -> None:
+    """In the child, before bwrap: when root, become `uid` (no account, no capabilities), so
+    nothing of root's is reachable and the process limit counts. Dumpable again, so bwrap can
+    open its own /proc/self/fd."""
     if os.geteuid() == 0:
         os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
+        os.setgid(uid)
+        os.setuid(uid)
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
 
 
-def _limit(limits: Limits) -> None:
+def _processes_of_mine() -> int:
+    me = str(os.getuid())
+    count = 0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            uid_line = next((ln for ln in status.splitlines() if ln.startswith("Uid:")), "")
+            count += uid_line.split()[1:2] == [me]
+    return count
+
+
+def _limit(limits: Limits, uid: int) -> None:
     mib = 1 << 20
     for which, value in (
         (resource.RLIMIT_CPU, limits.cpu_s),
@@ -292,5 +320,5 @@ def _limit(limits: Limits) -> None:
         (resource.RLIMIT_CORE, 0),
     ):
         resource.setrlimit(which, (value, value))
-    _drop()
+    _drop(uid)
     resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))
