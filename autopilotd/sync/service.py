@@ -152,7 +152,9 @@ class SyncService:
     async def run(self, ready: Callable[[], None]) -> None:
         pooled = set(self._pool.relays())  # a relay taken out while stopped is forgotten
         self._last = {r.url: r for r in await self._records.relays() if r.url in pooled}
+        await self._records.keep_relays(list(self._last))
         await self.capture()
+        await self._show()  # what is held, whether or not this start recorded anything
         self._connected = {
             h.url for h in self._pool.health() if h.connected and h.url in self._targets()
         }
@@ -198,8 +200,9 @@ class SyncService:
                     await self._wake.wait()
             self._wake.clear()
             if {row["url"] for row in self._writer.current.relays} != set(self._last):
-                async with self._lock:
-                    await self._show()  # a relay was taken out
+                async with self._lock:  # a relay was taken out: forget its last round
+                    await self._records.keep_relays(list(self._last))
+                    await self._show()
 
     def _targets(self) -> tuple[str, ...]:
         """The user's own relays (`relays`): a Nexus's relay, which joins the pool by itself,
@@ -227,11 +230,6 @@ class SyncService:
     def connected(self) -> list[str]:
         return sorted(self._connected)
 
-    def ask(self, urls: Sequence[str] | None = None) -> None:
-        """Reconcile these relays (all connected ones by default) as soon as the loop can."""
-        self._due |= set(urls) if urls is not None else set(self._connected)
-        self._wake.set()
-
     # -- capture -----------------------------------------------------------------------------
 
     async def capture(self) -> int:
@@ -242,8 +240,8 @@ class SyncService:
             sealed = await in_daemon_thread(lambda: self._seal(made), name="sync-seal")
             if sealed:
                 await self._records.add(sealed)
+                await self._show()
             self._watermark = started - CAPTURE_SLACK_S
-            await self._show()
         await self._publish_all([s.raw for s in sealed])  # best effort: rounds make sure
         return len(sealed)
 
@@ -484,7 +482,6 @@ class SyncService:
     # -- what is shown -------------------------------------------------------------------------
 
     async def _show(self) -> None:
-        await self._records.keep_relays(list(self._last))
         records, restored = await self._records.count()
         self._writer.set(
             records=records,

@@ -124,15 +124,15 @@ class ChannelRecovery:
                     "wallet.channel_output_found", outpoint=r.outpoint, sats=r.sats
                 )
         for r in await self._recoveries.all():
-            await self._advance(r, tip)
+            await self._advance(r)
         self._writer.set(
             state="watching",
             reason="watching new blocks for the old channels' closes",
         )
         await self._show()
 
-    async def _advance(self, r: Recovery, tip: int) -> None:
-        if r.status == "found" and tip >= r.height:  # one confirmation: the output is spendable
+    async def _advance(self, r: Recovery) -> None:
+        if r.status == "found":  # found in a block: confirmed once, so spendable now
             address = await self._wallet.require_node().onchain_address()
             txid, _, vout = r.outpoint.partition(":")
             try:
