@@ -1,0 +1,1 @@
+"""Sandbox jobs: the service, and safe access to their workspaces."""
