@@ -17,9 +17,11 @@ import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from autopilotd import __version__
 from autopilotd.adapters.bitcoind_chain import BitcoindChain
+from autopilotd.adapters.bwrap_sandbox import BwrapSandbox
 from autopilotd.adapters.ldk_node import ldk_node_factory
 from autopilotd.adapters.nexus_http import HttpNexus
 from autopilotd.adapters.psionic_http import PsionicClient
@@ -29,6 +31,7 @@ from autopilotd.commands import BUILTINS, Registrar
 from autopilotd.commands import buyer as buyer_commands
 from autopilotd.commands import provider as provider_commands
 from autopilotd.commands import runtime as runtime_commands
+from autopilotd.commands import sandbox as sandbox_commands
 from autopilotd.commands import sync as sync_commands
 from autopilotd.commands import wallet as wallet_commands
 from autopilotd.config import Config
@@ -37,7 +40,9 @@ from autopilotd.nostr.identity import NostrIdentity, identity_from_mnemonic
 from autopilotd.ports.chain import ChainReader
 from autopilotd.ports.nexus import NexusClient, NexusFactory
 from autopilotd.ports.relays import RelayPoolPort
+from autopilotd.ports.sandbox import Sandbox
 from autopilotd.provider.service import ProviderService
+from autopilotd.provider.work import InferenceWork
 from autopilotd.registry import Registry
 from autopilotd.relays.service import RelaysService
 from autopilotd.runtime.clock import Clock, SystemClock
@@ -48,12 +53,15 @@ from autopilotd.runtime.sections import DaemonSection, IdentitySection
 from autopilotd.runtime.sessionlog import SessionLog
 from autopilotd.runtime.snapshot import Snapshot
 from autopilotd.runtime.state import StateStore
+from autopilotd.sandbox.nip90 import SandboxWork
+from autopilotd.sandbox.service import SandboxService, python_runtime, sandbox_root
 from autopilotd.starter.service import StarterService
 from autopilotd.store import Store
 from autopilotd.store.buys import BuyRequests
 from autopilotd.store.ledger import Ledger
 from autopilotd.store.onchain import OnchainSends
 from autopilotd.store.recovery import Recoveries
+from autopilotd.store.sandbox import SandboxJobs
 from autopilotd.store.sync import SyncEvents
 from autopilotd.sync.service import SyncService
 from autopilotd.wallet.onchain import OnchainWallet
@@ -76,6 +84,7 @@ class Adapters:
     nexus: NexusFactory | None = None
     clock: Clock | None = None
     chain: ChainReader | None = None
+    sandbox: Sandbox | None = None
 
 
 @dataclass
@@ -159,10 +168,22 @@ def build(
         events=events,
         clock=clock,
     )
+    python = python_runtime()
+    prefix = str(Path(python).resolve().parent.parent)
+    sandbox = SandboxService(
+        sandbox=adapters.sandbox
+        or BwrapSandbox(ro_binds=() if prefix.startswith("/usr") else (prefix,)),
+        jobs=SandboxJobs(store),
+        writer=state.writer("sandbox"),
+        events=events,
+        config=live,
+        root=sandbox_root(config),
+        python=python,
+    )
     provider = ProviderService(
         pool=pool,
         payments=wallet,
-        inference=local,
+        works=[InferenceWork(local, live), SandboxWork(sandbox, live)],
         identity=identity,
         store=store,
         state=state,
@@ -196,6 +217,7 @@ def build(
     provider_commands.register(rt.registry, rt, provider)
     buyer_commands.register(rt.registry, rt, buyer)
     sync_commands.register(rt.registry, rt, sync)
+    sandbox_commands.register(rt.registry, rt, sandbox)
     web_commands.register(rt.registry, auth)
     for register in registrars:
         register(rt.registry, rt)
@@ -218,5 +240,5 @@ def build(
             )
     if config.runtime_mode != "off":
         services.append(local)
-    services += [provider, buyer, starter, sync]
+    services += [provider, buyer, starter, sync, sandbox]
     return App(rt, services, auth, seed_created)

@@ -94,6 +94,15 @@ class Config:
     provider_queue_size: int = 8  # accepted jobs waiting to run; more are refused as busy
     provider_max_tokens: int = 256  # cap on a text-generation job's max_tokens
     provider_payment_timeout_s: float = 300.0  # after this a delivered job ends delivered_unpaid
+    # Sandbox jobs (docs/sandbox.md): the most a job may ask, and what it gets when it names
+    # nothing; and the ask for one sold over NIP-90 (kind 5720).
+    sandbox_timeout_s: float = 30.0  # wall clock; then the whole run is killed
+    sandbox_cpu_s: int = 30
+    sandbox_memory_mb: int = 512  # address space
+    sandbox_processes: int = 64
+    sandbox_file_size_mb: int = 64
+    sandbox_dir: str = ""  # "" = <data>/sandbox (as root: /var/lib/autopilotd/sandbox/<id>)
+    provider_sandbox_price_sats: int = 10  # per started 10 CPU-seconds a job asks
     # Starter demand: the Nexus whose starter jobs this provider takes while online ("" = none).
     # Its relay (the same address, ws://) joins `relays` by itself.
     nexus_url: str = _editable("", "now")
@@ -310,6 +319,16 @@ def _validate(config: Config) -> None:
         raise UserError(f"nexus_url '{config.nexus_url}' must be an http:// or https:// URL")
     if config.provider_price_sats < 1 or config.provider_max_inflight < 1:
         raise UserError("provider_price_sats and provider_max_inflight must be at least 1")
+    for name in (
+        "sandbox_timeout_s",
+        "sandbox_cpu_s",
+        "sandbox_memory_mb",
+        "sandbox_processes",
+        "sandbox_file_size_mb",
+        "provider_sandbox_price_sats",
+    ):
+        if getattr(config, name) <= 0:
+            raise UserError(f"{name} must be positive")
     if config.provider_max_inflight > MAX_INFLIGHT:
         raise UserError(f"provider_max_inflight must be at most {MAX_INFLIGHT}")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):

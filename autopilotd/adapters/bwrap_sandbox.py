@@ -114,8 +114,11 @@ def seccomp_filter() -> bytes:
 
 
 class BwrapSandbox:
-    def __init__(self, bwrap: str | None = None) -> None:
+    def __init__(self, bwrap: str | None = None, ro_binds: tuple[str, ...] = ()) -> None:
+        """`ro_binds`: more directories seen read-only at their own paths (a Python outside
+        /usr whose prefix every user can reach)."""
         self._bwrap = bwrap or shutil.which("bwrap")
+        self._ro_binds = ro_binds
         self._checked: str | bool | None = False  # False: not checked yet
 
     def unavailable(self) -> str | None:
@@ -132,7 +135,7 @@ class BwrapSandbox:
         if self._bwrap is None:
             return "bubblewrap (bwrap) is not installed: 'apt-get install bubblewrap'"
         probe = subprocess.run(
-            [self._bwrap, *self._args(Path("/"), ()), "/bin/true"],
+            [self._bwrap, *self._args(Path("/"), (), self._ro_binds), "/bin/true"],
             capture_output=True,
             preexec_fn=lambda: _drop(NOBODY),
             timeout=20,
@@ -144,7 +147,9 @@ class BwrapSandbox:
         return None
 
     @staticmethod
-    def _args(workspace: Path | int, seccomp: tuple[str, ...]) -> list[str]:
+    def _args(
+        workspace: Path | int, seccomp: tuple[str, ...], ro_binds: tuple[str, ...]
+    ) -> list[str]:
         args = [
             "--unshare-all",
             "--unshare-user",
@@ -179,6 +184,8 @@ class BwrapSandbox:
         for name in ETC_FILES:
             if (Path("/etc") / name).exists():
                 args += ["--ro-bind", f"/etc/{name}", f"/etc/{name}"]
+        for path in ro_binds:
+            args += ["--ro-bind", path, path]
         args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         if isinstance(workspace, int):  # an open directory: reached by root, bound for nobody
             args += ["--bind-fd", str(workspace), "/work"]
@@ -194,7 +201,7 @@ class BwrapSandbox:
         assert self._bwrap is not None
         uid = secrets.randbelow(RUN_UIDS[1] - RUN_UIDS[0]) + RUN_UIDS[0]
         if os.geteuid() == 0:
-            os.chown(workspace, uid, uid)
+            await asyncio.to_thread(_chown_tree, workspace, uid)
         else:  # the user's own processes count against the limit too
             limits = dataclasses.replace(limits, processes=limits.processes + _processes_of_mine())
         read, write = os.pipe()
@@ -207,7 +214,7 @@ class BwrapSandbox:
             seccomp = ("--seccomp", str(read))
             proc = await asyncio.create_subprocess_exec(
                 self._bwrap,
-                *self._args(work, seccomp),
+                *self._args(work, seccomp, self._ro_binds),
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
@@ -277,6 +284,15 @@ class _Capped:
                 chunk = chunk[: max(0, room)]
             self.parts[fd] += chunk
             self.kept += len(chunk)
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    """Give the run's user id its workspace and everything in it (links themselves, never
+    what they point to)."""
+    os.chown(root, uid, uid)
+    for parent, dirs, files in os.walk(root):
+        for name in dirs + files:
+            os.chown(Path(parent) / name, uid, uid, follow_symlinks=False)
 
 
 def _kill_group(pid: int) -> None:

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from autopilotd.errors import NotFound, UserError
+from autopilotd.nostr.events import EventCaps
 from autopilotd.nostr.identity import NostrIdentity
 from autopilotd.nostr.nip90 import (
-    KIND_EMBEDDINGS,
     KIND_FEEDBACK,
-    KIND_TEXT_GENERATION,
     SERVED_KINDS,
     FeedbackStatus,
+    JobInput,
     result_kind,
 )
 from autopilotd.nostr.nip90_buyer import (
@@ -145,25 +145,36 @@ class Buyer:
         providers: list[str],
         timeout_s: float,
         max_tokens: int | None,
+        *,
+        inputs: Sequence[JobInput] = (),
+        params: Mapping[str, str | int | float] | None = None,
     ) -> BuyRequest:
+        """Publish a request. `prompt` is its text input and what the request is shown as;
+        `inputs` replace it as the request's inputs where a kind carries others (a sandbox
+        job's files), and `params` become `param` tags."""
         if not self._pool.relays():
             raise UserError("buying needs relays: add one in Relay Connections (relays.add)")
         if kind not in KINDS:
-            raise UserError(f"kind must be {KIND_TEXT_GENERATION} or {KIND_EMBEDDINGS}")
+            raise UserError(f"kind must be one of {', '.join(map(str, KINDS))}")
         if not prompt.strip() or len(prompt) > 16_000:
             raise UserError("the prompt must be 1 to 16,000 characters")
         self._payer.check_ready()
-        params: dict[str, str | int | float] = {}
+        tags: dict[str, str | int | float] = dict(params or {})
         if max_tokens is not None:
-            params["max_tokens"] = max_tokens
+            tags["max_tokens"] = max_tokens
         event = build_job_request(
             self._identity,
             kind,
-            prompt,
+            list(inputs) or prompt,
             bid_msat=budget_sats * 1000,
-            params=params,
+            params=tags,
             providers=providers,
         )
+        if len(event.json.encode()) > EventCaps().max_event_bytes:
+            raise UserError(
+                f"the request is larger than a provider accepts ({EventCaps().max_event_bytes} "
+                "bytes): send smaller files"
+            )
         rid = event.id
         now = self._clock.now()
         await self.requests.add(

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import base64
+import binascii
+from typing import Annotated, Any, Literal
 
 from autopilotd.buyer.service import Buyer
 from autopilotd.codec import Bounds
 from autopilotd.commands.system import clamp_timeout
-from autopilotd.nostr.nip90 import KIND_TEXT_GENERATION
+from autopilotd.errors import InvalidParams
+from autopilotd.nostr.nip90 import KIND_SANDBOX, KIND_TEXT_GENERATION, JobInput
+from autopilotd.nostr.nip90_sandbox import LIMIT_PARAMS, SandboxSpec
 from autopilotd.registry import Registry
 from autopilotd.runtime.context import Runtime
 
@@ -21,14 +25,35 @@ def register(reg: Registry, rt: Runtime, buyer: Buyer) -> None:
         providers: list[str] | None = None,
         timeout_s: Annotated[float, Bounds(5, 3600)] = 120.0,
         max_tokens: int | None = None,
+        params: dict[str, str] | None = None,
+        runtime: Literal["python", "sh"] = "python",
+        files: dict[str, str] | None = None,
+        args: list[str] | None = None,
     ) -> dict[str, Any]:
         """Buy a job from the network: publish a request and pay the first provider that delivers.
 
         budget_sats is the most this request may cost; an invoice above it is never paid.
-        providers (hex pubkeys) limits who may answer. Returns the request; follow it with
-        buy.status or buy.wait.
+        providers (hex pubkeys) limits who may answer. params become the request's `param`
+        tags (model, temperature; a sandbox job's limits: timeout_s, cpu_s, memory_mb …).
+        With kind 5720 (a sandbox job, docs/nostr.md) the prompt is the script the provider
+        runs with `runtime` and `args`, and `files` (path: base64) go with it into its
+        workspace. Returns the request; follow it with buy.status or buy.wait.
         """
-        row = await buyer.submit(kind, prompt, budget_sats, providers or [], timeout_s, max_tokens)
+        inputs: list[JobInput] = []
+        tags: dict[str, str | int | float] = dict(params or {})
+        if kind == KIND_SANDBOX:
+            spec = sandbox_spec(prompt, runtime, files or {}, args or [], tags)
+            inputs, tags = spec.inputs(), spec.params()
+        row = await buyer.submit(
+            kind,
+            prompt,
+            budget_sats,
+            providers or [],
+            timeout_s,
+            max_tokens,
+            inputs=inputs,
+            params=tags,
+        )
         return row.to_json()
 
     @reg.command("buy.status")
@@ -60,3 +85,29 @@ def register(reg: Registry, rt: Runtime, buyer: Buyer) -> None:
             "total_sats": sum(p["amount_msat"] for p in settled) // 1000,
             "fees_msat": sum(p["fee_msat"] or 0 for p in settled),
         }
+
+
+def sandbox_spec(
+    script: str,
+    runtime: str,
+    files: dict[str, str],
+    args: list[str],
+    params: dict[str, str | int | float],
+) -> SandboxSpec:
+    """A sandbox job's spec from buy.submit's arguments: the script is the entry file."""
+    entry = "main.py" if runtime == "python" else "main.sh"
+    decoded = {entry: script.encode()}
+    for path, data in files.items():
+        try:
+            decoded[path] = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidParams(f"files: {path!r} is not base64") from None
+    limits: dict[str, float] = {}
+    for name, value in params.items():
+        if name not in LIMIT_PARAMS:
+            raise InvalidParams(f"params: a sandbox job takes only {', '.join(LIMIT_PARAMS)}")
+        try:
+            limits[name] = float(value)
+        except ValueError:
+            raise InvalidParams(f"params: {name} must be a number") from None
+    return SandboxSpec(entry, decoded, runtime, tuple(args), limits)

@@ -23,16 +23,22 @@ from typing import Any, Literal
 import nostr_sdk as sdk
 
 from autopilotd.nostr import crypto
-from autopilotd.nostr.events import SignedEvent, compact_json, from_sdk
+from autopilotd.nostr.events import MAX_TAG_VALUE_BYTES, SignedEvent, compact_json, from_sdk
 from autopilotd.nostr.identity import NostrIdentity
 
 KIND_TEXT_GENERATION = 5050
 KIND_EMBEDDINGS = 5060
 """Text embeddings. Not assigned in the NIP-90 job-kind list when chosen; see docs/nostr.md."""
+KIND_SANDBOX = 5720
+"""Sandboxed code execution. Not assigned in the NIP-90 job-kind list when chosen; its format
+is in nip90_sandbox.py and docs/nostr.md."""
 KIND_FEEDBACK = 7000
 KIND_HANDLER = 31990
 KIND_DELETION = 5
-SERVED_KINDS: frozenset[int] = frozenset({KIND_TEXT_GENERATION, KIND_EMBEDDINGS})
+SERVED_KINDS: frozenset[int] = frozenset({KIND_TEXT_GENERATION, KIND_EMBEDDINGS, KIND_SANDBOX})
+
+ECHO_INPUTS_BYTES = 4096
+"""A result repeats its request's inputs only up to this many bytes (see `build_result`)."""
 
 REQUEST_KINDS = range(5000, 6000)
 RESULT_KINDS = range(6000, 7000)
@@ -181,10 +187,14 @@ def build_result(
     """The job result: kind = request kind + 1000, tags `request`, `e`, `p`, `amount`.
 
     For an encrypted request the content is encrypted to the buyer with the buyer's scheme,
-    an `encrypted` tag is added and the plaintext inputs are not repeated.
+    an `encrypted` tag is added and the plaintext inputs are not repeated. Readers cap a tag
+    value at 1 KiB and an event at 64 KiB (events.EventCaps): the request is echoed only when
+    it fits one tag, and its inputs only while they are small (a sandbox job's files are not
+    sent back), so a result is never too large to be read (NIP-90 says SHOULD for both).
     """
+    echo = len(request.json.encode()) <= MAX_TAG_VALUE_BYTES
     tags: list[list[str]] = [
-        ["request", request.json],
+        *([["request", request.json]] if echo else []),
         ["e", request.id, relay_hint] if relay_hint else ["e", request.id],
         ["p", request.pubkey],
         *_amount_tag(amount_msat, bolt11),
@@ -193,7 +203,9 @@ def build_result(
         content = crypto.encrypt(identity, request.pubkey, content, request.scheme or "nip44")
         tags.append(["encrypted"])
     else:
-        tags.extend(i.tag() for i in request.inputs)
+        inputs = [i.tag() for i in request.inputs]
+        if sum(len(v.encode()) for tag in inputs for v in tag) <= ECHO_INPUTS_BYTES:
+            tags.extend(inputs)
     return sign(identity, result_kind(request.kind), content, tags)
 
 

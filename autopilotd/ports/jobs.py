@@ -1,4 +1,5 @@
-"""Job sources beyond the open network, as the provider's job flow sees them.
+"""Job sources beyond the open network, and the kinds of work, as the provider's job flow
+sees them.
 
 Every job runs through the same flow (provider/flow.py). What differs by source is decided at
 admission: a `SourcePolicy` looks at each incoming request first and either leaves it to the
@@ -6,6 +7,10 @@ open-network rules (None), claims it (an `Admission`: its source, the price it i
 the least bid it must carry), or refuses it (a reason). It then hears of every transition of
 every job (`job_changed`) and may end one of its own jobs through `JobControl.abort` (a lease
 that ended: the buyer is told `error`, a late payment is still credited if it comes).
+
+A `Work` does one family of job kinds (text generation and embeddings on the local model,
+sandboxed code): it prices a request, says when this machine does not do its kinds now, and
+does the job. The flow picks the work by the request's kind; everything else is the same.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from autopilotd.nostr.events import SignedEvent
+from autopilotd.nostr.nip90 import JobRequest
 from autopilotd.store.jobs import Job
 from autopilotd.vocab import JobSource
 
@@ -46,4 +52,35 @@ class SourcePolicy(Protocol):
 
     def attach(self, control: JobControl) -> None:
         """Called once by the provider, before any job runs."""
+        ...
+
+
+class WorkFailed(Exception):
+    """The job could not be done; `reason` is short and safe to tell its buyer."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Work(Protocol):
+    kinds: frozenset[int]
+    needs: tuple[str, ...]
+    """What must hold (snapshot needs, runtime/facts.py) before a job of these kinds runs."""
+
+    def refusal(self) -> str | None:
+        """Why this machine does not do these kinds now (they are not advertised, and their
+        requests are refused), or None."""
+        ...
+
+    def min_bid_msat(self) -> int:
+        """The least any job of these kinds costs (checked before the signature)."""
+        ...
+
+    def price_msat(self, request: JobRequest) -> int | str:
+        """What this request is invoiced at, or why it is not a job of these kinds."""
+        ...
+
+    async def execute(self, request: JobRequest) -> str:
+        """Do the job; the result event's content. Raises WorkFailed."""
         ...

@@ -5,9 +5,9 @@
 
 - received: record `accepted`.
 - accepted: publish kind 7000 `processing` (signed once, kept in the outbox), record `running`.
-- running: run the job on the local model (or reuse the result already kept), publish the
-  result; once a relay accepted it, ask the wallet for an invoice and record `delivered` with
-  its payment hash and the payment deadline.
+- running: do the job (its kind's `Work`: the local model, the sandbox; or reuse the result
+  already kept), publish the result; once a relay accepted it, ask the wallet for an invoice
+  and record `delivered` with its payment hash and the payment deadline.
 - delivered: publish kind 7000 `payment-required` with the invoice, and set a timer for the
   deadline: if the wallet has not seen the invoice paid by then, the job ends
   `delivered_unpaid`, visibly. A buyer who paid another provider (`lost-race`) ends it at once.
@@ -35,17 +35,16 @@ from autopilotd.nostr.events import SignedEvent
 from autopilotd.nostr.identity import NostrIdentity
 from autopilotd.nostr.intake import RequestParser
 from autopilotd.nostr.nip90 import (
-    KIND_EMBEDDINGS,
     FeedbackStatus,
     JobRequest,
     build_feedback,
     build_result,
-    embeddings_result,
 )
 from autopilotd.nostr.reasons import Rejection
-from autopilotd.ports.inference import Inference, InferenceError
+from autopilotd.ports.jobs import WorkFailed
 from autopilotd.ports.payments import Payments
 from autopilotd.provider.outbox import JobOutbox
+from autopilotd.provider.work import Works
 from autopilotd.runtime.clock import Clock
 from autopilotd.runtime.configs import LiveConfig
 from autopilotd.runtime.events import EventBus
@@ -74,7 +73,7 @@ class JobFlow:
         jobs: Jobs,
         outbox: JobOutbox,
         payments: Payments,
-        inference: Inference,
+        works: Works,
         identity: NostrIdentity,
         parser: RequestParser,
         state: StateStore,
@@ -86,7 +85,7 @@ class JobFlow:
         self._jobs = jobs
         self._outbox = outbox
         self._payments = payments
-        self._inference = inference
+        self._works = works
         self._identity = identity
         self._parser = parser
         self._state = state
@@ -109,11 +108,13 @@ class JobFlow:
 
     async def work(self, request_id: str) -> None:
         """Run one accepted job as far as this machine can take it, whatever happens."""
-        if not await self._parts_ready():
-            await self._fail_open(request_id, "the wallet or the model did not get ready")
-            return
         try:
             job = await self._jobs.get(request_id)
+            work = self._works.get(job.kind) if job is not None else None
+            needs = ("wallet", *(work.needs if work is not None else ()))
+            if not await self._parts_ready(needs):
+                await self._fail_open(request_id, f"the {' or the '.join(needs)} did not get ready")
+                return
             while job is not None and job.stage in self._stages:
                 if job.request_id in self._aborted:
                     await self._end_aborted(job)
@@ -147,10 +148,13 @@ class JobFlow:
         request = self.request(job)
         make: Callable[[], SignedEvent]
         if await self._outbox.stored(job.request_id, OutboxPurpose.RESULT) is None:
+            work = self._works.get(job.kind)
             try:
-                content = await self._execute(request)
-            except InferenceError as exc:
-                await self.fail(job, f"inference failed: {exc.reason}")
+                if work is None:
+                    raise WorkFailed(f"kind {job.kind} is not served here")
+                content = await work.execute(request)
+            except WorkFailed as exc:
+                await self.fail(job, exc.reason)
                 return None
             if job.request_id in self._aborted:  # ended while it ran: no result goes out
                 await self._end_aborted(job)
@@ -355,31 +359,17 @@ class JobFlow:
             except Exception:
                 logger.exception("an observer of job %s failed", job.request_id)
 
-    async def _parts_ready(self) -> bool:
-        """Wait until the wallet and a model are ready (after a restart, resumed jobs wait)."""
+    async def _parts_ready(self, needs: tuple[str, ...]) -> bool:
+        """Wait until the wallet and what the job's work needs are ready (after a restart,
+        resumed jobs wait)."""
         snapshot = self._state.current
         deadline = self._clock.now() + PARTS_READY_TIMEOUT_S
-        while any(snapshot.facts.blocker(need) for need in ("wallet", "inference")):
+        while any(snapshot.facts.blocker(need) for need in needs):
             left = deadline - self._clock.now()
             if left <= 0:
                 return False
             snapshot = await self._state.wait_for_change(snapshot.seq, min(left, 5.0))
         return True
-
-    async def _execute(self, request: JobRequest) -> str:
-        cfg = self._config.current
-        if request.kind == KIND_EMBEDDINGS:
-            texts = [i.data for i in request.inputs if i.type == "text"]
-            vectors = await self._inference.embed(texts, model=request.model)
-            return embeddings_result(vectors, request.model or "default")
-        completion = await self._inference.chat(
-            [{"role": "user", "content": request.prompt or ""}],
-            model=request.model or cfg.provider_model or None,
-            max_tokens=min(request.max_tokens or 128, cfg.provider_max_tokens),
-            temperature=request.temperature if request.temperature is not None else 0.7,
-            top_p=request.top_p if request.top_p is not None else 1.0,
-        )
-        return completion.text
 
 
 def _never() -> SignedEvent:

@@ -11,6 +11,11 @@ one is only counted, by reason. A valid one is, in this order:
 - beyond the queue: refused as `busy`;
 - otherwise recorded as a job (once per request id) and queued for the job flow.
 
+Each request is priced by its kind's work (ports/jobs.py `Work`): its bid must reach the
+work's least price before the signature is checked, and the request's own price after it is
+parsed (a sandbox job's price depends on the limits it asks); a kind this machine does not do
+now is refused as `kind-not-served`, an unreadable job as `malformed`.
+
 Before validation, each job source's policy (ports/jobs.py; a Nexus's starter demand) may
 claim a request: it is then validated against the source's price instead of ours, recorded
 with its source, and invoiced at the source's price; or the source refuses it
@@ -35,7 +40,8 @@ from autopilotd.ports.relays import RelaySubscription, SubscriptionFilter
 from autopilotd.provider.board import JobBoard
 from autopilotd.provider.dispatch import Dispatch
 from autopilotd.provider.flow import JobFlow
-from autopilotd.provider.presence import SERVED, Presence
+from autopilotd.provider.presence import Presence
+from autopilotd.provider.work import Works
 from autopilotd.runtime.clock import Clock
 from autopilotd.runtime.configs import LiveConfig
 from autopilotd.runtime.events import EventBus
@@ -60,6 +66,7 @@ class Intake:
         dispatch: Dispatch,
         flow: JobFlow,
         jobs: Jobs,
+        works: Works,
         config: LiveConfig,
         events: EventBus,
         clock: Clock,
@@ -74,6 +81,7 @@ class Intake:
         self._dispatch = dispatch
         self._flow = flow
         self._jobs = jobs
+        self._works = works
         self._config = config
         self._events = events
         self._clock = clock
@@ -83,7 +91,7 @@ class Intake:
         since = int(self._clock.now()) - CATCH_UP_S
         await self._sub.set_filters(
             [
-                SubscriptionFilter(kinds=SERVED, since=since),
+                SubscriptionFilter(kinds=self._works.kinds(), since=since),
                 SubscriptionFilter(
                     kinds=(KIND_FEEDBACK,), p=(self._identity.pubkey_hex,), since=since
                 ),
@@ -103,17 +111,47 @@ class Intake:
                     self._board.counted(self._validator.counters.snapshot())
                     logger.info("request %s refused by its source: %s", incoming.event.id, claim)
                     continue
-                outcome = self._validator.validate(
-                    incoming.event,
-                    now=self._clock.now(),
-                    min_bid_msat=None if claim is None else claim.min_bid_msat,
-                )
+                outcome = self._validate(incoming.event, claim)
                 if isinstance(outcome, Rejection):
                     self._board.counted(self._validator.counters.snapshot())
                     continue
-                await self.admit(outcome, incoming.received_at, claim)
+                request, price_msat = outcome
+                await self.admit(request, incoming.received_at, claim, price_msat)
         finally:
             unsubscribe()
+
+    def _validate(
+        self, event: SignedEvent, claim: Admission | None
+    ) -> tuple[JobRequest, int] | Rejection:
+        """Validate a request against its kind's work (or its source's claim), and price it."""
+        work = self._works.get(event.kind)
+        if claim is None and work is not None and (why := work.refusal()) is not None:
+            return self._refuse(Rejection(RejectReason.WRONG_KIND, why, event.id, event.pubkey))
+        minimum = claim.min_bid_msat if claim is not None else None
+        if minimum is None and work is not None:
+            minimum = work.min_bid_msat()
+        outcome = self._validator.validate(event, now=self._clock.now(), min_bid_msat=minimum)
+        if isinstance(outcome, Rejection):
+            return outcome
+        if claim is not None:
+            return outcome, claim.price_msat
+        price = work.price_msat(outcome) if work is not None else None
+        if price is None or isinstance(price, str):
+            why = price or f"kind {event.kind} is not served"
+            rejection = Rejection(RejectReason.MALFORMED, why, event.id, event.pubkey)
+            return self._refuse(rejection, validated=True)
+        if outcome.bid_msat < price:
+            why = f"bid {outcome.bid_msat} < {price} for the limits it asks"
+            rejection = Rejection(RejectReason.BID_TOO_LOW, why, event.id, event.pubkey)
+            return self._refuse(rejection, validated=True)
+        return outcome, price
+
+    def _refuse(self, rejection: Rejection, *, validated: bool = False) -> Rejection:
+        if validated:  # the validator counted it accepted: it is not, after all
+            self._validator.counters.accepted -= 1
+        self._validator.counters.add(rejection.reason)
+        logger.info("request %s refused: %s", rejection.event_id, rejection.detail)
+        return rejection
 
     async def _config_changed(self, old: Config, new: Config) -> None:
         if new.provider_price_sats != old.provider_price_sats:
@@ -127,7 +165,11 @@ class Intake:
         return None
 
     async def admit(
-        self, request: JobRequest, received_at: float, claim: Admission | None = None
+        self,
+        request: JobRequest,
+        received_at: float,
+        claim: Admission | None = None,
+        price_msat: int | None = None,
     ) -> None:
         if request.pubkey == self._identity.pubkey_hex:
             return  # our own request as a buyer: not a job for us, not even a preview
@@ -146,7 +188,7 @@ class Intake:
             request_json=request.json,
             price_msat=claim.price_msat
             if claim is not None
-            else self._config.current.provider_price_sats * 1000,
+            else price_msat or self._config.current.provider_price_sats * 1000,
             source=claim.source if claim is not None else JobSource.NOSTR,
         )
         if new:

@@ -18,12 +18,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from autopilotd.config import Config
 from autopilotd.errors import UserError
 from autopilotd.nostr.identity import NostrIdentity
-from autopilotd.nostr.nip90 import SERVED_KINDS, build_handler, build_handler_deletion
+from autopilotd.nostr.nip90 import build_handler, build_handler_deletion
 from autopilotd.ports.relays import RelayHealth, RelayPoolPort
 from autopilotd.runtime.clock import Clock
 from autopilotd.runtime.configs import LiveConfig
@@ -34,7 +35,6 @@ from autopilotd.runtime.timers import Timers
 
 logger = logging.getLogger(__name__)
 
-SERVED = tuple(sorted(SERVED_KINDS))
 HANDLER_D_TAG = "autopilotd"
 HANDLER_REFRESH_S = 600.0
 
@@ -50,8 +50,10 @@ class Presence:
         config: LiveConfig,
         clock: Clock,
         timers: Timers,
+        served: Callable[[], tuple[int, ...]],
     ) -> None:
         self._pool = pool
+        self._served = served
         self._identity = identity
         self._state = state
         self._writer = writer
@@ -119,7 +121,7 @@ class Presence:
         """Publish (or refresh) the NIP-89 handler for the served kinds, and set its timer."""
         event = build_handler(
             self._identity,
-            SERVED,
+            self._writer.current.served_kinds,
             d_tag=HANDLER_D_TAG,
             metadata={
                 "name": "autopilotd",
@@ -163,7 +165,7 @@ class Presence:
     async def run(self) -> None:
         cfg = self._config.current
         self._writer.set(
-            served_kinds=SERVED,
+            served_kinds=self._served(),
             price_sats=cfg.provider_price_sats,
             max_inflight=cfg.provider_max_inflight,
         )
@@ -175,7 +177,9 @@ class Presence:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._announce_on_reconnect())
                 async for snapshot in self._state.changes():
-                    if self._refresh(snapshot):
+                    served = self._served()  # a kind's work became possible, or stopped
+                    moved = self._writer.set(served_kinds=served)
+                    if self._refresh(snapshot) or (moved and self.accepting()):
                         await self._announce()
         finally:
             for undo in unsubscribe:

@@ -9,11 +9,11 @@
     board.py       the jobs section;  earnings.py  the earnings section
     projections.py keeps both current after each transition, off the flow's path
 
-It gets its ports (the relay pool, the wallet as `Payments`, local inference, the policies of
-job sources beyond the open network) and the kernel's parts in its constructor, and owns three
-snapshot sections: provider, jobs and earnings, each through its own writer. A job source
-(ports/jobs.py) claims its requests at intake, follows every job as an observer, and may end
-its own jobs through the flow's `abort`.
+It gets its ports (the relay pool, the wallet as `Payments`, the kinds of work it sells, the
+policies of job sources beyond the open network) and the kernel's parts in its constructor,
+and owns three snapshot sections: provider, jobs and earnings, each through its own writer.
+A job source (ports/jobs.py) claims its requests at intake, follows every job as an observer,
+and may end its own jobs through the flow's `abort`.
 """
 
 from __future__ import annotations
@@ -23,8 +23,7 @@ from collections.abc import Callable, Sequence
 
 from autopilotd.nostr.identity import NostrIdentity
 from autopilotd.nostr.intake import IntakePolicy, RequestValidator
-from autopilotd.ports.inference import Inference
-from autopilotd.ports.jobs import SourcePolicy
+from autopilotd.ports.jobs import SourcePolicy, Work
 from autopilotd.ports.payments import Payments
 from autopilotd.ports.relays import RelayPoolPort
 from autopilotd.provider.board import JobBoard
@@ -36,6 +35,7 @@ from autopilotd.provider.outbox import JobOutbox
 from autopilotd.provider.presence import Presence
 from autopilotd.provider.projections import Projections
 from autopilotd.provider.settlement import Settlement
+from autopilotd.provider.work import Works
 from autopilotd.runtime.clock import Clock
 from autopilotd.runtime.configs import LiveConfig
 from autopilotd.runtime.events import EventBus
@@ -58,7 +58,7 @@ class ProviderService:
         *,
         pool: RelayPoolPort,
         payments: Payments,
-        inference: Inference,
+        works: Sequence[Work],
         identity: NostrIdentity,
         store: Store,
         state: StateStore,
@@ -68,6 +68,7 @@ class ProviderService:
         sources: Sequence[SourcePolicy] = (),
     ) -> None:
         cfg = config.current
+        self.works = Works(works)
         self.jobs = Jobs(store)
         outbox = Outbox(store)
         self.timers = Timers(clock)
@@ -86,13 +87,14 @@ class ProviderService:
             config=config,
             clock=clock,
             timers=self.timers,
+            served=self.works.served,
         )
         self.outbox = JobOutbox(outbox, pool, clock)
         self.flow = JobFlow(
             jobs=self.jobs,
             outbox=self.outbox,
             payments=payments,
-            inference=inference,
+            works=self.works,
             identity=identity,
             parser=validator.parser,
             state=state,
@@ -136,6 +138,7 @@ class ProviderService:
             dispatch=self.dispatch,
             flow=self.flow,
             jobs=self.jobs,
+            works=self.works,
             config=config,
             events=events,
             clock=clock,

@@ -280,3 +280,17 @@ class RecoverySection:
     outputs: tuple[dict[str, Any], ...] = ()
     recovered_sats: int = 0
     last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class SandboxSection:
+    """Sandbox jobs (sandbox/service.py): whether this machine can isolate a run and why not,
+    the runtimes and the limits a job gets at most, and the most recent jobs (no output: that
+    is `sandbox.get`)."""
+
+    state: str = "starting"  # starting | ready | unavailable
+    reason: str = "checking whether this machine can isolate a run"
+    runtimes: dict[str, str] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+    jobs: tuple[dict[str, Any], ...] = ()

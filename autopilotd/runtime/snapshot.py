@@ -27,6 +27,7 @@ from autopilotd.runtime.sections import (
     ProviderSection,
     RecoverySection,
     RelayRow,
+    SandboxSection,
     ServiceStatus,
     StarterSection,
     SyncSection,
@@ -50,6 +51,7 @@ class Snapshot:
     starter: StarterSection = field(default_factory=StarterSection)
     sync: SyncSection = field(default_factory=SyncSection)
     recovery: RecoverySection = field(default_factory=RecoverySection)
+    sandbox: SandboxSection = field(default_factory=SandboxSection)
     facts: Facts = field(init=False, compare=False, repr=False)
     """Derived from the sections above when the snapshot is made (never written by anyone)."""
 

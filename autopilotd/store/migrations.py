@@ -233,4 +233,34 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         );
         """,
     ),
+    (
+        10,
+        "sandbox jobs: each job's runtime, limits, state, what it printed, its resource use and "
+        "the digests of its workspace's files when it ended",
+        """
+        CREATE TABLE sandbox_jobs (
+            id          TEXT PRIMARY KEY,
+            origin      TEXT NOT NULL CHECK (origin IN ('local', 'nip90')),
+            request_id  TEXT UNIQUE,
+            runtime     TEXT NOT NULL CHECK (runtime IN ('python', 'sh')),
+            limits      TEXT NOT NULL,
+            state       TEXT NOT NULL CHECK (state IN ('created', 'uploading', 'running',
+                            'succeeded', 'failed', 'timed_out', 'cancelled', 'interrupted')),
+            entry       TEXT,
+            args        TEXT,
+            exit_code   INTEGER,
+            wall_s      REAL,
+            cpu_s       REAL,
+            stdout      BLOB,
+            stderr      BLOB,
+            truncated   INTEGER NOT NULL DEFAULT 0,
+            artifacts   TEXT,
+            reason      TEXT,
+            created_at  REAL NOT NULL,
+            started_at  REAL,
+            ended_at    REAL
+        );
+        CREATE INDEX sandbox_jobs_created ON sandbox_jobs (created_at);
+        """,
+    ),
 ]
