@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import time
 from typing import Any
@@ -204,3 +206,57 @@ async def test_after_a_restart_the_provider_is_offline(market: Market) -> None:
     assert status["provider"]["state"] == "offline"
     after = (provider.ctl_json("jobs.history"), status["earnings"], _lightning(provider))
     assert after == before
+
+
+async def test_a_buyer_pays_a_provider_for_a_sandbox_job(market: Market) -> None:
+    """Kind 5720 through the same flow: the buyer's script hashes 1 MiB in the provider's
+    sandbox, the result carries the digest, the provider is paid the price its limits set."""
+    provider, buyer = market.provider, market.buyer
+    await _go_online(provider)
+    deadline = time.monotonic() + 30
+    while provider.ctl_json("sandbox.status")["state"] != "ready":
+        assert time.monotonic() < deadline, provider.ctl_json("sandbox.status")
+        await asyncio.sleep(0.2)
+    assert 5720 in provider.ctl_json("provider.status")["provider"]["served_kinds"]
+    p0 = _lightning(provider)
+    script = (
+        "import hashlib\n"
+        "data = bytes(range(256)) * 4096\n"
+        "open('digest.txt', 'w').write(hashlib.sha256(data).hexdigest())\n"
+        "print('hashed', len(data))\n"
+    )
+    req = buyer.ctl_json(
+        "buy.submit",
+        "--kind",
+        "5720",
+        "--prompt",
+        script,
+        "--params",
+        '{"cpu_s": "10", "timeout_s": "20"}',
+        "--budget-sats",
+        "15",
+        "--timeout-s",
+        "120",
+    )
+    row = await _wait_buy(buyer, str(req["request_id"]))
+    assert row["status"] == "done", row
+    result = json.loads(row["result"])
+    assert result["outcome"] == "succeeded" and result["stdout"] == "hashed 1048576\n"
+    [digest] = [a for a in result["artifacts"] if a["path"] == "digest.txt"]
+    expected = hashlib.sha256(bytes(range(256)) * 4096).hexdigest()
+    assert base64.b64decode(digest["data_b64"]).decode() == expected
+    assert digest["sha256"] == hashlib.sha256(expected.encode()).hexdigest()
+    price = 10  # provider_sandbox_price_sats for one step of 10 CPU-seconds
+    for _ in range(40):
+        if _lightning(provider) == p0 + price:
+            break
+        await asyncio.sleep(0.5)
+    assert _lightning(provider) == p0 + price
+    job = provider.ctl_json("jobs.get", "--request-id", row["request_id"])
+    assert job["stage"] == "paid" and job["payment_hash"] == row["payment_hash"]
+    [ran] = provider.ctl_json("sandbox.list", "--limit", "5")["jobs"]
+    assert (ran["origin"], ran["request_id"], ran["state"]) == (
+        "nip90",
+        row["request_id"],
+        "succeeded",
+    )
