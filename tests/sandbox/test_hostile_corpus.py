@@ -1,25 +1,35 @@
 """The hostile corpus (hostile.toml) against the bubblewrap sandbox: every case contained.
 
 For each case: its end is one of those allowed, nothing it must not see shows in its output,
-nothing changed outside its workspace, and no process of it is left on the machine.
+nothing changed outside its workspace, and no process of it is left on the machine. For each
+transfer (uploads and downloads through a daemon's sandbox jobs): the refusal, the job's state
+after it, and nothing written outside the workspace (nor, for a refused archive, inside it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import io
 import os
 import shutil
+import tarfile
 import tempfile
 import tomllib
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support import DaemonFactory
 
 from autopilotd.adapters.bwrap_sandbox import BwrapSandbox
+from autopilotd.client import RpcError
 from autopilotd.ports.sandbox import Limits, Outcome
 
-CORPUS = tomllib.loads((Path(__file__).parent / "hostile.toml").read_text())["case"]
+DATA = tomllib.loads((Path(__file__).parent / "hostile.toml").read_text())
+CORPUS = DATA["case"]
+TRANSFERS = DATA["transfer"]
 SANDBOX = BwrapSandbox()
 
 pytestmark = [
@@ -132,3 +142,98 @@ async def test_a_run_sees_only_its_workspace_and_the_system(workspace: Path) -> 
         "work",
     }
     assert (workspace / "result.txt").read_text() == "out\n"
+
+
+class Zeros(io.RawIOBase):
+    """`size` zero bytes, read in chunks (an archive bomb built without holding it)."""
+
+    def __init__(self, size: int) -> None:
+        self.left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = min(len(buffer), self.left)
+        buffer[:n] = bytes(n)
+        self.left -= n
+        return n
+
+
+def archive(spec: dict[str, Any], values: dict[str, str]) -> bytes:
+    out = io.BytesIO()
+    if spec["kind"] == "zip":
+        with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+            for m in spec["members"]:
+                with z.open(m["name"], "w") as f:
+                    if "zeros_mb" in m:
+                        shutil.copyfileobj(Zeros(m["zeros_mb"] << 20), f, 1 << 20)
+                    else:
+                        f.write(m["text"].encode())
+        return out.getvalue()
+    gz = spec["kind"] == "tar.gz"
+    with tarfile.open(fileobj=out, mode="w:gz" if gz else "w") as tar:
+        for m in spec["members"]:
+            info = tarfile.TarInfo(m["name"].format(**values))
+            data: Any = None
+            if "symlink" in m:
+                info.type, info.linkname = tarfile.SYMTYPE, m["symlink"].format(**values)
+            elif "hardlink" in m:
+                info.type, info.linkname = tarfile.LNKTYPE, m["hardlink"].format(**values)
+            elif "zeros_mb" in m:
+                info.size = m["zeros_mb"] << 20
+                data = Zeros(info.size)
+            else:
+                text = m["text"].encode()
+                info.size, data = len(text), io.BytesIO(text)
+            tar.addfile(info, data)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("case", TRANSFERS, ids=[c["name"] for c in TRANSFERS])
+async def test_the_transfer_is_refused(
+    case: dict[str, Any], host: Any, daemon_factory: DaemonFactory
+) -> None:
+    values, _ = host
+    root = Path(tempfile.mkdtemp(prefix="autopilotd-sandbox-test-"))
+    root.chmod(0o711)
+    try:
+        d = await daemon_factory(sandbox_dir=str(root))
+        while (await d.call("sandbox.status"))["state"] == "starting":
+            await asyncio.sleep(0.05)
+        job = await d.call("sandbox.create", {"runtime": "sh"})
+        jid = job["id"]
+
+        async def call(method: str, params: dict[str, Any]) -> str:
+            with pytest.raises(RpcError) as refused:
+                await d.call(method, {"job_id": jid, **params})
+            return str(refused.value)
+
+        if "upload" in case:
+            data = case["upload"]["text"].encode()
+            path = case["upload"]["path"].format(**values)
+            why = await call("sandbox.upload", {"path": path, "data_b64": _b64(data)})
+        elif "archive" in case:
+            data = archive(case["archive"], values)
+            params = {"path": "", "data_b64": _b64(data), "extract": True}
+            why = await call("sandbox.upload", params)
+        else:
+            plant = _b64(case["plant"].format(**values).encode())
+            await d.call("sandbox.upload", {"job_id": jid, "path": "p.sh", "data_b64": plant})
+            await d.call("sandbox.start", {"job_id": jid, "entry": "p.sh"})
+            ended = await d.call("sandbox.wait", {"job_id": jid, "timeout_s": 20})
+            assert ended["state"] == "succeeded", ended
+            why = await call("sandbox.download", {"path": case["download"].format(**values)})
+        assert case["refused"] in why, why
+        assert "SECRET-SSH-KEY" not in why
+        assert (await d.call("sandbox.get", {"job_id": jid}))["state"] == case["state"]
+        for path in case.get("absent", []):
+            assert not Path(path.format(**values)).exists(), path
+        if case.get("empty"):
+            assert list((root / jid / "work").iterdir()) == []
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
