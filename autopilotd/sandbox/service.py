@@ -32,7 +32,7 @@ from typing import Any
 
 from autopilotd.config import Config
 from autopilotd.errors import Conflict, NotFound, UserError
-from autopilotd.ports.sandbox import Limits, RunResult, Sandbox, SandboxUnavailable
+from autopilotd.ports.sandbox import Limits, Outcome, RunResult, Sandbox, SandboxUnavailable
 from autopilotd.runtime.configs import LiveConfig
 from autopilotd.runtime.events import EventBus
 from autopilotd.runtime.sections import SandboxSection
@@ -320,7 +320,7 @@ class SandboxService:
 
     async def _ended_with(self, job_id: str, result: RunResult) -> None:
         reason = None
-        if result.outcome.value == "timed_out":
+        if result.outcome is Outcome.TIMED_OUT:
             reason = "killed at its wall-clock limit"
         elif result.exit_code is not None and result.exit_code < 0:
             reason = f"killed by signal {-result.exit_code} (a limit it reached, or its own)"

@@ -14,7 +14,6 @@ import io
 import os
 import shutil
 import tarfile
-import tempfile
 import tomllib
 import zipfile
 from pathlib import Path
@@ -90,13 +89,10 @@ async def host(tmp_path: Path) -> Any:
 
 
 @pytest.fixture
-def workspace() -> Any:
-    """A workspace where the sandbox's user can reach it (pytest's own folders are root's)."""
-    base = Path(tempfile.mkdtemp(prefix="autopilotd-sandbox-test-"))
-    base.chmod(0o711)
-    (base / "work").mkdir()
-    yield base / "work"
-    shutil.rmtree(base, ignore_errors=True)
+def workspace(sandbox_dir: Path) -> Path:
+    """A workspace where the sandbox's user can reach it."""
+    (sandbox_dir / "work").mkdir()
+    return sandbox_dir / "work"
 
 
 @pytest.mark.parametrize("case", CORPUS, ids=[c["name"] for c in CORPUS])
@@ -192,47 +188,42 @@ def archive(spec: dict[str, Any], values: dict[str, str]) -> bytes:
 
 @pytest.mark.parametrize("case", TRANSFERS, ids=[c["name"] for c in TRANSFERS])
 async def test_the_transfer_is_refused(
-    case: dict[str, Any], host: Any, daemon_factory: DaemonFactory
+    case: dict[str, Any], host: Any, daemon_factory: DaemonFactory, sandbox_dir: Path
 ) -> None:
     values, _ = host
-    root = Path(tempfile.mkdtemp(prefix="autopilotd-sandbox-test-"))
-    root.chmod(0o711)
-    try:
-        d = await daemon_factory(sandbox_dir=str(root))
-        while (await d.call("sandbox.status"))["state"] == "starting":
-            await asyncio.sleep(0.05)
-        job = await d.call("sandbox.create", {"runtime": "sh"})
-        jid = job["id"]
+    d = await daemon_factory(sandbox_dir=str(sandbox_dir))
+    while (await d.call("sandbox.status"))["state"] == "starting":
+        await asyncio.sleep(0.05)
+    job = await d.call("sandbox.create", {"runtime": "sh"})
+    jid = job["id"]
 
-        async def call(method: str, params: dict[str, Any]) -> str:
-            with pytest.raises(RpcError) as refused:
-                await d.call(method, {"job_id": jid, **params})
-            return str(refused.value)
+    async def call(method: str, params: dict[str, Any]) -> str:
+        with pytest.raises(RpcError) as refused:
+            await d.call(method, {"job_id": jid, **params})
+        return str(refused.value)
 
-        if "upload" in case:
-            data = case["upload"]["text"].encode()
-            path = case["upload"]["path"].format(**values)
-            why = await call("sandbox.upload", {"path": path, "data_b64": _b64(data)})
-        elif "archive" in case:
-            data = archive(case["archive"], values)
-            params = {"path": "", "data_b64": _b64(data), "extract": True}
-            why = await call("sandbox.upload", params)
-        else:
-            plant = _b64(case["plant"].format(**values).encode())
-            await d.call("sandbox.upload", {"job_id": jid, "path": "p.sh", "data_b64": plant})
-            await d.call("sandbox.start", {"job_id": jid, "entry": "p.sh"})
-            ended = await d.call("sandbox.wait", {"job_id": jid, "timeout_s": 20})
-            assert ended["state"] == "succeeded", ended
-            why = await call("sandbox.download", {"path": case["download"].format(**values)})
-        assert case["refused"] in why, why
-        assert "SECRET-SSH-KEY" not in why
-        assert (await d.call("sandbox.get", {"job_id": jid}))["state"] == case["state"]
-        for path in case.get("absent", []):
-            assert not Path(path.format(**values)).exists(), path
-        if case.get("empty"):
-            assert list((root / jid / "work").iterdir()) == []
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    if "upload" in case:
+        data = case["upload"]["text"].encode()
+        path = case["upload"]["path"].format(**values)
+        why = await call("sandbox.upload", {"path": path, "data_b64": _b64(data)})
+    elif "archive" in case:
+        data = archive(case["archive"], values)
+        params = {"path": "", "data_b64": _b64(data), "extract": True}
+        why = await call("sandbox.upload", params)
+    else:
+        plant = _b64(case["plant"].format(**values).encode())
+        await d.call("sandbox.upload", {"job_id": jid, "path": "p.sh", "data_b64": plant})
+        await d.call("sandbox.start", {"job_id": jid, "entry": "p.sh"})
+        ended = await d.call("sandbox.wait", {"job_id": jid, "timeout_s": 20})
+        assert ended["state"] == "succeeded", ended
+        why = await call("sandbox.download", {"path": case["download"].format(**values)})
+    assert case["refused"] in why, why
+    assert "SECRET-SSH-KEY" not in why
+    assert (await d.call("sandbox.get", {"job_id": jid}))["state"] == case["state"]
+    for path in case.get("absent", []):
+        assert not Path(path.format(**values)).exists(), path
+    if case.get("empty"):
+        assert list((sandbox_dir / jid / "work").iterdir()) == []
 
 
 def _b64(data: bytes) -> str:

@@ -10,12 +10,10 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import signal
 import tarfile
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +28,6 @@ from autopilotd.client import RpcError
 pytestmark = pytest.mark.skipif(
     BwrapSandbox().unavailable() is not None, reason="bubblewrap cannot run here"
 )
-
-
-@pytest.fixture
-def sandbox_dir() -> Iterator[Path]:
-    """Workspaces where a run's own user id can reach them (tmp_path's parents are private)."""
-    path = Path(tempfile.mkdtemp(prefix="autopilotd-sandbox-test-"))
-    path.chmod(0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def b64(data: bytes | str) -> str:

@@ -7,9 +7,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +35,6 @@ PRICE = 10  # provider_sandbox_price_sats, the default
 @pytest.fixture
 def market(tmp_path: Path) -> Market:
     return Market(tmp_path)
-
-
-@pytest.fixture
-def sandbox_dir() -> Iterator[Path]:
-    path = Path(tempfile.mkdtemp(prefix="autopilotd-sandbox-test-"))
-    path.chmod(0o711)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 async def online(provider: Peer) -> None:
