@@ -129,7 +129,8 @@ class BwrapSandbox:
 
     def _check(self) -> str | None:
         if platform.system() != "Linux":
-            return f"sandboxed runs need Linux; this is {platform.system()}"
+            system = "macOS" if platform.system() == "Darwin" else platform.system()
+            return f"sandboxed runs are not supported on {system} yet (they need Linux)"
         if platform.machine() != "x86_64":
             return f"the sandbox's seccomp filter covers x86-64 only, not {platform.machine()}"
         if self._bwrap is None:

@@ -63,11 +63,15 @@ async def host(tmp_path: Path) -> Any:
     (data / "wallet").mkdir(parents=True)
     seed = data / "wallet" / "wallet.mnemonic"
     seed.write_text("abandon " * 23 + "art\n")
+    manifest = tmp_path / "daemon" / "run" / "autopilotd.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text('{"auth_token": "MANIFEST-TOKEN"}')
     outside = tmp_path / "outside"
     outside.mkdir()
-    for path in (tmp_path, secret.parent.parent, secret.parent, data.parent, data, outside):
+    dirs = (tmp_path, secret.parent.parent, secret.parent, data.parent, data, manifest.parent)
+    for path in (*dirs, outside):
         path.chmod(0o755)  # readable even to the sandbox's user: only isolation may stop it
-    for path in (secret, seed):
+    for path in (secret, seed, manifest):
         path.chmod(0o644)
     connected: list[bool] = []
 
@@ -81,6 +85,7 @@ async def host(tmp_path: Path) -> Any:
         "secret": str(secret),
         "seed": str(seed),
         "data": str(data),
+        "manifest": str(manifest),
         "outside": str(outside),
         "port": str(port),
     }
@@ -228,3 +233,9 @@ async def test_the_transfer_is_refused(
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+def test_a_sandbox_says_plainly_where_it_is_not_supported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("platform.system", lambda: "Darwin")
+    why = BwrapSandbox().unavailable()
+    assert why == "sandboxed runs are not supported on macOS yet (they need Linux)"
