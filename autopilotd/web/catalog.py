@@ -78,6 +78,7 @@ PANES: tuple[Pane, ...] = (
         live="snapshot",
     ),
     Pane("sync_health", "Sync Health", "System", sources.sync_health, live="open"),
+    Pane("sandbox", "Sandbox", "System", sources.sandbox, live="snapshot"),
     Pane(
         "network_requests",
         "Network Requests",

@@ -26,6 +26,8 @@ def environment() -> jinja2.Environment:
     env.filters["until"] = until
     env.filters["duration"] = duration
     env.filters["short"] = short
+    env.filters["size"] = size
+    env.filters["seconds"] = seconds
     return env
 
 
@@ -70,3 +72,20 @@ def duration(seconds: Any) -> str:
 def short(value: Any, keep: int = 10) -> str:
     text = "" if value is None else str(value)
     return text if len(text) <= 2 * keep + 1 else f"{text[:keep]}…{text[-keep:]}"
+
+
+def size(value: Any) -> str:
+    """A file's size: 512 → '512 B', 12345 → '12.1 KiB'; None → '—'."""
+    if value is None:
+        return "—"
+    n = int(value)
+    if n < 1024:
+        return f"{n} B"
+    if n < 1 << 20:
+        return f"{n / 1024:.1f} KiB"
+    return f"{n / (1 << 20):.1f} MiB"
+
+
+def seconds(value: Any) -> str:
+    """Measured seconds (a run's wall clock, its CPU time): 0.1234 → '0.12 s'; None → '—'."""
+    return "—" if value is None else f"{float(value):.2f} s"

@@ -422,6 +422,53 @@ async def sync_health(v: View) -> dict[str, Any]:
     }
 
 
+SANDBOX_OPEN = ("created", "uploading", "running")  # a job that has not ended: Cancel ends it
+SANDBOX_LIMITS = (  # each limit's name in words and its unit
+    ("timeout_s", "wall clock", "s"),
+    ("cpu_s", "CPU time", "s"),
+    ("memory_mb", "memory", "MB"),
+    ("processes", "processes", ""),
+    ("file_size_mb", "file size", "MB"),
+    ("open_files", "open files", ""),
+    ("output_bytes", "output kept", "bytes"),
+)
+
+
+async def sandbox(v: View) -> dict[str, Any]:
+    """Sandbox jobs as the `sandbox` section has them; the job picked (`?job=`, or the one just
+    cancelled) in full from `sandbox.get`: its output and its workspace files to download."""
+    s = v.snapshot["sandbox"]
+    cancelled = v.acted("sandbox.cancel")
+    wanted = str(cancelled.params.get("job_id", "")) if cancelled else v.query.get("job", "")
+    job, missing = None, None
+    if wanted:
+        try:
+            job = await v.call("sandbox.get", {"job_id": wanted})
+        except AutopilotError as exc:
+            missing = exc.message
+    return {
+        "state": s["state"],
+        "reason": s["reason"],
+        "runtimes": s["runtimes"],
+        "limits": _limits(s["limits"]),
+        "counts": s["counts"],
+        "jobs": s["jobs"],
+        "selected": wanted,
+        "job": job,
+        "job_limits": _limits(job["limits"]) if job else [],
+        "cancellable": job is not None and job["state"] in SANDBOX_OPEN,
+        "error": (cancelled.error if cancelled else None) or missing,
+    }
+
+
+def _limits(limits: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "label": label, "value": limits[name], "unit": unit}
+        for name, label, unit in SANDBOX_LIMITS
+        if name in limits
+    ]
+
+
 async def settings(v: View) -> dict[str, Any]:
     """The editable settings as a form (each saying when it applies), the others read-only."""
     shown = await v.call("settings.show")

@@ -3,6 +3,7 @@
     GET  /                 the whole page (every pane), or the snapshot as JSON
     GET  /pane/<name>      one pane's block alone (htmx), or its data as JSON
     POST /do/<command>     run a registry command, answer the re-rendered pane (?pane=<name>)
+    GET  /sandbox/<job>/download?path=…   a sandbox job's workspace file, as an attachment
     GET  /events/stream    server-sent "something changed" signals for the open page
     GET  /login?token=…    spend a one-time login token, set the session cookie, go to /
     POST /logout           end the session
@@ -14,7 +15,9 @@ Reading needs the session cookie; every POST also needs the session's CSRF token
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import re
 import secrets
 from importlib import resources
 from pathlib import Path
@@ -22,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from autopilotd.errors import AutopilotError
+from autopilotd.errors import AutopilotError, NotFound
 from autopilotd.runtime.context import Runtime
 from autopilotd.web.auth import CSRF_HEADER, WebAuth, WebSession
 from autopilotd.web.catalog import BY_NAME, DEFAULT_PANE, GROUPS, HUD, PANES
@@ -34,10 +37,17 @@ from autopilotd.web.stream import event_stream
 logger = logging.getLogger(__name__)
 
 LOGIN_HINT = "not logged in: run 'autopilotctl web' for a one-time login link"
+UNSAFE_NAME_RE = re.compile(r"[^A-Za-z0-9._-]")
 
 
 def wants_json(request: web.Request) -> bool:
     return "application/json" in request.headers.get("Accept", "")
+
+
+def attachment_name(path: str) -> str:
+    """A download's file name: the last component of its path, only [A-Za-z0-9._-] kept, no
+    leading dot (never '..', never a hidden file), 'download' when nothing is left."""
+    return UNSAFE_NAME_RE.sub("", path.rsplit("/", 1)[-1]).lstrip(".") or "download"
 
 
 class WebUI:
@@ -93,6 +103,23 @@ class WebUI:
         ctx = template.new_context({"d": data, "pane": pane.describe()})
         return "".join(template.blocks[pane.name](ctx))
 
+    # -- commands --------------------------------------------------------------------------
+
+    async def call(self, name: str, params: dict[str, Any]) -> Any:
+        """Run a registry command as the logged-in owner (the web session's scope), in time."""
+        async with asyncio.timeout(self.rt.config.call_timeout_s):
+            return await self.rt.registry.call(name, params, scope="owner")
+
+    def failure(self, name: str, exc: Exception) -> tuple[str, int]:
+        """What to show of a command that failed, and the HTTP status that answers it."""
+        if isinstance(exc, AutopilotError):
+            return exc.message, exc.http_status if exc.http_status != 200 else 400
+        if isinstance(exc, TimeoutError):
+            return f"'{name}' did not finish in time", 504
+        error_id = secrets.token_hex(6)
+        logger.error("web action %s failed [error id %s]", name, error_id, exc_info=exc)
+        return f"internal error (error id {error_id})", 500
+
     # -- routes ----------------------------------------------------------------------------
 
     async def index(self, request: web.Request) -> web.Response:
@@ -133,23 +160,12 @@ class WebUI:
         pane = BY_NAME.get(request.query.get("pane", ""))
         params: dict[str, Any] = {}
         try:
-            cmd = self.rt.registry.get(name)
-            params = await read_params(request, cmd)
-            async with asyncio.timeout(self.rt.config.call_timeout_s):
-                result = await self.rt.registry.call(name, params, scope="owner")
-            action = Action(name, params, result=result)
+            params = await read_params(request, self.rt.registry.get(name))
+            action = Action(name, params, result=await self.call(name, params))
             status = 200
-        except AutopilotError as exc:
-            action = Action(name, params, error=exc.message)
-            status = exc.http_status if exc.http_status != 200 else 400
-        except TimeoutError:
-            action = Action(name, params, error=f"'{name}' did not finish in time")
-            status = 504
-        except Exception:
-            error_id = secrets.token_hex(6)
-            logger.exception("web action %s failed [error id %s]", name, error_id)
-            action = Action(name, params, error=f"internal error (error id {error_id})")
-            status = 500
+        except Exception as exc:
+            error, status = self.failure(name, exc)
+            action = Action(name, params, error=error)
         if wants_json(request) or pane is None:
             if action.error is not None:
                 return web.json_response({"error": action.error}, status=status)
@@ -161,6 +177,34 @@ class WebUI:
             notice = self.env.get_template("action_error.html")
             html = notice.render(command=name, error=action.error) + html
         return web.Response(text=html, content_type="text/html")
+
+    async def download(self, request: web.Request) -> web.Response:
+        """A sandbox job's workspace file as an attachment, read by `sandbox.download` (which
+        refuses symlinks and anything outside the workspace); a refusal answers no bytes."""
+        if self.session(request) is None:
+            raise web.HTTPUnauthorized(reason=LOGIN_HINT)
+        params = {"job_id": request.match_info["job_id"], "path": request.query.get("path", "")}
+        try:
+            got = await self.call("sandbox.download", params)
+        except Exception as exc:
+            error, status = self.failure("sandbox.download", exc)
+            return self.refused(request, 404 if isinstance(exc, NotFound) else status, error)
+        return web.Response(
+            body=base64.b64decode(got["data_b64"]),
+            content_type="application/octet-stream",
+            headers={
+                "Content-Disposition": f'attachment; filename="{attachment_name(got["path"])}"',
+                "X-Content-Type-Options": "nosniff",
+                "X-Content-SHA256": got["sha256"],
+            },
+        )
+
+    def refused(self, request: web.Request, status: int, error: str) -> web.Response:
+        """A download that did not happen: the reason, as a page or as JSON."""
+        if wants_json(request):
+            return web.json_response({"error": error}, status=status)
+        html = self.env.get_template("refused.html").render(error=error)
+        return web.Response(text=html, content_type="text/html", status=status)
 
     async def login(self, request: web.Request) -> web.Response:
         token = request.query.get("token", "")
@@ -193,6 +237,7 @@ def add_web_routes(app: web.Application, rt: Runtime, auth: WebAuth) -> None:
     app.router.add_get("/", ui.index)
     app.router.add_get("/pane/{name}", ui.pane)
     app.router.add_post("/do/{command}", ui.do)
+    app.router.add_get("/sandbox/{job_id}/download", ui.download)
     app.router.add_get("/events/stream", ui.stream)
     app.router.add_get("/login", ui.login)
     app.router.add_post("/logout", ui.logout)

@@ -35,6 +35,9 @@ async def test_stream_signals_snapshot_and_activity(
     daemon_factory: DaemonFactory, web_login: Any
 ) -> None:
     d = await daemon_factory(registrars=[_bump])
+    status = await d.call("status")
+    while any(s["state"] == "starting" for s in status["services"]):  # then the seq stands still
+        status = await d.call("status.wait", {"after_seq": status["seq"], "timeout_s": 5})
     web = await web_login(d)
     async with web.session.get(web.base + "/events/stream", headers=web.headers()) as r:
         assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")

@@ -254,9 +254,12 @@
       e.detail.shouldSwap = false;
       return;
     }
+    // Only the pane's own refresh carries its kept fields; a button inside it that asks for
+    // another page or row (`?before=…`, `?job=…`) is answered as it asked.
+    const own = e.detail.requestConfig && e.detail.requestConfig.elt === target;
     const path = (e.detail.pathInfo && e.detail.pathInfo.finalRequestPath) || "";
     const sent = new URLSearchParams(path.split("?")[1] || "");
-    for (const input of target.querySelectorAll(".keep[name]")) {
+    for (const input of own ? target.querySelectorAll(".keep[name]") : []) {
       if ((sent.get(input.name) || "") !== input.value) {
         e.detail.shouldSwap = false;
         refresh(target);
