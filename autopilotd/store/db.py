@@ -140,8 +140,10 @@ class Store:
         return store
 
     async def _pragma(self, sql: str) -> Any:
-        async with self._conn.execute(sql) as cur:
-            row = await cur.fetchone()
+        """One value, read in one trip to the database's thread. A statement stepped in one
+        trip and finished in another would stay open in between, and an open
+        `PRAGMA journal_mode` makes another task's COMMIT fail ("SQL statements in progress")."""
+        row = await _fetchone(self._conn, sql, ())
         return None if row is None else row[0]
 
     async def _assert_settings(self) -> None:
@@ -155,10 +157,8 @@ class Store:
         await self._conn.execute("PRAGMA foreign_keys=ON")
         if await self._pragma("PRAGMA foreign_keys") != 1:
             raise StartupCheckFailed(f"{self.path}: foreign keys cannot be enabled")
-        async with self._conn.execute("PRAGMA integrity_check") as cur:
-            rows = await cur.fetchall()
-        rows = list(rows)
-        if [tuple(r) for r in rows] != [("ok",)]:
+        rows = await _fetchall(self._conn, "PRAGMA integrity_check", ())
+        if rows != [("ok",)]:
             detail = "; ".join(str(r[0]) for r in rows[:5])
             raise StartupCheckFailed(
                 f"{self.path} failed its integrity check ({detail}); restore it from a backup. "
@@ -167,8 +167,7 @@ class Store:
 
     async def settings(self) -> dict[str, Any]:
         """The live values of the settings the start-up checks assert (for status and tests)."""
-        async with self._conn.execute("PRAGMA integrity_check") as cur:
-            integrity = [r[0] for r in await cur.fetchall()]
+        integrity = [r[0] for r in await _fetchall(self._conn, "PRAGMA integrity_check", ())]
         return {
             "journal_mode": await self._pragma("PRAGMA journal_mode"),
             "synchronous": await self._pragma("PRAGMA synchronous"),
@@ -224,7 +223,12 @@ class Store:
             except BaseException:
                 await asyncio.shield(self._conn.execute("ROLLBACK"))
                 raise
-            await asyncio.shield(self._conn.execute("COMMIT"))
+            try:
+                await asyncio.shield(self._conn.execute("COMMIT"))
+            except sqlite3.Error:  # undone whole, and no transaction left open for the next
+                with contextlib.suppress(sqlite3.Error):
+                    await asyncio.shield(self._conn.execute("ROLLBACK"))
+                raise
 
     @asynccontextmanager
     async def _grouped(self) -> AsyncIterator[Tx]:

@@ -228,3 +228,27 @@ async def test_a_transaction_cancelled_while_it_begins_leaves_none_open(
         await tx.execute("INSERT INTO t VALUES (2)")
     assert await store.fetchall("SELECT x FROM t") == [(2,)]
     await store.close()
+
+
+async def test_health_reads_never_hold_a_statement_open_across_a_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pragma stepped in one trip to the database's thread and finished in a later one
+    stays open in between: an open `PRAGMA journal_mode` made another task's COMMIT fail
+    ("SQL statements in progress") and left its transaction open for every later write. The
+    health reads (`settings()`, `schema_version()`) now take one trip each, never a cursor."""
+    store = await Store.open(Paths.for_home(tmp_path).database_file)
+    try:
+
+        def no_cursor(*args: object, **kwargs: object) -> None:
+            raise AssertionError("a health read opened a cursor across trips")
+
+        monkeypatch.setattr(store._conn, "execute", no_cursor)
+        health = await store.settings()
+        assert (health["journal_mode"], health["integrity"]) == ("wal", "ok")
+        assert await store.schema_version() == max(v for v, _, _ in MIGRATIONS)
+        monkeypatch.undo()
+        async with store.transaction() as tx:  # and writes go on
+            await tx.execute("CREATE TABLE t (n INTEGER)")
+    finally:
+        await store.close()
