@@ -3,8 +3,9 @@
 A request's files, entry, runtime, arguments and limits (nostr/nip90_sandbox.py) become a
 sandbox job of origin `nip90`, run like any other (sandbox/service.py); its end becomes the
 result. The price depends on the limits asked (`provider_sandbox_price_sats` for each started
-10 CPU-seconds, doubled for each started 512 MiB of address space beyond the first); a limit
-above the provider's setting is refused at intake, before anything runs.
+10 CPU-seconds, doubled for each started 512 MiB of address space beyond the first). A limit
+above the provider's setting, or a file path that could not go into a workspace, refuses the
+request at intake, before anything runs.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from autopilotd.nostr.nip90_sandbox import (
 from autopilotd.ports.jobs import WorkFailed
 from autopilotd.ports.sandbox import Limits
 from autopilotd.runtime.configs import LiveConfig
+from autopilotd.sandbox import workspace
 from autopilotd.sandbox.service import SandboxService
 
 
@@ -49,6 +51,11 @@ class SandboxWork:
         spec = spec_from_request(request)
         if isinstance(spec, str):
             return spec
+        for path in spec.files:
+            try:
+                workspace.clean_path(path)
+            except workspace.WorkspaceError as exc:
+                return f"file {path!r}: {exc}"
         limits = self._limits(spec)
         if isinstance(limits, str):
             return limits

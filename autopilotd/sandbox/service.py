@@ -281,8 +281,12 @@ class SandboxService:
         job = await self.jobs.for_request(request_id)
         if job is None:
             job = await self.create(runtime, limits, origin="nip90", request_id=request_id)
-            for path, data in files.items():
-                await self.upload(job.id, path, data, extract=False)
+            try:
+                for path, data in files.items():
+                    await self.upload(job.id, path, data, extract=False)
+            except UserError as exc:
+                await self._end(job.id, "failed", reason=exc.message)
+                raise
         if job.state in ("created", "uploading"):
             job = await self.start(job.id, entry, args)
         while not job.ended:

@@ -3,6 +3,9 @@
     created → uploading → running → succeeded | failed | timed_out | cancelled
                                   ↘ interrupted (the daemon stopped while it ran)
 
+A job sold over NIP-90 whose files could not go into its workspace ends `failed` before it
+runs; one the user cancels before it starts ends `cancelled`.
+
 A job is recorded `running` before its run starts, and its end (exit code, what it printed, its
 resource use, the digests of its workspace's files) in the same write that ends it, so a
 restart finds every job either ended or `running`, and ends the latter `interrupted`.
@@ -24,8 +27,8 @@ COLUMNS = (
 )
 ENDED = frozenset({"succeeded", "failed", "timed_out", "cancelled", "interrupted"})
 NEXT: dict[str, frozenset[str]] = {
-    "created": frozenset({"uploading", "running", "cancelled"}),
-    "uploading": frozenset({"running", "cancelled"}),
+    "created": frozenset({"uploading", "running", "cancelled", "failed"}),
+    "uploading": frozenset({"running", "cancelled", "failed"}),
     "running": ENDED,
 }
 

@@ -148,7 +148,7 @@ async def test_a_buyer_pays_for_a_sandbox_job(market: Market, sandbox_dir: Path)
 
 
 @pytest.mark.skipif(bwrap_missing is not None, reason="bubblewrap cannot run here")
-async def test_bids_below_the_limits_price_and_limits_above_the_settings_are_refused(
+async def test_low_bids_limits_above_the_settings_and_climbing_paths_are_refused(
     market: Market, sandbox_dir: Path
 ) -> None:
     async with (
@@ -177,13 +177,23 @@ async def test_bids_below_the_limits_price_and_limits_above_the_settings_are_ref
                 "timeout_s": 5,
             },
         )
+        climbing = await buyer.call(
+            "buy.submit",
+            {
+                "kind": KIND_SANDBOX,
+                "prompt": "print(1)",
+                "files": {"../../escape.txt": base64.b64encode(b"x").decode()},
+                "budget_sats": 1000,
+                "timeout_s": 5,
+            },
+        )
         await provider.until(
             lambda s: (
                 s.jobs.rejections.get("bid-below-minimum", 0) >= 1
-                and s.jobs.rejections.get("malformed", 0) >= 1
+                and s.jobs.rejections.get("malformed", 0) >= 2
             )
         )
-        for rid in (cheap["request_id"], greedy["request_id"]):
+        for rid in (cheap["request_id"], greedy["request_id"], climbing["request_id"]):
             assert await provider.job(rid) is None  # no job row, no invoice
         assert (await provider.call("sandbox.list", {}))["jobs"] == []  # nothing ran
 
