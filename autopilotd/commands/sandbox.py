@@ -102,6 +102,13 @@ def register(reg: Registry, rt: Runtime, sandbox: SandboxService) -> None:
         every process it started, and ends cancelled. An ended job is left as it is."""
         return (await sandbox.cancel(job_id)).to_json()
 
+    @reg.command("sandbox.remove", access="control")
+    async def sandbox_remove(job_id: JobId) -> dict[str, Any]:
+        """Delete an ended job's workspace and every file in it, to free the disk. The job
+        stays listed, with its output and its files' digests; its files can no longer be
+        downloaded. A job that has not ended is refused: cancel it first."""
+        return (await sandbox.remove(job_id)).to_json(output=False)
+
     @reg.command("sandbox.list")
     async def sandbox_list(
         limit: Annotated[int, Bounds(1, 500)] = 50,

@@ -262,6 +262,17 @@ class SandboxService:
             raise UserError(f"download refused: {exc}") from None
         return data, hashlib.sha256(data).hexdigest()
 
+    async def remove(self, job_id: str) -> SandboxJob:
+        """Delete an ended job's workspace (its files); the job's row, output and digests
+        stay. Links inside are removed, never followed."""
+        job = await self.get(job_id)
+        if not job.ended:
+            raise Conflict(f"sandbox job {job_id} is {job.state}: cancel it before removing it")
+        await asyncio.to_thread(shutil.rmtree, self._root / job_id, ignore_errors=True)
+        await self.jobs.removed(job_id)
+        await self._show()
+        return await self.get(job_id)
+
     def workspace(self, job_id: str) -> Path:
         return self._root / job_id / "work"
 

@@ -263,4 +263,11 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX sandbox_jobs_created ON sandbox_jobs (created_at);
         """,
     ),
+    (
+        11,
+        "sandbox jobs: when a job's workspace was removed (its row, output and digests stay)",
+        """
+        ALTER TABLE sandbox_jobs ADD COLUMN removed_at REAL;
+        """,
+    ),
 ]

@@ -23,7 +23,7 @@ from autopilotd.store.db import Row, Sql
 
 COLUMNS = (
     "id, origin, request_id, runtime, limits, state, entry, args, exit_code, wall_s, cpu_s, "
-    "stdout, stderr, truncated, artifacts, reason, created_at, started_at, ended_at"
+    "stdout, stderr, truncated, artifacts, reason, created_at, started_at, ended_at, removed_at"
 )
 ENDED = frozenset({"succeeded", "failed", "timed_out", "cancelled", "interrupted"})
 NEXT: dict[str, frozenset[str]] = {
@@ -54,6 +54,7 @@ class SandboxJob:
     created_at: float
     started_at: float | None
     ended_at: float | None
+    removed_at: float | None = None  # its workspace was removed (sandbox.remove)
 
     @property
     def ended(self) -> bool:
@@ -82,6 +83,7 @@ class SandboxJob:
             created_at=v[16],
             started_at=v[17],
             ended_at=v[18],
+            removed_at=v[19],
         )
 
     def to_json(self, *, output: bool = True) -> dict[str, Any]:
@@ -104,6 +106,7 @@ class SandboxJob:
             "created_at": self.created_at,
             "started_at": self.started_at,
             "ended_at": self.ended_at,
+            "removed_at": self.removed_at,
         }
         if output:
             shown["stdout"] = self.stdout.decode(errors="replace")
@@ -176,6 +179,13 @@ class SandboxJobs:
         if not changed and job.state != state:
             raise Conflict(f"sandbox job {job_id} is {job.state}: it cannot become {state}")
         return job
+
+    async def removed(self, job_id: str) -> None:
+        """Record that the job's workspace is gone (its row stays)."""
+        async with self._sql.write() as tx:
+            await tx.execute(
+                "UPDATE sandbox_jobs SET removed_at = ? WHERE id = ?", (time.time(), job_id)
+            )
 
     async def interrupt_running(self, reason: str) -> list[str]:
         """After a restart: every job still `running` ends `interrupted` (its run died with the

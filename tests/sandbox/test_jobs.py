@@ -170,6 +170,15 @@ async def test_a_planted_symlink_is_never_followed_by_a_download(
     got = await d.call("sandbox.download", {"job_id": done["id"], "path": "real.txt"})
     assert base64.b64decode(got["data_b64"]) == b"ok\n"
 
+    removed = await d.call("sandbox.remove", {"job_id": done["id"]})
+    assert removed["removed_at"] and removed["state"] == "succeeded"
+    assert not (sandbox_dir / done["id"]).exists()
+    assert secret.read_text() == "SECRET-OUTSIDE"  # the links went, never what they named
+    with pytest.raises(RpcError, match="the workspace does not exist"):
+        await d.call("sandbox.download", {"job_id": done["id"], "path": "real.txt"})
+    listed = (await d.call("sandbox.list", {}))["jobs"]
+    assert [j["id"] for j in listed] == [done["id"]] and listed[0]["artifacts"]
+
 
 async def test_cancel_kills_the_run_and_everything_it_started(
     daemon_factory: DaemonFactory, sandbox_dir: Path
@@ -185,6 +194,8 @@ async def test_cancel_kills_the_run_and_everything_it_started(
     while len(left_running(marker)) < 2:
         assert time.monotonic() < deadline, "the job's processes did not start"
         await asyncio.sleep(0.05)
+    with pytest.raises(RpcError, match="cancel it before removing it"):
+        await d.call("sandbox.remove", {"job_id": job["id"]})
     done = await d.call("sandbox.cancel", {"job_id": job["id"]})
     assert done["state"] == "cancelled" and done["reason"] == "cancelled"
     deadline = time.monotonic() + 5

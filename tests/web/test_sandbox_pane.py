@@ -130,6 +130,11 @@ async def test_a_picked_job_shows_its_output_and_files_to_download(
     _, html = await web.get("/pane/sandbox?job=sbx-nope")
     assert "no sandbox job &#39;sbx-nope&#39;" in html
 
+    await d.call("sandbox.remove", {"job_id": job["id"]})
+    _, html = await web.get(f"/pane/sandbox?job={job['id']}")
+    assert 'data-testid="sandbox-removed"' in html and "can no longer be downloaded" in html
+    assert digest in html and link not in html  # the digests stay, the links go
+
 
 async def test_the_download_route_answers_the_bytes_as_an_attachment(
     daemon_factory: DaemonFactory, tmp_path: Path, web_login: Any
