@@ -79,12 +79,20 @@ def reachable_by_all(path: Path) -> bool:
 
 
 def python_runtime() -> str:
-    """The Python a job runs: the project's own interpreter where a run can reach it (and
-    always in isolated mode: no user site, no environment), else the system's python3."""
-    base = Path(sys.base_prefix) / "bin" / f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    """The Python a job runs (always in isolated mode: no user site, no environment): the
+    project's own interpreter where a run can reach it; else the system's of the same version;
+    else the system's python3. (A root daemon's interpreter under a private home, pyenv's in
+    /root say, cannot be reached by a run's own user id, nor bound into its sandbox.)"""
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    base = Path(sys.base_prefix) / "bin" / version
     if base.exists() and (str(base.resolve()).startswith("/usr/") or reachable_by_all(base)):
         return str(base)
-    return shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin") or "/usr/bin/python3"
+    system = "/usr/local/bin:/usr/bin:/bin"
+    return (
+        shutil.which(version, path=system)
+        or shutil.which("python3", path=system)
+        or ("/usr/bin/python3")
+    )
 
 
 class SandboxService:
