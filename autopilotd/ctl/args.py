@@ -5,6 +5,8 @@ description of the command (values read by codec.py, as the web forms read their
 from __future__ import annotations
 
 import argparse
+import base64
+from pathlib import Path
 from typing import Any
 
 from autopilotd.codec import CodecError, from_text
@@ -137,7 +139,10 @@ def parse_params(command: dict[str, Any], args: list[str]) -> dict[str, Any]:
             out[name[3:]] = False
             i += 1
             continue
-        if name not in params:
+        from_file = name.endswith("_file") and f"{name[:-5]}_b64" in params
+        if from_file:  # `--data-file PATH` for `--data-b64 <its bytes in base64>`
+            name = f"{name[:-5]}_b64"
+        elif name not in params:
             known = ", ".join("--" + p.replace("_", "-") for p in params) or "none"
             raise UsageError(f"{command['name']}: unknown option --{key} (options: {known})")
         kind = params[name]["type"]
@@ -153,13 +158,24 @@ def parse_params(command: dict[str, Any], args: list[str]) -> dict[str, Any]:
                 raise UsageError(f"{command['name']}: --{key} needs a value")
             raw = args[i + 1]
             i += 2
-        out[name] = _convert(command["name"], name, kind, raw, out.get(name))
+        if from_file:
+            out[name] = _file_b64(command["name"], key, raw)
+        else:
+            out[name] = _convert(command["name"], name, kind, raw, out.get(name))
     missing = [p for p, d in params.items() if d["required"] and p not in out]
     if missing:
         raise UsageError(
             f"{command['name']}: missing " + ", ".join("--" + m.replace("_", "-") for m in missing)
         )
     return out
+
+
+def _file_b64(cmd: str, option: str, path: str) -> str:
+    """A local file's bytes, base64, for a `*_b64` parameter given as `--*-file PATH`."""
+    try:
+        return base64.b64encode(Path(path).expanduser().read_bytes()).decode()
+    except OSError as exc:
+        raise UsageError(f"{cmd}: --{option} {path}: {exc.strerror or exc}") from None
 
 
 def _convert(cmd: str, name: str, kind: str, raw: str, previous: Any) -> Any:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import sys
 import time
 import webbrowser
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from autopilotd.client import Endpoint, RpcClient, RpcError, locate
@@ -219,14 +221,44 @@ async def _generic(leading: list[str], words: list[str], scan: bool) -> int:
         if "--help" in rest or "-h" in rest:
             print(render_commands([commands[name]], markdown=False, full=True), end="")
             return EXIT_OK
+        rest, save = _save_option(commands[name], rest)
         params = parse_params(commands[name], rest)
         if _where(ns) == _where(first):
             result = await client.call(name, params)
         else:
             async with RpcClient(_locate(ns)) as elsewhere:
                 result = await elsewhere.call(name, params)
+    if save is not None:
+        result = _saved(result, save)
     _print(result, ns.json)
     return EXIT_OK
+
+
+def _save_option(command: dict[str, Any], rest: list[str]) -> tuple[list[str], Path | None]:
+    """`--save FILE` (for a command that answers a file as `data_b64`, not its own option)."""
+    if any(p["name"] == "save" for p in command["params"]):
+        return rest, None
+    for i, arg in enumerate(rest):
+        if arg == "--save" and i + 1 < len(rest):
+            return rest[:i] + rest[i + 2 :], Path(rest[i + 1]).expanduser()
+        if arg.startswith("--save="):
+            return rest[:i] + rest[i + 1 :], Path(arg[len("--save=") :]).expanduser()
+        if arg == "--save":
+            raise UsageError(f"{command['name']}: --save needs a file name")
+    return rest, None
+
+
+def _saved(result: Any, path: Path) -> Any:
+    """Write the answer's `data_b64` to `path`; the answer shown without it."""
+    if not isinstance(result, dict) or not isinstance(result.get("data_b64"), str):
+        raise UsageError("--save: this command answers no file (no data_b64)")
+    data = base64.b64decode(result["data_b64"])
+    try:
+        path.write_bytes(data)
+    except OSError as exc:
+        raise UserError(f"--save {path}: {exc.strerror or exc}") from None
+    shown = {k: v for k, v in result.items() if k != "data_b64"}
+    return {**shown, "saved_to": str(path), "saved_bytes": len(data)}
 
 
 async def run(argv: list[str]) -> int:

@@ -24,6 +24,8 @@ from support import BIN, DaemonFactory, DaemonProcess, InProcessDaemon
 
 from autopilotd.adapters.bwrap_sandbox import BwrapSandbox
 from autopilotd.client import RpcError
+from autopilotd.ctl.args import UsageError
+from autopilotd.ctl.main import run as ctl_run
 
 pytestmark = pytest.mark.skipif(
     BwrapSandbox().unavailable() is not None, reason="bubblewrap cannot run here"
@@ -300,3 +302,50 @@ async def test_read_only_mcp_lists_sandbox_jobs_but_cannot_start_them(
     names = await asyncio.wait_for(tool_names(), 120)
     assert {"sandbox__list", "sandbox__get", "sandbox__wait", "sandbox__download"} <= names
     assert not names & {"sandbox__create", "sandbox__upload", "sandbox__start", "sandbox__cancel"}
+
+
+async def test_autopilotctl_uploads_a_local_file_and_saves_a_download(
+    daemon_factory: DaemonFactory,
+    sandbox_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    d = await sandbox_daemon(daemon_factory, sandbox_dir)
+    where = ["--rpc-url", d.endpoint.rpc_url, "--token", d.endpoint.token, "--json"]
+
+    async def ctl(*argv: str) -> dict[str, Any]:
+        assert await ctl_run([*where, *argv]) == 0
+        out: dict[str, Any] = json.loads(capsys.readouterr().out)
+        return out
+
+    script = tmp_path / "job.sh"
+    script.write_text("printf 'made here' > out.txt\n")
+    job = await ctl("sandbox", "create", "--runtime", "sh")
+    sent = await ctl(
+        "sandbox", "upload", "--job-id", job["id"], "--path", "job.sh", "--data-file", str(script)
+    )
+    assert sent["files"][0]["sha256"] == hashlib.sha256(script.read_bytes()).hexdigest()
+    await ctl("sandbox", "start", "--job-id", job["id"], "--entry", "job.sh")
+    assert (await ctl("sandbox", "wait", "--job-id", job["id"]))["state"] == "succeeded"
+    target = tmp_path / "got.txt"
+    saved = await ctl(
+        "sandbox", "download", "--job-id", job["id"], "--path", "out.txt", "--save", str(target)
+    )
+    assert target.read_bytes() == b"made here" and "data_b64" not in saved
+    assert (saved["saved_to"], saved["saved_bytes"]) == (str(target), 9)
+    with pytest.raises(UsageError, match=r"--data-file .*No such file"):
+        await ctl_run(
+            [
+                *where,
+                "sandbox",
+                "upload",
+                "--job-id",
+                job["id"],
+                "--path",
+                "x",
+                "--data-file",
+                str(tmp_path / "none"),
+            ]
+        )
+    with pytest.raises(UsageError, match="answers no file"):
+        await ctl_run([*where, "sandbox", "get", "--job-id", job["id"], "--save", str(target)])
