@@ -31,6 +31,7 @@ from autopilotd.children import die_with_parent
 from autopilotd.client import RpcClient, RpcError, locate
 from autopilotd.ctl import buyer as buyer_loop
 from autopilotd.devnet import Devnet
+from autopilotd.devnet.state import DevnetInfo
 from autopilotd.errors import AutopilotError, DaemonNotRunning, UserError
 from autopilotd.nexus.cli import operator_call
 from autopilotd.nexus.operator import NexusFile
@@ -172,6 +173,38 @@ class DemoNetwork:
     buyer: Path
 
 
+async def start_relay(procs: Processes) -> str:
+    """A local relay as a child process (`autopilotd relay`); its ws:// URL."""
+    relay = await procs.start(
+        "relay", str(BIN / "autopilotd"), "relay", "--port", "0", "--print-url", pipe=True
+    )
+    assert relay.stdout is not None
+    relay_url = (await asyncio.wait_for(relay.stdout.readline(), 60)).decode().strip()
+    if not relay_url.startswith("ws://"):
+        raise UserError("the local relay did not start; see relay.log")
+    return relay_url
+
+
+def devnet_env(info: DevnetInfo) -> dict[str, str]:
+    """The settings every daemon on the devnet gets: its profile and its chain source."""
+    return {
+        "AUTOPILOTD_NETWORK_PROFILE": "regtest",  # the devnet's profile
+        "AUTOPILOTD_WALLET_BITCOIND_RPC_URL": (
+            f"http://{info.shim_user}:{info.shim_password}@{info.shim_host}:{info.shim_port}"
+        ),
+    }
+
+
+def payer_env(info: DevnetInfo, common: dict[str, str]) -> dict[str, str]:
+    """`common` for a daemon that pays: kept connected to the devnet's LSP, trusted for its
+    channels without a reserve."""
+    return {
+        **common,
+        "AUTOPILOTD_WALLET_TRUSTED_PEERS_NO_RESERVE": info.lsp_node_id,
+        "AUTOPILOTD_WALLET_PEERS": info.lsp,
+    }
+
+
 @contextlib.asynccontextmanager
 async def demo_network(root: Path) -> AsyncIterator[DemoNetwork]:
     """A fresh devnet, relay, Nexus, provider (a new wallet + psionic) and buyer, the payers'
@@ -183,25 +216,10 @@ async def demo_network(root: Path) -> AsyncIterator[DemoNetwork]:
     provider, buyer = root / "provider", root / "buyer"
     try:
         async with Devnet(root / "devnet") as devnet:
-            relay = await procs.start(
-                "relay", str(BIN / "autopilotd"), "relay", "--port", "0", "--print-url", pipe=True
-            )
-            assert relay.stdout is not None
-            relay_url = (await asyncio.wait_for(relay.stdout.readline(), 60)).decode().strip()
-            if not relay_url.startswith("ws://"):
-                raise UserError("the local relay did not start; see relay.log")
+            relay_url = await start_relay(procs)
             info = devnet.info
-            common = {
-                "AUTOPILOTD_NETWORK_PROFILE": "regtest",  # the devnet's profile
-                "AUTOPILOTD_WALLET_BITCOIND_RPC_URL": (
-                    f"http://{info.shim_user}:{info.shim_password}@{info.shim_host}:{info.shim_port}"
-                ),
-            }
-            payers = {
-                **common,
-                "AUTOPILOTD_WALLET_TRUSTED_PEERS_NO_RESERVE": info.lsp_node_id,
-                "AUTOPILOTD_WALLET_PEERS": info.lsp,
-            }
+            common = devnet_env(info)
+            payers = payer_env(info, common)
             print("starting the Nexus and funding its treasury …", flush=True)
             nexus = await _start_nexus(procs, devnet, root / "nexus", payers)
             common["AUTOPILOTD_RELAYS"] = payers["AUTOPILOTD_RELAYS"] = relay_url

@@ -55,11 +55,14 @@ from autopilotd.demo import (
     _go_online,
     _wait_condition,
     _wait_usable,
+    devnet_env,
+    payer_env,
+    start_relay,
 )
 from autopilotd.devnet import Devnet
 from autopilotd.nostr.intake import IntakePolicy
+from autopilotd.nostr.nip90 import KIND_SANDBOX
 
-KIND_SANDBOX = 5720
 PRICE_SATS = 10  # provider_sandbox_price_sats for one step of 10 CPU-seconds
 PARAMS = {"cpu_s": "10"}
 BASELINE = "print(1)\n"
@@ -91,21 +94,9 @@ async def network(root: Path, buyers: int) -> AsyncIterator[Network]:
     homes = [root / f"buyer{i}" for i in range(buyers)]
     try:
         async with Devnet(root / "devnet") as devnet:
-            relay = await procs.start(
-                "relay", str(BIN / "autopilotd"), "relay", "--port", "0", "--print-url", pipe=True
-            )
-            assert relay.stdout is not None
-            relay_url = (await asyncio.wait_for(relay.stdout.readline(), 60)).decode().strip()
-            if not relay_url.startswith("ws://"):
-                raise SystemExit("the local relay did not start; see relay.log")
+            relay_url = await start_relay(procs)
             info = devnet.info
-            common = {
-                "AUTOPILOTD_NETWORK_PROFILE": "regtest",
-                "AUTOPILOTD_WALLET_BITCOIND_RPC_URL": (
-                    f"http://{info.shim_user}:{info.shim_password}@{info.shim_host}:{info.shim_port}"
-                ),
-                "AUTOPILOTD_RELAYS": relay_url,
-            }
+            common = {**devnet_env(info), "AUTOPILOTD_RELAYS": relay_url}
             await procs.start(
                 "provider",
                 str(BIN / "autopilotd"),
@@ -119,11 +110,7 @@ async def network(root: Path, buyers: int) -> AsyncIterator[Network]:
                     "AUTOPILOTD_PROVIDER_MAX_TOKENS": "16",
                 },
             )
-            payers = {
-                **common,
-                "AUTOPILOTD_WALLET_TRUSTED_PEERS_NO_RESERVE": info.lsp_node_id,
-                "AUTOPILOTD_WALLET_PEERS": info.lsp,
-            }
+            payers = payer_env(info, common)
             for home in homes:
                 await procs.start(
                     home.name, str(BIN / "autopilotd"), "run", "--home", str(home), env=payers

@@ -119,7 +119,6 @@ class SandboxService:
         self._python = python
         self._caps = caps or workspace.Caps()
         self._runs: dict[str, asyncio.Task[None]] = {}
-        self._ended: dict[str, asyncio.Event] = {}
         self._cancelled: set[str] = set()
         self._tg: asyncio.TaskGroup | None = None
 
@@ -222,7 +221,6 @@ class SandboxService:
         if self._tg is None:
             raise Conflict("the sandbox service is not running yet")
         job = await self.jobs.move(job_id, "running", entry=entry, args=args, started_at=_now())
-        self._ended[job_id] = asyncio.Event()
         self._runs[job_id] = self._tg.create_task(self._run(job), name=f"sandbox {job_id}")
         self._events.publish("sandbox.started", job_id=job_id)
         await self._show()
@@ -230,14 +228,9 @@ class SandboxService:
 
     async def wait(self, job_id: str, timeout_s: float) -> SandboxJob:
         """The job once it ended, or as it is at the timeout."""
-        job = await self.get(job_id)
-        ended = self._ended.get(job_id)
-        if not job.ended and ended is not None:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await ended.wait()
-            except TimeoutError:
-                pass
+        run = self._runs.get(job_id)
+        if run is not None:
+            await asyncio.wait({run}, timeout=timeout_s)  # never cancels the run itself
         return await self.get(job_id)
 
     async def cancel(self, job_id: str) -> SandboxJob:
@@ -365,9 +358,6 @@ class SandboxService:
             job_id, state, artifacts=[asdict(i) for i in infos], ended_at=_now(), **fields
         )
         self._events.publish("sandbox.ended", job_id=job_id, state=state, exit_code=job.exit_code)
-        ended = self._ended.pop(job_id, None)
-        if ended is not None:
-            ended.set()
         await self._show()
 
     def _make_workspace(self, job_id: str) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from support import DaemonFactory
+from support.streams import Zeros
 
 from autopilotd.adapters.bwrap_sandbox import BwrapSandbox
 from autopilotd.client import RpcError
@@ -143,22 +144,6 @@ async def test_a_run_sees_only_its_workspace_and_the_system(workspace: Path) -> 
         "work",
     }
     assert (workspace / "result.txt").read_text() == "out\n"
-
-
-class Zeros(io.RawIOBase):
-    """`size` zero bytes, read in chunks (an archive bomb built without holding it)."""
-
-    def __init__(self, size: int) -> None:
-        self.left = size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        n = min(len(buffer), self.left)
-        buffer[:n] = bytes(n)
-        self.left -= n
-        return n
 
 
 def archive(spec: dict[str, Any], values: dict[str, str]) -> bytes:

@@ -12,6 +12,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from support.streams import Zeros
 
 from autopilotd.sandbox.workspace import (
     Caps,
@@ -59,22 +60,6 @@ def tree(path: Path) -> list[tuple[str, str, bytes | None]]:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-class Zeros(io.RawIOBase):
-    """`size` zero bytes, produced as they are read (a bomb without the memory)."""
-
-    def __init__(self, size: int) -> None:
-        self.left = size
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        n = min(len(buffer), self.left)
-        buffer[:n] = bytes(n)
-        self.left -= n
-        return n
 
 
 def tar_of(*members: tarfile.TarInfo | tuple[str, bytes], mode: str = "w:gz") -> bytes:
