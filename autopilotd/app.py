@@ -27,8 +27,11 @@ from autopilotd.adapters.nexus_http import HttpNexus
 from autopilotd.adapters.psionic_http import PsionicClient
 from autopilotd.adapters.relay_pool import PoolConfig, RelayPool
 from autopilotd.buyer.service import Buyer
+from autopilotd.chat.commands_lane import CommandLane
+from autopilotd.chat.service import ChatService
 from autopilotd.commands import BUILTINS, Registrar
 from autopilotd.commands import buyer as buyer_commands
+from autopilotd.commands import chat as chat_commands
 from autopilotd.commands import provider as provider_commands
 from autopilotd.commands import runtime as runtime_commands
 from autopilotd.commands import sandbox as sandbox_commands
@@ -38,6 +41,7 @@ from autopilotd.config import Config
 from autopilotd.inference.service import ClientFactory, LocalRuntime
 from autopilotd.nostr.identity import NostrIdentity, identity_from_mnemonic
 from autopilotd.ports.chain import ChainReader
+from autopilotd.ports.engine import Engine
 from autopilotd.ports.nexus import NexusClient, NexusFactory
 from autopilotd.ports.relays import RelayPoolPort
 from autopilotd.ports.sandbox import Sandbox
@@ -53,11 +57,13 @@ from autopilotd.runtime.sections import DaemonSection, IdentitySection
 from autopilotd.runtime.sessionlog import SessionLog
 from autopilotd.runtime.snapshot import Snapshot
 from autopilotd.runtime.state import StateStore
+from autopilotd.sandbox import workspace
 from autopilotd.sandbox.nip90 import SandboxWork
 from autopilotd.sandbox.service import SandboxService, python_runtime, sandbox_root
 from autopilotd.starter.service import StarterService
 from autopilotd.store import Store
 from autopilotd.store.buys import BuyRequests
+from autopilotd.store.chat import ChatThreads
 from autopilotd.store.ledger import Ledger
 from autopilotd.store.onchain import OnchainSends
 from autopilotd.store.recovery import Recoveries
@@ -85,6 +91,7 @@ class Adapters:
     clock: Clock | None = None
     chain: ChainReader | None = None
     sandbox: Sandbox | None = None
+    engine: Engine | None = None
 
 
 @dataclass
@@ -180,6 +187,14 @@ def build(
         root=sandbox_root(config),
         python=python,
     )
+    paths = config.paths
+    chat = ChatService(
+        threads=ChatThreads(store),
+        writer=state.writer("chat"),
+        events=events,
+        engine=adapters.engine or CommandLane(workspace),
+        private=(paths.config_dir, paths.data_dir, paths.runtime_dir, paths.log_dir),
+    )
     provider = ProviderService(
         pool=pool,
         payments=wallet,
@@ -218,6 +233,7 @@ def build(
     buyer_commands.register(rt.registry, rt, buyer)
     sync_commands.register(rt.registry, rt, sync)
     sandbox_commands.register(rt.registry, rt, sandbox)
+    chat_commands.register(rt.registry, rt, chat)
     web_commands.register(rt.registry, auth)
     for register in registrars:
         register(rt.registry, rt)
@@ -240,5 +256,5 @@ def build(
             )
     if config.runtime_mode != "off":
         services.append(local)
-    services += [provider, buyer, starter, sync, sandbox]
+    services += [provider, buyer, starter, sync, sandbox, chat]
     return App(rt, services, auth, seed_created)

@@ -294,3 +294,15 @@ class SandboxSection:
     limits: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
     jobs: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class ChatSection:
+    """Autopilot Chat (chat/service.py): threads by status, the turns running now, and the
+    most recent threads (their turns and items are `thread.read`)."""
+
+    state: str = "starting"  # starting (ending what a stop left running) | ready
+    reason: str = "ending the turns a stop left running"
+    threads: dict[str, int] = field(default_factory=dict)  # by status: active, archived
+    running_turns: int = 0
+    recent: tuple[dict[str, Any], ...] = ()  # id, title, status, updated_at, last_turn

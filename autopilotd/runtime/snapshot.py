@@ -19,6 +19,7 @@ from typing import Any
 from autopilotd.runtime.facts import Facts, derive
 from autopilotd.runtime.sections import (
     BuyerSection,
+    ChatSection,
     DaemonSection,
     EarningsSection,
     IdentitySection,
@@ -52,6 +53,7 @@ class Snapshot:
     sync: SyncSection = field(default_factory=SyncSection)
     recovery: RecoverySection = field(default_factory=RecoverySection)
     sandbox: SandboxSection = field(default_factory=SandboxSection)
+    chat: ChatSection = field(default_factory=ChatSection)
     facts: Facts = field(init=False, compare=False, repr=False)
     """Derived from the sections above when the snapshot is made (never written by anyone)."""
 

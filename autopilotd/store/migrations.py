@@ -270,4 +270,63 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE sandbox_jobs ADD COLUMN removed_at REAL;
         """,
     ),
+    (
+        12,
+        "Autopilot Chat: threads, their turns, each turn's items, and the append-only event "
+        "log (one global sequence) written in the same transaction as every change. Statuses "
+        "are checked here; kinds, event types, sandbox modes and approval policies are open "
+        "vocabularies (store/chat_records.py) that later engines extend without rebuilding a table",
+        """
+        CREATE TABLE chat_threads (
+            id               TEXT PRIMARY KEY,
+            title            TEXT NOT NULL,
+            engine           TEXT NOT NULL,
+            workspace        TEXT NOT NULL,
+            sandbox_mode     TEXT NOT NULL,
+            approval_policy  TEXT NOT NULL,
+            status           TEXT NOT NULL CHECK (status IN ('active', 'archived')),
+            created_at       REAL NOT NULL,
+            updated_at       REAL NOT NULL
+        );
+        CREATE INDEX chat_threads_updated ON chat_threads (updated_at);
+        CREATE TABLE chat_turns (
+            id          TEXT PRIMARY KEY,
+            thread_id   TEXT NOT NULL REFERENCES chat_threads (id),
+            n           INTEGER NOT NULL CHECK (n >= 1),
+            status      TEXT NOT NULL
+                        CHECK (status IN ('running', 'completed', 'failed', 'interrupted')),
+            input       TEXT NOT NULL,
+            error       TEXT,
+            started_at  REAL NOT NULL,
+            ended_at    REAL,
+            UNIQUE (thread_id, n)
+        );
+        CREATE UNIQUE INDEX chat_turns_running ON chat_turns (thread_id) WHERE status = 'running';
+        CREATE TABLE chat_items (
+            id          TEXT PRIMARY KEY,
+            thread_id   TEXT NOT NULL REFERENCES chat_threads (id),
+            turn_id     TEXT NOT NULL REFERENCES chat_turns (id),
+            n           INTEGER NOT NULL CHECK (n >= 1),
+            kind        TEXT NOT NULL,
+            status      TEXT NOT NULL
+                        CHECK (status IN ('started', 'completed', 'failed', 'interrupted')),
+            body        TEXT NOT NULL,
+            created_at  REAL NOT NULL,
+            updated_at  REAL NOT NULL,
+            UNIQUE (turn_id, n)
+        );
+        CREATE INDEX chat_items_thread ON chat_items (thread_id);
+        CREATE INDEX chat_items_started ON chat_items (turn_id) WHERE status = 'started';
+        CREATE TABLE chat_events (
+            seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+            thread_id  TEXT NOT NULL REFERENCES chat_threads (id),
+            turn_id    TEXT,
+            item_id    TEXT,
+            type       TEXT NOT NULL,
+            body       TEXT NOT NULL,
+            at         REAL NOT NULL
+        );
+        CREATE INDEX chat_events_thread ON chat_events (thread_id, seq);
+        """,
+    ),
 ]

@@ -7,18 +7,12 @@ words what brings it; filling one in means publishing that section and writing i
 from __future__ import annotations
 
 from autopilotd.web import sources
-from autopilotd.web.panes import Pane, coming
+from autopilotd.web.panes import Pane
 
 HUD = Pane("hud", "Scoreboard", "hud", sources.hud, live="snapshot", in_palette=False)
 
 PANES: tuple[Pane, ...] = (
-    Pane(
-        "autopilot_chat",
-        "Autopilot Chat",
-        "Autopilot",
-        coming("chat", "the chat issue", "threads with your Autopilot and a message box"),
-        placeholder=True,
-    ),
+    Pane("autopilot_chat", "Autopilot Chat", "Autopilot", sources.autopilot_chat, live="snapshot"),
     Pane("setup", "Set Up Your Rig", "Autopilot", sources.setup),
     Pane(
         "go_online",

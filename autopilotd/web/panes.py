@@ -2,8 +2,7 @@
 
 A loader turns the current snapshot (and, where a pane needs more, read commands of the
 registry) into the pane's data; that data is the pane's JSON twin and the only thing its block
-sees. Panes whose service has not arrived yet are placeholders bound to the snapshot section
-that service will publish: once the section exists, the pane shows it without a route change.
+sees.
 """
 
 from __future__ import annotations
@@ -66,7 +65,6 @@ class Pane:
     group: str
     load: Loader
     live: Live = ""  # what re-renders it: snapshot, events, open (when opened), "" (a form)
-    placeholder: bool = False
     in_palette: bool = True
 
     @property
@@ -85,21 +83,4 @@ class Pane:
             "group": self.group,
             "command": self.command,
             "live": self.live,
-            "placeholder": self.placeholder,
         }
-
-
-def coming(section: str, arrives_with: str, what: str) -> Loader:
-    """A placeholder's loader: the snapshot section if it exists yet, else what will come."""
-
-    async def load(v: View) -> dict[str, Any]:
-        data = v.snapshot.get(section)
-        return {
-            "available": data is not None,
-            "section": section,
-            "data": data,
-            "arrives_with": arrives_with,
-            "what": what,
-        }
-
-    return load

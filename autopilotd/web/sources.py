@@ -546,3 +546,27 @@ async def relay_connections(v: View) -> dict[str, Any]:
         "error": act.error if act is not None else None,
         "done": act.command if act is not None and act.error is None else None,
     }
+
+
+async def autopilot_chat(v: View) -> dict[str, Any]:
+    """Chat threads as the `chat` section has them; the thread picked (`?thread=`, or the one
+    a turn was just started on) in full from `thread.read`, with a message box."""
+    s = v.snapshot["chat"]
+    started = v.acted("turn.start")
+    wanted = str(started.params.get("thread_id", "")) if started else v.query.get("thread", "")
+    thread, missing = None, None
+    if wanted:
+        try:
+            thread = await v.call("thread.read", {"thread_id": wanted})
+        except AutopilotError as exc:
+            missing = exc.message
+    return {
+        "state": s["state"],
+        "reason": s["reason"],
+        "engine": await v.call("engine.status"),
+        "threads": s["recent"],
+        "running_turns": s["running_turns"],
+        "selected": wanted,
+        "thread": thread,
+        "error": (started.error if started else None) or missing,
+    }

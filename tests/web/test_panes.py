@@ -69,18 +69,6 @@ async def test_every_pane_renders_with_a_ready_wallet(
     assert alerts["alerts"] == [] and alerts["earning"]["wallet_ready"] is True
 
 
-async def test_placeholders_say_what_brings_them_and_show_no_numbers(web: WebClient) -> None:
-    placeholders = [p for p in PANES if p.placeholder]
-    assert {p.name for p in placeholders} == {"autopilot_chat"}
-    for pane in placeholders:
-        _, html = await web.get(f"/pane/{pane.name}")
-        text = html_lib.unescape(TAG_RE.sub(" ", html))
-        assert "arrives with" in text and "coming" in text, pane.name
-        assert not re.search(r"\d", text), (pane.name, text)
-        _, data = await web.get_json(f"/pane/{pane.name}")
-        assert data["available"] is False and data["data"] is None
-
-
 def test_each_pane_is_one_block_named_after_it() -> None:
     for name in BY_NAME:
         text = (TEMPLATES / "panes" / f"{name}.html").read_text()
@@ -156,17 +144,6 @@ async def test_alerts_list_failures_with_what_to_do(
     assert "cannot reach its relay" in html and "What to do:" in html
     _, hud = await web.get_json("/pane/hud")
     assert hud["alerts"] == 1
-
-
-async def test_a_placeholder_shows_its_section_once_it_exists() -> None:
-    ui = WebUI(None, WebAuth(1))  # rendering needs no runtime
-    section = [{"title": "first thread", "state": "up", "tags": ["a", "<b>"]}]
-    pane = BY_NAME["autopilot_chat"]
-    data = await pane.load(View(None, {"seq": 1, "chat": section}))
-    assert data["available"] is True and data["data"] == section
-    html = ui.block(pane, data)
-    assert "first thread" in html and "&lt;b&gt;" in html
-    assert "Not in this build yet" not in html
 
 
 async def test_the_starter_jobs_pane_shows_the_lease_and_the_markers_show_the_source() -> None:

@@ -1,0 +1,1 @@
+"""Autopilot Chat: threads of turns of items, done by an engine (docs/chat.md)."""

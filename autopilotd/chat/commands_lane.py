@@ -1,0 +1,201 @@
+"""The command lane: the engine that needs no model (docs/chat.md).
+
+Each line of a turn's input that starts with `/` is a command, run in order, each one a
+`tool_call` item in the thread's workspace:
+
+    /ls [PATH]            the regular files of the workspace (below PATH), with their sizes
+    /read PATH            a file's text (its first 64 KiB) and the sha256 of all of it
+    /search TEXT [PATH]   the lines holding TEXT (plain, case-sensitive), at most 200
+
+Arguments are split like a shell's words, so one with spaces is quoted (`/search "a b" src`).
+Any other text, and an unknown command, is answered by one agent message saying plainly that
+no model engine is set up yet, with the list of commands.
+
+Every read goes through `WorkspaceFiles` (sandbox/workspace.py), rooted at the workspace, in a
+worker thread: a path with `..`, an absolute path, a symlink anywhere on the way, anything but
+a regular file is refused, and the refusal is the item's `error` (the item `failed`), never an
+exception out of the turn. `/ls` and `/search` see the files `scan` lists (symlinks and
+special files skipped, at most `SCAN_MAX_FILES`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shlex
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from autopilotd.ports.engine import EngineStatus, FileEntry, TurnContext, WorkspaceFiles
+from autopilotd.store.chat_records import ItemKind
+
+READ_SHOWN_BYTES = 64 << 10  # what a /read item holds of a file's text
+READ_MAX_BYTES = 8 << 20  # a bigger file is refused (its digest means reading all of it)
+LS_MAX_ENTRIES = 1000
+SCAN_MAX_FILES = 10_000
+SEARCH_MAX_MATCHES = 200
+SEARCH_MAX_FILE_BYTES = 1 << 20  # bigger files are skipped, and counted
+SEARCH_LINE_CHARS = 400  # a matching line is shown up to this many characters
+USAGE = {
+    "ls": "/ls [PATH]",
+    "read": "/read PATH",
+    "search": "/search TEXT [PATH]",
+}
+HELP = (
+    "/ls [PATH]: list the files of the workspace (below PATH) with their sizes\n"
+    "/read PATH: show a file (its first 64 KiB) and its sha256\n"
+    "/search TEXT [PATH]: find the lines holding TEXT (case-sensitive, at most 200)"
+)
+NO_MODEL = (
+    "No model engine is set up yet, so I cannot answer in words. I can run these commands "
+    "in this thread's workspace, one per line (quote an argument that has spaces):\n" + HELP
+)
+
+
+class UsageError(Exception):
+    """A command given the wrong arguments (the message is its usage)."""
+
+
+class CommandLane:
+    """The `commands` engine (see the module docstring)."""
+
+    def __init__(self, files: WorkspaceFiles) -> None:
+        self._files = files
+
+    @property
+    def name(self) -> str:
+        return "commands"
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(
+            name=self.name,
+            installed=True,
+            ready=True,
+            model=None,
+            reason="the command lane needs no model: /ls, /read and /search in the thread's "
+            "workspace; no model engine is set up yet",
+        )
+
+    async def run_turn(self, ctx: TurnContext, text: str) -> None:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        unknown: list[str] = []
+        for line in lines:
+            if not line.startswith("/"):
+                continue
+            word, *rest = line.split(None, 1)
+            if word[1:] in USAGE:
+                await self._tool(ctx, word[1:], rest[0] if rest else "")
+            else:
+                unknown.append(word)
+        if unknown or not all(line.startswith("/") for line in lines):
+            said = "".join(f"{w} is not a command here. " for w in unknown)
+            item_id = await ctx.start_item(ItemKind.AGENT_MESSAGE, {"text": ""})
+            await ctx.append(item_id, "text", said + NO_MODEL)
+            await ctx.complete(item_id)
+
+    async def _tool(self, ctx: TurnContext, tool: str, rest: str) -> None:
+        body: dict[str, Any] = {"tool": tool}
+        try:
+            args = shlex.split(rest)
+            work, arguments = self._prepare(ctx.workspace, tool, args)
+            body.update(arguments)
+        except (ValueError, UsageError) as exc:
+            item_id = await ctx.start_item(ItemKind.TOOL_CALL, {**body, "args": rest})
+            reason = str(exc) if isinstance(exc, UsageError) else f"cannot split the line: {exc}"
+            await ctx.fail(item_id, reason)
+            return
+        item_id = await ctx.start_item(ItemKind.TOOL_CALL, body)
+        try:
+            result = await asyncio.to_thread(work)
+        except self._files.WorkspaceError as exc:
+            await ctx.fail(item_id, str(exc))
+        except OSError as exc:  # permissions, an I/O error: said, not raised
+            await ctx.fail(item_id, f"cannot read it: {exc.strerror or 'I/O error'}")
+        else:
+            await ctx.complete(item_id, {**body, **result})
+
+    def _prepare(
+        self, root: Path, tool: str, args: list[str]
+    ) -> tuple[Callable[[], dict[str, Any]], dict[str, Any]]:
+        """The work of one command (run in a thread) and its arguments as the item shows them;
+        UsageError for a wrong number of arguments."""
+        if tool == "ls" and len(args) <= 1:
+            path = args[0] if args and args[0] not in (".", "./") else None
+            return (lambda: self._ls(root, path)), {"path": path}
+        if tool == "read" and len(args) == 1:
+            return (lambda: self._read(root, args[0])), {"path": args[0]}
+        if tool == "search" and len(args) in (1, 2) and args[0]:
+            text, path = args[0], args[1] if len(args) == 2 else None
+            return (lambda: self._search(root, text, path)), {"text": text, "path": path}
+        raise UsageError(f"usage: {USAGE[tool]} (quote an argument that has spaces)")
+
+    # -- in a worker thread --------------------------------------------------------------------
+
+    def _read(self, root: Path, path: str) -> dict[str, Any]:
+        data = self._files.read_file(root, path, READ_MAX_BYTES)
+        shown = data[:READ_SHOWN_BYTES]
+        return {
+            "size": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+            "output": shown.decode("utf-8", errors="replace"),
+            "truncated": len(data) > len(shown),
+        }
+
+    def _ls(self, root: Path, path: str | None) -> dict[str, Any]:
+        files, capped = self._below(root, path)
+        if path is not None and not files:
+            raise self._files.WorkspaceError(f"no regular file at or below {path}")
+        return {
+            "entries": [{"path": f.path, "size": f.size} for f in files[:LS_MAX_ENTRIES]],
+            "truncated": capped or len(files) > LS_MAX_ENTRIES,
+        }
+
+    def _search(self, root: Path, text: str, path: str | None) -> dict[str, Any]:
+        files, capped = self._below(root, path)
+        matches: list[dict[str, Any]] = []
+        searched = skipped = 0
+        for entry in files:
+            data = self._readable(root, entry)
+            if data is None:
+                skipped += 1
+                continue
+            searched += 1
+            for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines()):
+                if text not in line:
+                    continue
+                if len(matches) == SEARCH_MAX_MATCHES:  # a match past the cap: say so, stop
+                    capped = True
+                    break
+                matches.append(
+                    {"path": entry.path, "line": number + 1, "text": line[:SEARCH_LINE_CHARS]}
+                )
+            if capped:
+                break
+        return {
+            "matches": matches,
+            "truncated": capped,
+            "files_searched": searched,
+            "files_skipped": skipped,  # over 1 MiB, binary, or unreadable
+        }
+
+    def _readable(self, root: Path, entry: FileEntry) -> bytes | None:
+        """A file's bytes to search, or None: over the size cap, binary (a NUL byte early
+        on), or refused or gone since it was listed."""
+        if entry.size > SEARCH_MAX_FILE_BYTES:
+            return None
+        try:
+            data = self._files.read_file(root, entry.path, SEARCH_MAX_FILE_BYTES)
+        except (self._files.WorkspaceError, OSError):
+            return None
+        return None if b"\0" in data[:8192] else data
+
+    def _below(self, root: Path, path: str | None) -> tuple[Sequence[FileEntry], bool]:
+        """The workspace's regular files at or below `path` (all of them for None), and
+        whether the listing reached its cap (so some may be missing)."""
+        files = self._files.scan(root, SCAN_MAX_FILES)
+        capped = len(files) >= SCAN_MAX_FILES
+        if path is None:
+            return files, capped
+        prefix = "/".join(self._files.clean_path(path.rstrip("/") or path))  # "src/" is "src"
+        return [f for f in files if f.path == prefix or f.path.startswith(prefix + "/")], capped

@@ -1,0 +1,122 @@
+"""The engine port: what does the work of an Autopilot Chat turn (chat/service.py, docs/chat.md).
+
+The chat service owns threads, turns, the item and event records and the turn's task; an
+engine is handed one turn at a time (`run_turn`) with a `TurnContext`, and records what it
+does only through it: it starts an item, appends text to it as it comes (`item.delta`), and
+completes or fails it. So every engine (the command lane today; a local model and the Codex
+app-server later) produces the same items and events, and the service can end whatever an
+engine left unfinished.
+
+An engine never raises for what the user asked wrongly (a refused path is a failed item with
+the reason); raising is an engine breaking down, and fails the turn. Cancellation is an
+interrupt (or the daemon stopping): an engine lets it through.
+
+Engines read a workspace through `WorkspaceFiles`, whose one implementation is the module
+autopilotd/sandbox/workspace.py itself (handed in by the composition root): no `..`, no
+absolute path, no symlink, only regular files.
+
+Later slices add to this port (asking for an approval, running a command in the sandbox,
+changing a file, buying from the network); nothing here assumes they are absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from autopilotd.store.chat_records import ItemKind
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """What `engine.status` says: honestly whether the engine can run turns, and on what."""
+
+    name: str
+    installed: bool  # its program or model is on this machine
+    ready: bool  # it can run a turn now
+    model: str | None  # the model it runs, if it runs one
+    reason: str  # in words: what it is, or why it is not ready and what to do
+
+
+class TurnContext(Protocol):
+    """One running turn, as its engine records it. Every call is one write of the item and its
+    event; once the turn has ended (interrupted), each is refused with Conflict."""
+
+    @property
+    def thread_id(self) -> str: ...
+
+    @property
+    def turn_id(self) -> str: ...
+
+    @property
+    def workspace(self) -> Path:
+        """The thread's workspace: the root every file the engine reads is relative to."""
+        ...
+
+    async def start_item(self, kind: ItemKind, body: Mapping[str, Any]) -> str:
+        """Record a new item, `started`, with its first body; returns its id."""
+        ...
+
+    async def append(self, item_id: str, field: str, text: str) -> None:
+        """Append `text` to the text field `field` of the item's body (streamed output)."""
+        ...
+
+    async def complete(self, item_id: str, body: Mapping[str, Any] | None = None) -> None:
+        """The item is done; `body`, when given, is its final body."""
+        ...
+
+    async def fail(self, item_id: str, reason: str, body: Mapping[str, Any] | None = None) -> None:
+        """The item could not be done: `reason` (shown to the user) goes into its body as
+        `error`, over `body` when given."""
+        ...
+
+
+class Engine(Protocol):
+    @property
+    def name(self) -> str:
+        """The engine's name, recorded with every thread it runs (e.g. "commands")."""
+        ...
+
+    def status(self) -> EngineStatus: ...
+
+    async def run_turn(self, ctx: TurnContext, text: str) -> None:
+        """Do the user's `text` in the turn `ctx`, recording each step as an item; return when
+        the turn's work is done."""
+        ...
+
+
+class FileEntry(Protocol):
+    """A regular file of a workspace (sandbox/workspace.py's `FileInfo`)."""
+
+    @property
+    def path(self) -> str: ...  # relative POSIX path, e.g. "src/main.py"
+
+    @property
+    def size(self) -> int: ...
+
+    @property
+    def sha256(self) -> str: ...
+
+
+class WorkspaceFiles(Protocol):
+    """Confined reads of a workspace: the module autopilotd/sandbox/workspace.py satisfies this
+    as it is. Every refusal raises `WorkspaceError`, whose message is safe to show a user."""
+
+    @property
+    def WorkspaceError(self) -> type[Exception]: ...  # the module's exception class
+
+    def clean_path(self, path: str) -> tuple[str, ...]:
+        """The components of a relative path; refuses `..`, absolute paths, empty parts."""
+        ...
+
+    def read_file(self, root: Path, path: str, max_bytes: int) -> bytes:
+        """The bytes of the regular file `path` under `root` (no symlink anywhere on the way);
+        refused over `max_bytes`."""
+        ...
+
+    def scan(self, root: Path, max_files: int) -> Sequence[FileEntry]:
+        """Every regular file under `root` by path (symlinks and special files skipped), at
+        most `max_files`."""
+        ...

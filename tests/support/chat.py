@@ -1,0 +1,30 @@
+"""Autopilot Chat helpers for tests: a daemon whose chat service is ready, and a turn run to
+its end through the control plane."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from support import DaemonFactory, InProcessDaemon
+
+
+async def chat_daemon(factory: DaemonFactory, **kwargs: Any) -> InProcessDaemon:
+    """A daemon whose chat service is ready (every running turn a stop left ended)."""
+    d = await factory(**kwargs)
+    status = await d.call("status")
+    deadline = time.monotonic() + 20
+    while status["chat"]["state"] != "ready":
+        assert time.monotonic() < deadline, "the chat service did not get ready"
+        status = await d.call("status.wait", {"after_seq": status["seq"], "timeout_s": 5})
+    return d
+
+
+async def run_turn(d: InProcessDaemon, thread_id: str, text: str) -> dict[str, Any]:
+    """Start a turn with `text` and wait for it to end; the turn with its items."""
+    turn: dict[str, Any] = await d.call(
+        "turn.start", {"thread_id": thread_id, "input": text, "wait": True}
+    )
+    while turn["status"] == "running":
+        turn = await d.call("turn.wait", {"turn_id": turn["id"]})
+    return turn
