@@ -28,7 +28,7 @@ from autopilotd.adapters.psionic_http import PsionicClient
 from autopilotd.adapters.relay_pool import PoolConfig, RelayPool
 from autopilotd.buyer.service import Buyer
 from autopilotd.chat.commands_lane import CommandLane
-from autopilotd.chat.service import ChatService
+from autopilotd.chat.service import ActionRules, ChatService
 from autopilotd.commands import BUILTINS, Registrar
 from autopilotd.commands import buyer as buyer_commands
 from autopilotd.commands import chat as chat_commands
@@ -59,7 +59,12 @@ from autopilotd.runtime.snapshot import Snapshot
 from autopilotd.runtime.state import StateStore
 from autopilotd.sandbox import workspace
 from autopilotd.sandbox.nip90 import SandboxWork
-from autopilotd.sandbox.service import SandboxService, python_runtime, sandbox_root
+from autopilotd.sandbox.service import (
+    SandboxService,
+    python_runtime,
+    sandbox_root,
+    settings_limits,
+)
 from autopilotd.starter.service import StarterService
 from autopilotd.store import Store
 from autopilotd.store.buys import BuyRequests
@@ -177,9 +182,9 @@ def build(
     )
     python = python_runtime()
     prefix = str(Path(python).resolve().parent.parent)
+    box = adapters.sandbox or BwrapSandbox(ro_binds=() if prefix.startswith("/usr") else (prefix,))
     sandbox = SandboxService(
-        sandbox=adapters.sandbox
-        or BwrapSandbox(ro_binds=() if prefix.startswith("/usr") else (prefix,)),
+        sandbox=box,
         jobs=SandboxJobs(store),
         writer=state.writer("sandbox"),
         events=events,
@@ -194,6 +199,9 @@ def build(
         events=events,
         engine=adapters.engine or CommandLane(workspace),
         private=(paths.config_dir, paths.data_dir, paths.runtime_dir, paths.log_dir),
+        sandbox=box,
+        files=workspace,
+        rules=ActionRules(settings_limits(config), config.chat_approval_timeout_s),
     )
     provider = ProviderService(
         pool=pool,

@@ -149,7 +149,10 @@ class BwrapSandbox:
 
     @staticmethod
     def _args(
-        workspace: Path | int, seccomp: tuple[str, ...], ro_binds: tuple[str, ...]
+        workspace: Path | int,
+        seccomp: tuple[str, ...],
+        ro_binds: tuple[str, ...],
+        read_only: bool = False,
     ) -> list[str]:
         args = [
             "--unshare-all",
@@ -189,22 +192,40 @@ class BwrapSandbox:
             args += ["--ro-bind", path, path]
         args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
         if isinstance(workspace, int):  # an open directory: reached by root, bound for nobody
-            args += ["--bind-fd", str(workspace), "/work"]
+            args += ["--ro-bind-fd" if read_only else "--bind-fd", str(workspace), "/work"]
         else:
             args += ["--bind", str(workspace), "/work"]
         args += ["--chdir", "/work", *seccomp, "--"]
         return args
 
-    async def run(self, workspace: Path, argv: list[str], limits: Limits) -> RunResult:
+    async def run(
+        self,
+        workspace: Path,
+        argv: list[str],
+        limits: Limits,
+        *,
+        as_owner: bool = False,
+        read_only: bool = False,
+    ) -> RunResult:
         reason = self.unavailable()
         if reason is not None:
             raise SandboxUnavailable(reason)
         assert self._bwrap is not None
-        uid = secrets.randbelow(RUN_UIDS[1] - RUN_UIDS[0]) + RUN_UIDS[0]
-        if os.geteuid() == 0:
+        uid = gid = secrets.randbelow(RUN_UIDS[1] - RUN_UIDS[0]) + RUN_UIDS[0]
+        if as_owner and os.geteuid() == 0:
+            owner = workspace.stat()
+            uid, gid = owner.st_uid, owner.st_gid
+            if uid == 0:
+                raise SandboxUnavailable(
+                    "the daemon runs as root and this workspace belongs to root, so a command "
+                    "there would run as root: give the folder to a user (chown) or run the "
+                    "daemon as your own user"
+                )
+        if os.geteuid() != 0 or as_owner:  # the user's own processes count against the limit
+            count = await asyncio.to_thread(_processes_of, uid if os.geteuid() == 0 else None)
+            limits = dataclasses.replace(limits, processes=limits.processes + count)
+        else:
             await asyncio.to_thread(_chown_tree, workspace, uid)
-        else:  # the user's own processes count against the limit too
-            limits = dataclasses.replace(limits, processes=limits.processes + _processes_of_mine())
         read, write = os.pipe()
         os.write(write, seccomp_filter())
         os.close(write)
@@ -215,13 +236,13 @@ class BwrapSandbox:
             seccomp = ("--seccomp", str(read))
             proc = await asyncio.create_subprocess_exec(
                 self._bwrap,
-                *self._args(work, seccomp, self._ro_binds),
+                *self._args(work, seccomp, self._ro_binds, read_only),
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(read, work),
-                preexec_fn=lambda: _limit(limits, uid),
+                preexec_fn=lambda: _limit(limits, uid, gid),
                 start_new_session=True,
             )
         finally:
@@ -301,20 +322,21 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _drop(uid: int) -> None:
+def _drop(uid: int, gid: int | None = None) -> None:
     """In the child, before bwrap: when root, become `uid` (no account, no capabilities), so
     nothing of root's is reachable and the process limit counts. Dumpable again, so bwrap can
     open its own /proc/self/fd."""
     if os.geteuid() == 0:
         os.setgroups([])
-        os.setgid(uid)
+        os.setgid(uid if gid is None else gid)
         os.setuid(uid)
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
 
 
-def _processes_of_mine() -> int:
-    me = str(os.getuid())
+def _processes_of(uid: int | None) -> int:
+    """How many processes `uid` (None: this process's user) has now."""
+    me = str(os.getuid() if uid is None else uid)
     count = 0
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -327,7 +349,7 @@ def _processes_of_mine() -> int:
     return count
 
 
-def _limit(limits: Limits, uid: int) -> None:
+def _limit(limits: Limits, uid: int, gid: int) -> None:
     mib = 1 << 20
     for which, value in (
         (resource.RLIMIT_CPU, limits.cpu_s),
@@ -337,5 +359,5 @@ def _limit(limits: Limits, uid: int) -> None:
         (resource.RLIMIT_CORE, 0),
     ):
         resource.setrlimit(which, (value, value))
-    _drop(uid)
+    _drop(uid, gid)
     resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))

@@ -6,8 +6,14 @@ Each line of a turn's input that starts with `/` is a command, run in order, eac
     /ls [PATH]            the regular files of the workspace (below PATH), with their sizes
     /read PATH            a file's text (its first 64 KiB) and the sha256 of all of it
     /search TEXT [PATH]   the lines holding TEXT (plain, case-sensitive), at most 200
+    /run COMMAND          the rest of the line, run by /bin/sh in the sandbox, after approval
+    /patch                the rest of the message is a unified diff: each file changed after
+                          an approval, keeping what it replaced
+    /diff                 the thread's file changes in effect, as one diff
+    /revert ITEM          undo the file change of item ITEM, after an approval
 
-Arguments are split like a shell's words, so one with spaces is quoted (`/search "a b" src`).
+Arguments are split like a shell's words, so one with spaces is quoted (`/search "a b" src`);
+`/run` takes its line as the shell will read it.
 Any other text, and an unknown command, is answered by one agent message saying plainly that
 no model engine is set up yet, with the list of commands.
 
@@ -27,7 +33,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from autopilotd.ports.engine import EngineStatus, FileEntry, TurnContext, WorkspaceFiles
+from autopilotd.chat import approvals, patch
+from autopilotd.errors import AutopilotError
+from autopilotd.ports.engine import (
+    Approval,
+    EngineStatus,
+    FileEntry,
+    TurnContext,
+    WorkspaceFiles,
+)
+from autopilotd.ports.sandbox import Outcome, SandboxUnavailable
 from autopilotd.store.chat_records import ItemKind
 
 READ_SHOWN_BYTES = 64 << 10  # what a /read item holds of a file's text
@@ -37,15 +52,25 @@ SCAN_MAX_FILES = 10_000
 SEARCH_MAX_MATCHES = 200
 SEARCH_MAX_FILE_BYTES = 1 << 20  # bigger files are skipped, and counted
 SEARCH_LINE_CHARS = 400  # a matching line is shown up to this many characters
+OUTPUT_SHOWN_BYTES = 64 << 10  # what a /run item keeps of what the command printed
+FILE_MAX_BYTES = 8 << 20  # a file /patch changes
 USAGE = {
     "ls": "/ls [PATH]",
     "read": "/read PATH",
     "search": "/search TEXT [PATH]",
+    "run": "/run COMMAND",
+    "patch": "/patch, then the diff on the lines after it",
+    "diff": "/diff",
+    "revert": "/revert ITEM",
 }
 HELP = (
     "/ls [PATH]: list the files of the workspace (below PATH) with their sizes\n"
     "/read PATH: show a file (its first 64 KiB) and its sha256\n"
-    "/search TEXT [PATH]: find the lines holding TEXT (case-sensitive, at most 200)"
+    "/search TEXT [PATH]: find the lines holding TEXT (case-sensitive, at most 200)\n"
+    "/run COMMAND: run a shell command in the sandbox, in the workspace (asks first)\n"
+    "/patch: apply the unified diff on the lines after it (asks first, file by file)\n"
+    "/diff: the changes this thread made that are in effect\n"
+    "/revert ITEM: undo the file change of item ITEM (asks first)"
 )
 NO_MODEL = (
     "No model engine is set up yet, so I cannot answer in words. I can run these commands "
@@ -73,18 +98,33 @@ class CommandLane:
             installed=True,
             ready=True,
             model=None,
-            reason="the command lane needs no model: /ls, /read and /search in the thread's "
-            "workspace; no model engine is set up yet",
+            reason="the command lane needs no model: /ls, /read, /search, /run, /patch, /diff "
+            "and /revert in the thread's workspace, each action after your approval; no model "
+            "engine is set up yet",
         )
 
     async def run_turn(self, ctx: TurnContext, text: str) -> None:
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        raw = text.splitlines()
+        lines: list[str] = []
         unknown: list[str] = []
-        for line in lines:
+        for number, whole in enumerate(raw):
+            line = whole.strip()
+            if not line:
+                continue
+            lines.append(line)
             if not line.startswith("/"):
                 continue
             word, *rest = line.split(None, 1)
-            if word[1:] in USAGE:
+            if word == "/patch":
+                await self._patch(ctx, "\n".join(raw[number + 1 :]) + "\n")
+                break
+            if word == "/run":
+                await self._run(ctx, rest[0] if rest else "")
+            elif word == "/diff":
+                await self._diff(ctx)
+            elif word == "/revert":
+                await self._revert(ctx, rest[0].strip() if rest else "")
+            elif word[1:] in USAGE:
                 await self._tool(ctx, word[1:], rest[0] if rest else "")
             else:
                 unknown.append(word)
@@ -114,6 +154,119 @@ class CommandLane:
             await ctx.fail(item_id, f"cannot read it: {exc.strerror or 'I/O error'}")
         else:
             await ctx.complete(item_id, {**body, **result})
+
+    # -- actions: each asks first --------------------------------------------------------------
+
+    async def _run(self, ctx: TurnContext, command: str) -> None:
+        command = command.strip()
+        read_only = approvals.read_only(command)
+        body: dict[str, Any] = {"command": command, "cwd": ".", "read_only": read_only}
+        item_id = await ctx.start_item(ItemKind.COMMAND_EXECUTION, body)
+        if not command:
+            await ctx.fail(item_id, f"usage: {USAGE['run']}")
+            return
+        if not read_only:
+            approval = await ctx.request_approval(item_id, "command", command)
+            if not approval.approved:
+                await ctx.fail(item_id, _not_done("not run", approval))
+                return
+        try:
+            result = await ctx.run_command(command, read_only=read_only)
+        except SandboxUnavailable as exc:
+            await ctx.fail(item_id, f"not run: {exc}")
+            return
+        output = result.stdout + result.stderr
+        shown = output[:OUTPUT_SHOWN_BYTES]
+        done = {
+            **body,
+            "outcome": result.outcome.value,
+            "exit_code": result.exit_code,
+            "duration_s": result.wall_s,
+            "output": shown.decode("utf-8", errors="replace"),
+            "truncated": result.truncated or len(output) > len(shown),
+        }
+        if result.outcome is Outcome.SUCCEEDED:
+            await ctx.complete(item_id, done)
+        elif result.outcome is Outcome.TIMED_OUT:
+            await ctx.fail(item_id, f"timed out after {result.wall_s:g} s: killed", done)
+        else:
+            await ctx.fail(item_id, f"exited with code {result.exit_code}", done)
+
+    async def _patch(self, ctx: TurnContext, diff: str) -> None:
+        try:
+            files = patch.parse(diff)
+        except patch.PatchError as exc:
+            item_id = await ctx.start_item(ItemKind.FILE_CHANGE, {"diff": diff[:READ_SHOWN_BYTES]})
+            await ctx.fail(item_id, f"not a patch: {exc}")
+            return
+        for file in files:
+            await self._change(ctx, file)
+
+    async def _change(self, ctx: TurnContext, file: patch.FilePatch) -> None:
+        body: dict[str, Any] = {"path": file.path, "diff": file.text}
+        try:
+            before = await asyncio.to_thread(self._current, ctx.workspace, file.path)
+            after = patch.apply(file, before)
+        except (self._files.WorkspaceError, patch.PatchError) as exc:
+            await ctx.fail(await ctx.start_item(ItemKind.FILE_CHANGE, body), f"not changed: {exc}")
+            return
+        body["before_sha256"] = _digest(before)
+        item_id = await ctx.start_item(ItemKind.FILE_CHANGE, body)
+        approval = await ctx.request_approval(item_id, "file_change")
+        if not approval.approved:
+            await ctx.fail(item_id, _not_done("not changed", approval), body)
+            return
+        try:
+            await ctx.change_file(item_id, file.path, before, after)
+        except (self._files.WorkspaceError, AutopilotError, OSError) as exc:
+            await ctx.fail(item_id, f"not changed: {exc}", body)
+            return
+        await ctx.complete(item_id, {**body, "after_sha256": _digest(after)})
+
+    async def _diff(self, ctx: TurnContext) -> None:
+        item_id = await ctx.start_item(ItemKind.TOOL_CALL, {"tool": "diff"})
+        first: dict[str, bytes | None] = {}
+        for change in await ctx.changes():
+            first.setdefault(change.path, change.before)
+        parts = []
+        for path, before in first.items():
+            try:
+                now = await asyncio.to_thread(self._current, ctx.workspace, path)
+            except (self._files.WorkspaceError, OSError) as exc:
+                parts.append(f"# {path}: cannot read it now: {exc}\n")
+                continue
+            parts.append(patch.unified(path, before, now))
+        output = "".join(parts)
+        await ctx.complete(
+            item_id, {"tool": "diff", "files": list(first), "output": output or "(no changes)"}
+        )
+
+    async def _revert(self, ctx: TurnContext, target: str) -> None:
+        body: dict[str, Any] = {"tool": "revert", "revert_of": target}
+        item_id = await ctx.start_item(ItemKind.TOOL_CALL, body)
+        if not target or " " in target:
+            await ctx.fail(item_id, f"usage: {USAGE['revert']}")
+            return
+        approval = await ctx.request_approval(item_id, "file_change")
+        if not approval.approved:
+            await ctx.fail(item_id, _not_done("not reverted", approval))
+            return
+        try:
+            change = await ctx.revert(target, by=item_id)
+        except (AutopilotError, self._files.WorkspaceError, OSError) as exc:
+            await ctx.fail(item_id, f"not reverted: {exc}")
+            return
+        await ctx.complete(item_id, {**body, "path": change.path})
+
+    def _current(self, root: Path, path: str) -> bytes | None:
+        """A file's bytes, or None when there is none (in a worker thread)."""
+        self._files.clean_path(path)
+        try:
+            return self._files.read_file(root, path, FILE_MAX_BYTES)
+        except self._files.WorkspaceError as exc:
+            if str(exc).startswith("no such file"):
+                return None
+            raise
 
     def _prepare(
         self, root: Path, tool: str, args: list[str]
@@ -199,3 +352,13 @@ class CommandLane:
             return files, capped
         prefix = "/".join(self._files.clean_path(path.rstrip("/") or path))  # "src/" is "src"
         return [f for f in files if f.path == prefix or f.path.startswith(prefix + "/")], capped
+
+
+def _not_done(what: str, approval: Approval) -> str:
+    return f"{what}: the approval was {approval.status}" + (
+        f" ({approval.reason})" if approval.reason else ""
+    )
+
+
+def _digest(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()

@@ -14,28 +14,41 @@ end `interrupted`, keeping what they had. When the daemon stops, a turn's task d
 and at the next start every turn still running and item still started ends `interrupted`. An
 engine that raises fails its turn, with an `error` item naming an error id whose traceback
 is in the session log. Owns the snapshot's `chat` section.
+
+Actions beyond reading go through the turn's context (ports/engine.py): an approval is kept in
+its item's body and waited for here until `answer` (approval.answer) or its deadline; commands
+run in the sandbox port as the workspace's owner; a file change keeps the bytes it replaces
+(store) before writing them, so `revert` can put them back exactly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import secrets
+import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autopilotd.errors import Conflict, NotFound, UserError
-from autopilotd.ports.engine import Engine, EngineStatus
+from autopilotd.chat import approvals
+from autopilotd.errors import Conflict, Forbidden, NotFound, UserError
+from autopilotd.ports.engine import Approval, Engine, EngineStatus, WorkspaceFiles
+from autopilotd.ports.sandbox import Limits, RunResult, Sandbox
 from autopilotd.runtime.events import EventBus
 from autopilotd.runtime.sections import ChatSection
 from autopilotd.runtime.state import SectionWriter
 from autopilotd.store.chat import ChatThreads
 from autopilotd.store.chat_records import (
     ApprovalPolicy,
+    ApprovalStatus,
     ChatEvent,
+    Decision,
     Ended,
+    FileChange,
     Item,
     ItemKind,
     ItemStatus,
@@ -52,6 +65,16 @@ RECENT = 20
 INTERRUPTED_AT_STOP = "the daemon stopped while it ran"
 INTERRUPTED_BY_USER = "interrupted (turn.interrupt)"
 UNFINISHED = "the engine ended the turn without finishing it"
+EXPIRED_AT_RESTART = "expired at restart"
+FILE_MAX_BYTES = 8 << 20  # a file a chat changes (and keeps a copy of, to revert it)
+
+
+@dataclass(frozen=True)
+class ActionRules:
+    """What actions may do: the sandbox's limits for a command, how long an approval waits."""
+
+    limits: Limits
+    approval_timeout_s: float = 600.0
 
 
 class ChatService:
@@ -65,6 +88,9 @@ class ChatService:
         events: EventBus,
         engine: Engine,
         private: Sequence[Path],
+        sandbox: Sandbox,
+        files: WorkspaceFiles,
+        rules: ActionRules,
     ) -> None:
         """`private`: the daemon's own directories (config, data, runtime, logs), which no
         workspace may hold or lie inside."""
@@ -73,6 +99,10 @@ class ChatService:
         self._events = events
         self._engine = engine
         self._private = tuple(private)
+        self._sandbox = sandbox
+        self._files = files
+        self._rules = rules
+        self._answered: dict[str, asyncio.Future[Item]] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._ended: dict[str, asyncio.Event] = {}
         self._interrupting: set[str] = set()
@@ -81,7 +111,7 @@ class ChatService:
     # -- the service ---------------------------------------------------------------------
 
     async def run(self, ready: Callable[[], None]) -> None:
-        for ended in await self.threads.interrupt_running(INTERRUPTED_AT_STOP):
+        for ended in await self.threads.interrupt_running(INTERRUPTED_AT_STOP, EXPIRED_AT_RESTART):
             self._publish_end(ended)
         await self._show()
         async with asyncio.TaskGroup() as tg:
@@ -95,14 +125,16 @@ class ChatService:
 
     # -- threads -------------------------------------------------------------------------
 
-    async def start_thread(self, title: str, workspace: str) -> Thread:
+    async def start_thread(
+        self, title: str, workspace: str, sandbox_mode: SandboxMode = SandboxMode.WORKSPACE_WRITE
+    ) -> Thread:
         root = await asyncio.to_thread(self._workspace, workspace)
         thread = await self.threads.create_thread(
             _new_id("thr"),
             title.strip() or root.name,
             self._engine.name,
             str(root),
-            SandboxMode.READ_ONLY,
+            sandbox_mode,
             ApprovalPolicy.ASK,
         )
         self._events.publish("chat.thread_started", thread_id=thread.id, engine=thread.engine)
@@ -180,10 +212,98 @@ class ChatService:
             run.cancel()
         return await self.wait(turn_id, 10.0)
 
+    # -- approvals and changes -------------------------------------------------------------
+
+    async def answer(self, item_id: str, decision: Decision, *, owner: bool) -> Item:
+        """Answer an item's pending approval; the engine waiting on it goes on. Spending needs
+        the owner (`owner`); a grant "for this thread" is for commands only."""
+        item = await self._item(item_id)
+        approval = item.body.get("approval")
+        if not isinstance(approval, dict):
+            raise Conflict(f"item {item_id} asks for no approval")
+        if approval.get("action") == "spend" and not owner:
+            raise Forbidden("only the owner approves spending: answer with the owner token")
+        grant = None
+        if decision in (Decision.THREAD, Decision.DENY_THREAD):
+            prefixes = approvals.prefixes(str(item.body.get("command", "")))
+            if approval.get("action") != "command" or len(prefixes) != 1:
+                raise UserError(
+                    "only a simple command (no ;, &&, |, $( )) can be allowed or denied for "
+                    "the thread: answer approve or deny"
+                )
+            grant = ("allow" if decision is Decision.THREAD else "deny", prefixes[0])
+        if decision is Decision.GRANT:
+            raise UserError("answer approve, approve_thread, deny or deny_thread")
+        pending = approval.get("status") == ApprovalStatus.PENDING
+        if pending and float(approval.get("deadline", 0)) < time.time():
+            raise Conflict(f"the approval of item {item_id} expired at its deadline")
+        approved = decision in (Decision.ONCE, Decision.THREAD)
+        answered = await self.threads.answer(
+            item_id,
+            ApprovalStatus.APPROVED if approved else ApprovalStatus.DECLINED,
+            decision,
+            None if approved else "declined by the user",
+            grant=grant,
+        )
+        waiting = self._answered.pop(item_id, None)
+        if waiting is not None and not waiting.done():
+            waiting.set_result(answered)
+        self._events.publish(
+            "chat.approval_answered",
+            thread_id=item.thread_id,
+            item_id=item_id,
+            decision=decision.value,
+        )
+        return answered
+
+    async def revert(self, item_id: str, by: str) -> FileChange:
+        """Put back what a file change replaced (see TurnContext.revert)."""
+        item = await self._item(item_id)
+        change = await self.threads.change(item_id)
+        if change is None or item.kind != ItemKind.FILE_CHANGE:
+            raise Conflict(f"item {item_id} is not a file change: nothing to revert")
+        if item.status is not ItemStatus.COMPLETED:
+            raise Conflict(f"item {item_id} is {item.status}: its change never took effect")
+        if change.reverted_at is not None:
+            raise Conflict(f"item {item_id} was reverted already")
+        thread = await self.get_thread(item.thread_id)
+        root = Path(thread.workspace)
+        now = await asyncio.to_thread(self._current, root, change.path)
+        if _digest(now) != change.after_sha256:
+            raise Conflict(
+                f"{change.path} has changed since item {item_id} changed it: not reverted, "
+                "nothing written"
+            )
+        await asyncio.to_thread(self._put, root, change.path, change.before)
+        await self.threads.mark_reverted(item_id, by)
+        self._events.publish("chat.item_reverted", thread_id=item.thread_id, item_id=item_id)
+        return change
+
+    async def _item(self, item_id: str) -> Item:
+        item = await self.threads.item(item_id)
+        if item is None:
+            raise NotFound(f"no chat item {item_id!r}; thread.read shows a thread's items")
+        return item
+
+    def _current(self, root: Path, path: str) -> bytes | None:
+        """The file's bytes now, or None when there is none (in a worker thread)."""
+        try:
+            return self._files.read_file(root, path, FILE_MAX_BYTES)
+        except self._files.WorkspaceError as exc:
+            if str(exc).startswith("no such file"):
+                return None
+            raise
+
+    def _put(self, root: Path, path: str, data: bytes | None) -> None:
+        if data is None:
+            self._files.remove_file(root, path)
+        else:
+            self._files.write_user_file(root, path, data)
+
     # -- a turn --------------------------------------------------------------------------
 
     async def _run(self, thread: Thread, turn: Turn) -> None:
-        ctx = _Context(self.threads, self._events, thread, turn.id)
+        ctx = _Context(self, thread, turn.id)
         status, error = TurnStatus.COMPLETED, None
         try:
             await self._engine.run_turn(ctx, turn.input)
@@ -276,9 +396,11 @@ class ChatService:
 class _Context:
     """A running turn as its engine records it (ports/engine.py's TurnContext)."""
 
-    def __init__(self, threads: ChatThreads, events: EventBus, thread: Thread, turn_id: str):
-        self._threads = threads
-        self._events = events
+    def __init__(self, chat: ChatService, thread: Thread, turn_id: str):
+        self._chat = chat
+        self._threads = chat.threads
+        self._events = chat._events
+        self._thread = thread
         self.thread_id = thread.id
         self.turn_id = turn_id
         self.workspace = Path(thread.workspace)
@@ -306,6 +428,72 @@ class _Context:
         )
         _publish_item(self._events, item)
 
+    async def request_approval(
+        self, item_id: str, action: str, command: str | None = None
+    ) -> Approval:
+        chat = self._chat
+        deadline = time.time() + chat._rules.approval_timeout_s
+        asked = {"action": action, "status": ApprovalStatus.PENDING.value, "deadline": deadline}
+        ruled = None
+        if command is not None:
+            ruled = approvals.decide(command, await self._threads.grants(self.thread_id))
+        await self._threads.ask(self.turn_id, item_id, asked)
+        if ruled is not None:  # a grant of the thread answers at once
+            approved = ruled == "allow"
+            reason = None if approved else "denied for this thread (a grant)"
+            status = ApprovalStatus.APPROVED if approved else ApprovalStatus.DECLINED
+            await self._threads.answer(item_id, status, Decision.GRANT, reason)
+            return Approval(approved, status.value, reason)
+        waiting = asyncio.get_running_loop().create_future()
+        chat._answered[item_id] = waiting
+        self._events.publish(
+            "chat.approval_requested", thread_id=self.thread_id, item_id=item_id, action=action
+        )
+        try:
+            async with asyncio.timeout(max(0.0, deadline - time.time())):
+                item: Item = await waiting
+        except TimeoutError:
+            reason = f"no answer within {chat._rules.approval_timeout_s:g} s"
+            try:
+                item = await self._threads.answer(item_id, ApprovalStatus.EXPIRED, None, reason)
+            except Conflict:  # answered in the same instant: that answer stands
+                found = await self._threads.item(item_id)
+                assert found is not None
+                item = found
+        finally:
+            chat._answered.pop(item_id, None)
+        answer = item.body["approval"]
+        said = str(answer["status"])
+        return Approval(said == ApprovalStatus.APPROVED, said, answer.get("reason"))
+
+    async def run_command(self, command: str, *, read_only: bool = False) -> RunResult:
+        read_only = read_only or self._thread.sandbox_mode == SandboxMode.READ_ONLY
+        return await self._chat._sandbox.run(
+            self.workspace,
+            ["/bin/sh", "-c", command],
+            self._chat._rules.limits,
+            as_owner=True,
+            read_only=read_only,
+        )
+
+    async def change_file(
+        self, item_id: str, path: str, before: bytes | None, after: bytes | None
+    ) -> None:
+        if self._thread.sandbox_mode == SandboxMode.READ_ONLY:
+            raise Conflict("this thread's sandbox mode is read-only: it changes no file")
+        chat = self._chat
+        now = await asyncio.to_thread(chat._current, self.workspace, path)
+        if now != before:
+            raise Conflict(f"{path} changed while the change waited: nothing written")
+        await self._threads.record_change(self.turn_id, item_id, path, before, _digest(after))
+        await asyncio.to_thread(chat._put, self.workspace, path, after)
+
+    async def revert(self, item_id: str, by: str) -> FileChange:
+        return await self._chat.revert(item_id, by)
+
+    async def changes(self) -> list[FileChange]:
+        return await self._threads.changes(self.thread_id)
+
 
 def _publish_item(events: EventBus, item: Item) -> None:
     """`chat.item_<status>` for an item that ended: ids, kind, tool, never its content."""
@@ -317,6 +505,10 @@ def _publish_item(events: EventBus, item: Item) -> None:
         kind=item.kind,
         tool=item.body.get("tool"),
     )
+
+
+def _digest(data: bytes | None) -> str | None:
+    return None if data is None else hashlib.sha256(data).hexdigest()
 
 
 def _new_id(prefix: str) -> str:

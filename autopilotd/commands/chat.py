@@ -6,17 +6,18 @@ Named `thread`/`turn`, not `chat`: in the original's CLI `chat` means NIP-28 cha
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from autopilotd.chat.service import ChatService
 from autopilotd.codec import Bounds
 from autopilotd.commands.system import LONG_POLL_MAX_S, clamp_timeout
 from autopilotd.registry import Registry
 from autopilotd.runtime.context import Runtime
-from autopilotd.store.chat_records import Item, Turn
+from autopilotd.store.chat_records import Decision, Item, SandboxMode, Turn
 
 ThreadId = Annotated[str, Bounds(max_length=64)]
 TurnId = Annotated[str, Bounds(max_length=64)]
+ItemId = Annotated[str, Bounds(max_length=64)]
 INPUT_MAX_CHARS = 16_000
 
 
@@ -25,12 +26,15 @@ def register(reg: Registry, rt: Runtime, chat: ChatService) -> None:
     async def thread_start(
         workspace: Annotated[str, Bounds(max_length=4096)],
         title: Annotated[str, Bounds(max_length=200)] = "",
+        sandbox_mode: Literal["workspace-write", "read-only"] = "workspace-write",
     ) -> dict[str, Any]:
         """Start a chat thread about a workspace: `workspace` is an existing directory of this
         machine, named in full (absolute); the engine reads files there and nowhere else. It
         may not hold, or lie inside, the daemon's own directories (where its seed is).
-        `title` defaults to the directory's name. Then turn.start."""
-        return (await chat.start_thread(title, workspace)).to_json()
+        `title` defaults to the directory's name. `sandbox_mode`: workspace-write (commands,
+        once approved, may change files in the workspace, and patches apply) or read-only
+        (commands see the workspace read-only; no file changes). Then turn.start."""
+        return (await chat.start_thread(title, workspace, SandboxMode(sandbox_mode))).to_json()
 
     @reg.command("thread.list")
     async def thread_list(
@@ -76,7 +80,9 @@ def register(reg: Registry, rt: Runtime, chat: ChatService) -> None:
     ) -> dict[str, Any]:
         """Start a turn in a thread with the user's `input` (at most 16,000 characters). With
         no model engine set up, each line that is a command runs in the thread's workspace:
-        /ls [PATH], /read PATH, /search TEXT [PATH]. Returns at once, or with `wait` once the
+        /ls [PATH], /read PATH, /search TEXT [PATH], /run COMMAND, /patch (the diff on the
+        lines after it), /diff, /revert ITEM; /run, /patch and /revert wait for an approval
+        (approval.answer). Returns at once, or with `wait` once the
         turn ended (at most 25 s; then turn.wait). Refused while the thread has a running
         turn (one turn at a time), and on an archived thread."""
         turn = await chat.start_turn(thread_id, input)
@@ -94,6 +100,25 @@ def register(reg: Registry, rt: Runtime, chat: ChatService) -> None:
         """Interrupt a running turn: its work stops, and it and its unfinished items end
         `interrupted`, keeping what they had so far. A turn that has ended is left as it is."""
         return _turn(*await chat.interrupt(turn_id))
+
+    @reg.command("approval.answer", access="control")
+    async def approval_answer(
+        item_id: ItemId, decision: Literal["approve", "approve_thread", "deny", "deny_thread"]
+    ) -> dict[str, Any]:
+        """Answer the approval an item waits for: approve (this once), approve_thread (and
+        any later command starting with these exact words, in this thread), deny, or
+        deny_thread (and refuse such commands in this thread without asking). A thread grant
+        takes one simple command (no ;, &&, |). Refused when the approval was answered
+        already or has expired; approving spending needs the owner token. Returns the item."""
+        return (await chat.answer(item_id, Decision(decision), owner=False)).to_json()
+
+    @reg.command("item.revert", access="control")
+    async def item_revert(item_id: ItemId) -> dict[str, Any]:
+        """Undo a file change (an item of kind file_change that completed): the file gets back
+        exactly the bytes it had before (or is deleted again if the change created it). Refused,
+        writing nothing, when the file has changed since, or it was reverted already."""
+        change = await chat.revert(item_id, by="item.revert")
+        return {"item_id": item_id, "path": change.path, "restored_sha256": change.before_sha256}
 
     @reg.command("engine.status")
     async def engine_status() -> dict[str, Any]:

@@ -15,8 +15,11 @@ Engines read a workspace through `WorkspaceFiles`, whose one implementation is t
 autopilotd/sandbox/workspace.py itself (handed in by the composition root): no `..`, no
 absolute path, no symlink, only regular files.
 
-Later slices add to this port (asking for an approval, running a command in the sandbox,
-changing a file, buying from the network); nothing here assumes they are absent.
+Actions that do more than read go through the context too, so every engine gets the same
+rules: `request_approval` asks the user (or a grant of the thread answers) and waits;
+`run_command` runs a shell command in the sandbox with the workspace as its only writable
+directory; `change_file` writes a file, keeping what it replaces so that `revert` can put it
+back byte for byte. The engine starts the item, asks, acts, and ends the item.
 """
 
 from __future__ import annotations
@@ -26,7 +29,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from autopilotd.store.chat_records import ItemKind
+from autopilotd.ports.sandbox import RunResult
+from autopilotd.store.chat_records import FileChange, ItemKind
+
+
+@dataclass(frozen=True)
+class Approval:
+    """How an approval ended: `approved`, or not with `status` (declined, expired) and the
+    reason, which the engine tells its model."""
+
+    approved: bool
+    status: str  # approved | declined | expired
+    reason: str | None
 
 
 @dataclass(frozen=True)
@@ -70,6 +84,36 @@ class TurnContext(Protocol):
     async def fail(self, item_id: str, reason: str, body: Mapping[str, Any] | None = None) -> None:
         """The item could not be done: `reason` (shown to the user) goes into its body as
         `error`, over `body` when given."""
+        ...
+
+    async def request_approval(
+        self, item_id: str, action: str, command: str | None = None
+    ) -> Approval:
+        """Ask before the started item's `action` ("command", "file_change"): a grant of the
+        thread answers a `command` at once; otherwise the user is asked, and the wait ends at
+        their answer or the deadline (then `expired`, a decline)."""
+        ...
+
+    async def run_command(self, command: str, *, read_only: bool = False) -> RunResult:
+        """Run `command` with /bin/sh in the sandbox, in the workspace (read-only when asked,
+        or when the thread's sandbox mode is read-only). SandboxUnavailable when it cannot."""
+        ...
+
+    async def change_file(
+        self, item_id: str, path: str, before: bytes | None, after: bytes | None
+    ) -> None:
+        """Make the file `path` `after` (None: delete it), if it is still `before` (None:
+        absent); keeps `before` with the started item for a revert. Refused (Conflict or the
+        workspace's error) without writing anything otherwise."""
+        ...
+
+    async def revert(self, item_id: str, by: str) -> FileChange:
+        """Put back what the file change of item `item_id` replaced, byte for byte, if the
+        file is still as the change left it; refused otherwise, with nothing written."""
+        ...
+
+    async def changes(self) -> list[FileChange]:
+        """The thread's file changes in effect (applied, not reverted), oldest first."""
         ...
 
 
@@ -119,4 +163,13 @@ class WorkspaceFiles(Protocol):
     def scan(self, root: Path, max_files: int) -> Sequence[FileEntry]:
         """Every regular file under `root` by path (symlinks and special files skipped), at
         most `max_files`."""
+        ...
+
+    def write_user_file(self, root: Path, path: str, data: bytes) -> FileEntry:
+        """Create or replace the regular file `path` under `root` by rename (parents made),
+        keeping the replaced file's mode and owner; refused over 8 MiB."""
+        ...
+
+    def remove_file(self, root: Path, path: str) -> None:
+        """Delete the regular file `path` under `root`."""
         ...

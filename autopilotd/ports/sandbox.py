@@ -52,7 +52,21 @@ class Sandbox(Protocol):
         """Why this machine cannot run sandboxed code, or None when it can."""
         ...
 
-    async def run(self, workspace: Path, argv: list[str], limits: Limits) -> RunResult:
+    async def run(
+        self,
+        workspace: Path,
+        argv: list[str],
+        limits: Limits,
+        *,
+        as_owner: bool = False,
+        read_only: bool = False,
+    ) -> RunResult:
         """Run `argv` inside the sandbox with `workspace` as its only writable directory
-        (seen as /work). Raises SandboxUnavailable, running nothing, when it cannot isolate."""
+        (seen as /work). Raises SandboxUnavailable, running nothing, when it cannot isolate.
+
+        A sandbox job's workspace is the sandbox's own: as root, each run gets a fresh user id
+        and the workspace is given to it. `as_owner` is for a directory of the user's (a chat
+        thread's workspace): the run is the directory's owner and no file changes hands; as
+        root, a workspace that root owns is refused (SandboxUnavailable, with what to do).
+        `read_only` binds the workspace read-only."""
         ...

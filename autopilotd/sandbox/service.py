@@ -54,6 +54,11 @@ LIMIT_SETTINGS = {
 }
 
 
+def settings_limits(config: Config) -> Limits:
+    """The limits the sandbox_* settings give a run."""
+    return Limits(**{k: getattr(config, s) for k, s in LIMIT_SETTINGS.items()})
+
+
 def sandbox_root(config: Config) -> Path:
     """Where workspaces live: `sandbox_dir`, else `<data>/sandbox`. As root, a run's own user
     id must be able to reach its workspace, and a data directory under a private home is not
@@ -141,8 +146,7 @@ class SandboxService:
             await asyncio.Event().wait()
 
     def default_limits(self) -> Limits:
-        cfg = self._config.current
-        return Limits(**{k: getattr(cfg, s) for k, s in LIMIT_SETTINGS.items()})
+        return settings_limits(self._config.current)
 
     def limits(self, asked: Mapping[str, float | None]) -> Limits:
         """The settings' limits, lowered where the job asks for less; more is refused."""

@@ -85,7 +85,7 @@ class WorkspaceError(Exception):
 @dataclass(frozen=True)
 class Caps:
     max_file_bytes: int = 8 << 20  # one file, uploaded or extracted
-    max_total_bytes: int = 64 << 20  # the whole workspace after the write/extraction
+    max_total_bytes: int = 64 << 20  # the whole workspace after it (-1: no totals checked)
     max_files: int = 1000  # entries (files+dirs) in the workspace after it
     max_depth: int = 16  # path components
     max_path_bytes: int = 255 * 4  # a relative path's UTF-8 length
@@ -100,6 +100,7 @@ class FileInfo:
 
 
 _DEFAULT_CAPS = Caps()
+_USER_CAPS = Caps(max_total_bytes=-1, max_files=-1)  # a user's folder: no totals to hold
 
 
 # --- paths -------------------------------------------------------------------------------------
@@ -298,38 +299,66 @@ def _check_totals(caps: Caps, total: int, entries: int = 0) -> None:
 def write_file(root: Path, path: str, data: bytes, caps: Caps = _DEFAULT_CAPS) -> FileInfo:
     """Create or replace the regular file `path` inside root, making parent directories (0o755).
     A symlink or non-directory on the way, or anything but a regular file at the name, is
-    refused; the data goes to a temporary file that is then renamed over the name. Refused
+    refused; the data goes to a temporary file that is then renamed over the name, with the
+    replaced file's mode (and, as root, its owner; a new file's is its directory's). Refused
     over max_file_bytes, or when the workspace would exceed max_total_bytes (the replaced
     file's size excepted) or max_files."""
     parts = clean_path(path, caps)
     shown = "/".join(parts)
     if len(data) > caps.max_file_bytes:
         raise WorkspaceError(f"{shown} is {len(data)} bytes, over the cap of {caps.max_file_bytes}")
-    total, entries = usage(root)
+    total, entries = usage(root) if caps.max_total_bytes >= 0 else (0, 0)
     made: list[tuple[str, ...]] = []
     with _fd(_open_root(root)) as root_fd:
         try:
             with _fd(_walk(root_fd, parts[:-1], made)) as dir_fd:
                 old = _regular_or_none(dir_fd, parts[-1], shown)
                 total += len(data) - (old.st_size if old else 0)
-                _check_totals(caps, total, entries + len(made) + (old is None))
-                _put(dir_fd, parts[-1], data, shown)
+                if caps.max_total_bytes >= 0:
+                    _check_totals(caps, total, entries + len(made) + (old is None))
+                _put(dir_fd, parts[-1], data, shown, old or os.fstat(dir_fd))
         except BaseException:
             _remove_made(root_fd, made)
             raise
     return FileInfo(shown, len(data), hashlib.sha256(data).hexdigest())
 
 
-def _put(dir_fd: int, name: str, data: bytes, shown: str) -> None:
+def write_user_file(root: Path, path: str, data: bytes) -> FileInfo:
+    """write_file in a folder of the user's (a chat thread's workspace): the same refusals
+    and the 8 MiB cap on the file, but no totals for the folder, which is not ours to cap."""
+    return write_file(root, path, data, _USER_CAPS)
+
+
+def _put(dir_fd: int, name: str, data: bytes, shown: str, like: os.stat_result) -> None:
+    """Write `name` by rename, with `like`'s mode if it is a file and, as root, its owner."""
     temp, fd = _new_temp(dir_fd)
     try:
         with _fd(fd):
+            if stat.S_ISREG(like.st_mode):
+                os.fchmod(fd, stat.S_IMODE(like.st_mode))
+            if os.geteuid() == 0:
+                os.fchown(fd, like.st_uid, like.st_gid)
             _write_all(fd, data)
         _rename(dir_fd, temp, name, shown)
     except BaseException:
         with suppress(OSError):
             os.unlink(temp, dir_fd=dir_fd)
         raise
+
+
+def remove_file(root: Path, path: str) -> None:
+    """Delete the regular file `path` inside root (a symlink on the way or at the name, or
+    anything but a regular file, is refused; a missing one is WorkspaceError too)."""
+    parts = clean_path(path)
+    shown = "/".join(parts)
+    with _fd(_open_root(root)) as root_fd:
+        try:
+            with _fd(_walk(root_fd, parts[:-1])) as dir_fd:
+                if _regular_or_none(dir_fd, parts[-1], shown) is None:
+                    raise FileNotFoundError
+                os.unlink(parts[-1], dir_fd=dir_fd)
+        except FileNotFoundError:
+            raise WorkspaceError(f"no such file: {shown}") from None
 
 
 def read_file(root: Path, path: str, max_bytes: int) -> bytes:

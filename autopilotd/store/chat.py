@@ -14,6 +14,7 @@ transaction, not committed yet (and perhaps about to roll back), would otherwise
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from contextlib import AbstractAsyncContextManager
@@ -25,9 +26,12 @@ from autopilotd.store.chat_records import (
     ITEM_ENDED,
     TURN_ENDED,
     ApprovalPolicy,
+    ApprovalStatus,
     ChatEvent,
+    Decision,
     Ended,
     EventType,
+    FileChange,
     Item,
     ItemKind,
     ItemStatus,
@@ -48,6 +52,10 @@ THREAD_COLUMNS = (
 TURN_COLUMNS = "id, thread_id, n, status, input, error, started_at, ended_at"
 ITEM_COLUMNS = "id, thread_id, turn_id, n, kind, status, body, created_at, updated_at"
 EVENT_COLUMNS = "seq, thread_id, turn_id, item_id, type, body, at"
+CHANGE_COLUMNS = (
+    "item_id, thread_id, path, before, before_sha256, after_sha256, applied_at, reverted_at, "
+    "reverted_by"
+)
 
 
 class ChatThreads:
@@ -199,6 +207,12 @@ class ChatThreads:
             await _end_item(tx, said, ItemStatus.COMPLETED, said.body)
         return turn
 
+    async def item(self, item_id: str) -> Item | None:
+        row = await self._sql.fetchone(
+            f"SELECT {ITEM_COLUMNS} FROM chat_items WHERE id = ?", (item_id,)
+        )
+        return None if row is None else Item.from_row(row)
+
     async def turn_with_items(self, turn_id: str) -> tuple[Turn, list[Item]] | None:
         async with self._consistent() as tx:
             row = await tx.fetchone(
@@ -231,9 +245,10 @@ class ChatThreads:
                 return None
             return await _end_turn(tx, Turn.from_row(row), status, error, leftover, leftover_error)
 
-    async def interrupt_running(self, reason: str) -> list[Ended]:
+    async def interrupt_running(self, reason: str, expired: str) -> list[Ended]:
         """After a restart: every running turn, and every item still started, ends
-        `interrupted` (the task that ran them died with the daemon that started them)."""
+        `interrupted` (the task that ran them died with the daemon that started them); an
+        approval still pending ends `expired` for `expired`."""
         ended: list[Ended] = []
         async with self._sql.write() as tx:
             rows = await tx.fetchall(
@@ -243,14 +258,21 @@ class ChatThreads:
                 turn = Turn.from_row(row)
                 ended.append(
                     await _end_turn(
-                        tx, turn, TurnStatus.INTERRUPTED, reason, ItemStatus.INTERRUPTED, None
+                        tx,
+                        turn,
+                        TurnStatus.INTERRUPTED,
+                        reason,
+                        ItemStatus.INTERRUPTED,
+                        None,
+                        expired,
                     )
                 )
             for row in await tx.fetchall(
                 f"SELECT {ITEM_COLUMNS} FROM chat_items WHERE status = 'started' ORDER BY id"
             ):  # none, unless a turn ended without them: they end too, never stay started
                 item = Item.from_row(row)
-                await _end_item(tx, item, ItemStatus.INTERRUPTED, item.body)
+                body = _expire_approval(item.body, expired)
+                await _end_item(tx, item, ItemStatus.INTERRUPTED, body)
         return ended
 
     # -- items -------------------------------------------------------------------------------
@@ -297,13 +319,139 @@ class ChatThreads:
         error: str | None = None,
     ) -> Item:
         """End a started item with its final body (its body as it is when `body` is None),
-        with `error` added as the body's `error` when given."""
+        with `error` added as the body's `error` when given; its approval, if it asked for
+        one, is kept as it is."""
         async with self._sql.write() as tx:
             item = await _started_item(tx, turn_id, item_id)
             final = item.body if body is None else body
+            if "approval" in item.body:  # the service's record, kept whatever the engine says
+                final = {**final, "approval": item.body["approval"]}
             if error is not None:
                 final = {**final, "error": error}
             return await _end_item(tx, item, status, final)
+
+    # -- approvals and grants ------------------------------------------------------------------
+
+    async def ask(self, turn_id: str, item_id: str, approval: dict[str, Any]) -> Item:
+        """A started item of a running turn now waits for `approval` (status pending)."""
+        async with self._sql.write() as tx:
+            item = await _started_item(tx, turn_id, item_id)
+            return await _set_body(
+                tx, item, {**item.body, "approval": approval}, EventType.APPROVAL_REQUESTED
+            )
+
+    async def answer(
+        self,
+        item_id: str,
+        status: ApprovalStatus,
+        decision: Decision | None,
+        reason: str | None,
+        *,
+        grant: tuple[str, str] | None = None,
+    ) -> Item:
+        """Answer the pending approval of a started item, and record the thread's new grant
+        (`(effect, prefix)`) with it. Conflict when it is not pending any more."""
+        async with self._sql.write() as tx:
+            row = await tx.fetchone(
+                f"SELECT {ITEM_COLUMNS} FROM chat_items WHERE id = ?", (item_id,)
+            )
+            if row is None:
+                raise NotFound(f"no chat item {item_id!r}; thread.read shows a thread's items")
+            item = Item.from_row(row)
+            approval = item.body.get("approval")
+            if not isinstance(approval, dict):
+                raise Conflict(f"item {item_id} asks for no approval")
+            if approval.get("status") != ApprovalStatus.PENDING:
+                said = approval.get("status")
+                why = f": {approval['reason']}" if approval.get("reason") else ""
+                raise Conflict(f"the approval of item {item_id} is {said} already{why}")
+            if item.status is not ItemStatus.STARTED:  # never: ending an item expires it
+                raise Conflict(f"item {item_id} is {item.status}: its approval has expired")
+            now = time.time()
+            answered = {
+                **approval,
+                "status": status.value,
+                "decision": None if decision is None else decision.value,
+                "reason": reason,
+                "answered_at": now,
+            }
+            if grant is not None:
+                await tx.execute(
+                    "INSERT OR IGNORE INTO chat_grants (thread_id, effect, prefix, item_id, "
+                    "created_at) VALUES (?, ?, ?, ?, ?)",
+                    (item.thread_id, grant[0], grant[1], item_id, now),
+                )
+            body = {**item.body, "approval": answered}
+            return await _set_body(tx, item, body, EventType.APPROVAL_ANSWERED)
+
+    async def grants(self, thread_id: str) -> list[tuple[str, str]]:
+        """The thread's grants as (effect, prefix), oldest first."""
+        rows = await self._sql.fetchall(
+            "SELECT effect, prefix FROM chat_grants WHERE thread_id = ? ORDER BY created_at",
+            (thread_id,),
+        )
+        return [(str(e), str(p)) for e, p in rows]
+
+    # -- file changes ------------------------------------------------------------------------
+
+    async def record_change(
+        self, turn_id: str, item_id: str, path: str, before: bytes | None, after_sha256: str | None
+    ) -> None:
+        """Keep what a file change replaces before the file is written: written first, a crash
+        between the two leaves a record whose after-digest the file does not have, which a
+        revert then refuses rather than guessing."""
+        async with self._sql.write() as tx:
+            item = await _started_item(tx, turn_id, item_id)
+            await tx.execute(
+                "INSERT INTO chat_file_changes (item_id, thread_id, path, before, "
+                "before_sha256, after_sha256, applied_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    item_id,
+                    item.thread_id,
+                    path,
+                    before,
+                    None if before is None else hashlib.sha256(before).hexdigest(),
+                    after_sha256,
+                    time.time(),
+                ),
+            )
+
+    async def change(self, item_id: str) -> FileChange | None:
+        row = await self._sql.fetchone(
+            f"SELECT {CHANGE_COLUMNS} FROM chat_file_changes WHERE item_id = ?", (item_id,)
+        )
+        return None if row is None else FileChange(*row)
+
+    async def changes(self, thread_id: str) -> list[FileChange]:
+        """The thread's file changes that took effect and were not reverted, oldest first."""
+        rows = await self._sql.fetchall(
+            f"SELECT {', '.join('c.' + c for c in CHANGE_COLUMNS.split(', '))} "
+            "FROM chat_file_changes c JOIN chat_items i ON i.id = c.item_id "
+            "WHERE c.thread_id = ? AND c.reverted_at IS NULL AND i.status = 'completed' "
+            "ORDER BY c.applied_at",
+            (thread_id,),
+        )
+        return [FileChange(*r) for r in rows]
+
+    async def mark_reverted(self, item_id: str, by: str) -> Item:
+        """The file change of a completed item was undone (by the item or command `by`)."""
+        async with self._sql.write() as tx:
+            row = await tx.fetchone(
+                f"SELECT {ITEM_COLUMNS} FROM chat_items WHERE id = ?", (item_id,)
+            )
+            if row is None:
+                raise NotFound(f"no chat item {item_id!r}")
+            item = Item.from_row(row)
+            now = time.time()
+            changed = await tx.execute(
+                "UPDATE chat_file_changes SET reverted_at = ?, reverted_by = ? "
+                "WHERE item_id = ? AND reverted_at IS NULL",
+                (now, by, item_id),
+            )
+            if changed != 1:
+                raise Conflict(f"item {item_id} was reverted already")
+            body = {**item.body, "reverted_at": now, "reverted_by": by}
+            return await _set_body(tx, item, body, EventType.ITEM_REVERTED)
 
     def _consistent(self) -> AbstractAsyncContextManager[Tx]:
         """A transaction to read one committed state in (see the module docstring)."""
@@ -405,6 +553,31 @@ async def _insert_item(
     return item
 
 
+async def _set_body(tx: Tx, item: Item, body: dict[str, Any], event: EventType) -> Item:
+    now = time.time()
+    changed = replace(item, body=body, updated_at=now)
+    await tx.execute(
+        "UPDATE chat_items SET body = ?, updated_at = ? WHERE id = ?",
+        (json.dumps(body), now, item.id),
+    )
+    await _event(tx, event, changed.to_json(), item.thread_id, item.turn_id, item.id, at=now)
+    return changed
+
+
+def _expire_approval(body: dict[str, Any], reason: str) -> dict[str, Any]:
+    """An item's body with its pending approval, if any, expired for `reason`."""
+    approval = body.get("approval")
+    if not isinstance(approval, dict) or approval.get("status") != ApprovalStatus.PENDING:
+        return body
+    expired = {
+        **approval,
+        "status": ApprovalStatus.EXPIRED.value,
+        "reason": reason,
+        "answered_at": time.time(),
+    }
+    return {**body, "approval": expired}
+
+
 async def _end_item(tx: Tx, item: Item, status: ItemStatus, body: dict[str, Any]) -> Item:
     now = time.time()
     ended = replace(item, status=status, body=body, updated_at=now)
@@ -425,6 +598,7 @@ async def _end_turn(
     error: str | None,
     leftover: ItemStatus,
     leftover_error: str | None,
+    expired: str | None = None,
 ) -> Ended:
     items: list[Item] = []
     for row in await tx.fetchall(
@@ -433,7 +607,7 @@ async def _end_turn(
         (turn.id,),
     ):
         item = Item.from_row(row)
-        body = item.body
+        body = _expire_approval(item.body, expired or error or "its turn ended")
         if leftover_error is not None:
             body = {**body, "error": leftover_error}
         items.append(await _end_item(tx, item, leftover, body))

@@ -51,11 +51,33 @@ class ItemKind(enum.StrEnum):
     USER_MESSAGE = "user_message"  # body: {text}
     AGENT_MESSAGE = "agent_message"  # body: {text}, streamed by item.delta
     TOOL_CALL = "tool_call"  # body: {tool, …its arguments and result}, or {…, error}
+    COMMAND_EXECUTION = "command_execution"  # {command, cwd, exit_code, duration_s, output…}
+    FILE_CHANGE = "file_change"  # {path, diff, before_sha256, after_sha256, reverted_at…}
     ERROR = "error"  # body: {message}
+
+
+class ApprovalStatus(enum.StrEnum):
+    """An approval, kept in its item's body as `approval` (docs/chat.md)."""
+
+    PENDING = "pending"
+    APPROVED = "approved"
+    DECLINED = "declined"
+    EXPIRED = "expired"  # its deadline passed, its turn ended, or the daemon restarted
+
+
+class Decision(enum.StrEnum):
+    """How an approval was answered."""
+
+    ONCE = "approve"  # this action only
+    THREAD = "approve_thread"  # and any command with this prefix, for the rest of the thread
+    DENY = "deny"
+    DENY_THREAD = "deny_thread"  # and any command with this prefix, for the rest of the thread
+    GRANT = "grant"  # answered by a grant of the thread, without asking
 
 
 class SandboxMode(enum.StrEnum):
     READ_ONLY = "read-only"  # the engine may read the workspace, change nothing
+    WORKSPACE_WRITE = "workspace-write"  # commands run writable there, after an approval
 
 
 class ApprovalPolicy(enum.StrEnum):
@@ -74,6 +96,9 @@ class EventType(enum.StrEnum):
     ITEM_COMPLETED = "item.completed"
     ITEM_FAILED = "item.failed"
     ITEM_INTERRUPTED = "item.interrupted"
+    APPROVAL_REQUESTED = "approval.requested"  # the item, its body's approval pending
+    APPROVAL_ANSWERED = "approval.answered"  # the item, its approval approved/declined/expired
+    ITEM_REVERTED = "item.reverted"  # a file change's item, its body's reverted_at set
 
 
 TURN_ENDED = {
@@ -204,6 +229,22 @@ class ThreadView:
             "turns": [t.to_json(by_turn[t.id]) for t in self.turns],
             "last_seq": self.last_seq,
         }
+
+
+@dataclass(frozen=True)
+class FileChange:
+    """What a file change replaced: the bytes before it (None: the file did not exist), and
+    the digest the file had after it (None: deleted)."""
+
+    item_id: str
+    thread_id: str
+    path: str
+    before: bytes | None
+    before_sha256: str | None
+    after_sha256: str | None
+    applied_at: float
+    reverted_at: float | None
+    reverted_by: str | None
 
 
 @dataclass(frozen=True)

@@ -329,4 +329,33 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX chat_events_thread ON chat_events (thread_id, seq);
         """,
     ),
+    (
+        13,
+        "Autopilot Chat's actions: per-thread grants (an exact command prefix allowed or denied "
+        "for the rest of the thread) and the file changes a chat made, each with the file's "
+        "bytes before it, so it can be reverted byte for byte. An approval lives in its item's "
+        "body, changed with an event like the rest of the item",
+        """
+        CREATE TABLE chat_grants (
+            thread_id   TEXT NOT NULL REFERENCES chat_threads (id),
+            effect      TEXT NOT NULL CHECK (effect IN ('allow', 'deny')),
+            prefix      TEXT NOT NULL,
+            item_id     TEXT NOT NULL,
+            created_at  REAL NOT NULL,
+            PRIMARY KEY (thread_id, effect, prefix)
+        );
+        CREATE TABLE chat_file_changes (
+            item_id        TEXT PRIMARY KEY REFERENCES chat_items (id),
+            thread_id      TEXT NOT NULL REFERENCES chat_threads (id),
+            path           TEXT NOT NULL,
+            before         BLOB,
+            before_sha256  TEXT,
+            after_sha256   TEXT,
+            applied_at     REAL NOT NULL,
+            reverted_at    REAL,
+            reverted_by    TEXT
+        );
+        CREATE INDEX chat_file_changes_thread ON chat_file_changes (thread_id, applied_at);
+        """,
+    ),
 ]

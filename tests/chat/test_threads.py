@@ -118,7 +118,7 @@ async def test_a_thread_reads_the_same_after_a_restart(
         "commands",
         str(workspace.resolve()),
     )
-    assert (thread["sandbox_mode"], thread["approval_policy"]) == ("read-only", "ask")
+    assert (thread["sandbox_mode"], thread["approval_policy"]) == ("workspace-write", "ask")
 
     first = await run_turn(d, thread["id"], "/ls\n/read notes.txt")
     assert (first["status"], first["n"]) == ("completed", 1)
