@@ -10,13 +10,20 @@ what it missed, and replaying a thread's events gives its items as they are.
 Reads that must be one committed state (a thread with its `last_seq`, a page of events) take
 the write lock (`_consistent`): the store has one connection, on which another task's
 transaction, not committed yet (and perhaps about to roll back), would otherwise show.
+
+Every write goes through `_write()`, never `self._sql.write()` itself: when its transaction
+has ended, `_write()` wakes whoever waits in `wait_events` (a thread followed live, the long
+poll of `thread.events`, the web UI's stream), who then read what the commit wrote. A new
+writing method uses `_write()` too, or its events reach followers only with the next write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -53,6 +60,7 @@ EVENT_COLUMNS = "seq, thread_id, turn_id, item_id, type, body, at"
 class ChatThreads:
     def __init__(self, sql: Sql) -> None:
         self._sql = sql
+        self._changed = asyncio.Event()  # replaced and set when a write transaction ends
 
     # -- threads -----------------------------------------------------------------------------
 
@@ -77,7 +85,7 @@ class ChatThreads:
             now,
             now,
         )
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             await tx.execute(
                 "INSERT INTO chat_threads (id, title, engine, workspace, sandbox_mode, "
                 "approval_policy, status, created_at, updated_at) "
@@ -111,7 +119,7 @@ class ChatThreads:
     async def archive(self, thread_id: str) -> Thread:
         """Archive a thread (once; archiving it again changes nothing). One with a running
         turn is refused."""
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             thread = await _existing_thread(tx, thread_id)
             if thread.status is ThreadStatus.ARCHIVED:
                 return thread
@@ -166,12 +174,29 @@ class ChatThreads:
             )
             return [ChatEvent.from_row(r) for r in rows], await _last_seq(tx, thread_id)
 
+    async def wait_events(
+        self, thread_id: str, after_seq: int, limit: int, timeout_s: float
+    ) -> tuple[list[ChatEvent], int]:
+        """Like `events`, but with nothing after `after_seq` wait up to `timeout_s` for a
+        write to commit some; what there is then (perhaps still nothing)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            changed = self._changed  # taken before looking: a commit after the look sets it
+            events, last = await self.events(thread_id, after_seq, limit)
+            if events:
+                return events, last
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await changed.wait()
+            except TimeoutError:
+                return events, last
+
     # -- turns -------------------------------------------------------------------------------
 
     async def start_turn(self, thread_id: str, turn_id: str, item_id: str, text: str) -> Turn:
         """Start a turn of the thread with the user's message as its first item; refused
         while the thread has a running turn or is archived."""
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             thread = await _existing_thread(tx, thread_id)
             if thread.status is ThreadStatus.ARCHIVED:
                 raise Conflict(f"thread {thread_id} is archived: start a new thread for more")
@@ -223,7 +248,7 @@ class ChatThreads:
         """End a running turn; its items still started end `leftover` (with `leftover_error`
         in their body when given; an interrupted one keeps what it had). None if the turn had
         ended already."""
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             row = await tx.fetchone(
                 f"SELECT {TURN_COLUMNS} FROM chat_turns WHERE id = ?", (turn_id,)
             )
@@ -235,7 +260,7 @@ class ChatThreads:
         """After a restart: every running turn, and every item still started, ends
         `interrupted` (the task that ran them died with the daemon that started them)."""
         ended: list[Ended] = []
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             rows = await tx.fetchall(
                 f"SELECT {TURN_COLUMNS} FROM chat_turns WHERE status = 'running' ORDER BY id"
             )
@@ -259,13 +284,13 @@ class ChatThreads:
         self, turn_id: str, item_id: str, kind: ItemKind, body: dict[str, Any]
     ) -> Item:
         """A new item of a running turn, `started`; refused once the turn has ended."""
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             turn = await _running(tx, turn_id)
             return await _insert_item(tx, turn, item_id, kind, body)
 
     async def append(self, turn_id: str, item_id: str, field: str, text: str) -> Item:
         """Append `text` to the text field `field` of a started item's body (item.delta)."""
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             item = await _started_item(tx, turn_id, item_id)
             before = item.body.get(field, "")
             if not isinstance(before, str):
@@ -298,12 +323,28 @@ class ChatThreads:
     ) -> Item:
         """End a started item with its final body (its body as it is when `body` is None),
         with `error` added as the body's `error` when given."""
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             item = await _started_item(tx, turn_id, item_id)
             final = item.body if body is None else body
             if error is not None:
                 final = {**final, "error": error}
             return await _end_item(tx, item, status, final)
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[Tx]:
+        """The transaction every write of this store runs in (see the module docstring);
+        the waiters wake once it has ended.
+
+        They wake after a rollback too, for nothing (they look, find nothing new and wait
+        again), so that a caller cancelled during its COMMIT, which is shielded and goes on,
+        still wakes them for what it wrote.
+        """
+        try:
+            async with self._sql.write() as tx:
+                yield tx
+        finally:
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
 
     def _consistent(self) -> AbstractAsyncContextManager[Tx]:
         """A transaction to read one committed state in (see the module docstring)."""
