@@ -1,5 +1,5 @@
-"""Autopilot Chat helpers for tests: a daemon whose chat service is ready, and a turn run to
-its end through the control plane."""
+"""Autopilot Chat helpers for tests: a daemon whose chat service is ready, a turn run to its
+end through the control plane, and a thread's whole event log."""
 
 from __future__ import annotations
 
@@ -28,3 +28,14 @@ async def run_turn(d: InProcessDaemon, thread_id: str, text: str) -> dict[str, A
     while turn["status"] == "running":
         turn = await d.call("turn.wait", {"turn_id": turn["id"]})
     return turn
+
+
+async def all_events(d: InProcessDaemon, thread_id: str, after: int = 0) -> list[dict[str, Any]]:
+    """The thread's events after `after`, every page of them."""
+    events: list[dict[str, Any]] = []
+    while True:
+        page = await d.call("thread.events", {"thread_id": thread_id, "after_seq": after})
+        events += page["events"]
+        if not page["events"] or page["events"][-1]["seq"] >= page["last_seq"]:
+            return events
+        after = page["events"][-1]["seq"]
