@@ -14,11 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 from support import DaemonFactory, InProcessDaemon
-from support.chat import all_events, chat_daemon, run_turn
+from support.chat import ScriptedEngine, all_events, chat_daemon, run_turn
 
 from autopilotd.app import Adapters
-from autopilotd.ports.engine import EngineStatus, TurnContext
-from autopilotd.store.chat_records import ItemKind
 from autopilotd.web import chat_stream
 
 from .conftest import WebClient
@@ -29,25 +27,6 @@ def ws(tmp_path: Path) -> Path:
     (tmp_path / "ws").mkdir()
     (tmp_path / "ws" / "notes.txt").write_text("hello\n")
     return tmp_path / "ws"
-
-
-class ScriptedEngine:
-    """An engine whose turn streams into one agent message the pieces of text the test hands
-    it, one `item.delta` each, and completes the message when handed None."""
-
-    name = "scripted"
-
-    def __init__(self) -> None:
-        self.pieces: asyncio.Queue[str | None] = asyncio.Queue()
-
-    def status(self) -> EngineStatus:
-        return EngineStatus(self.name, True, True, None, "a test engine")
-
-    async def run_turn(self, ctx: TurnContext, text: str) -> None:
-        item = await ctx.start_item(ItemKind.AGENT_MESSAGE, {"text": ""})
-        while (piece := await self.pieces.get()) is not None:
-            await ctx.append(item, "text", piece)
-        await ctx.complete(item)
 
 
 @dataclass
