@@ -162,10 +162,12 @@ class ChatService:
         return thread
 
     async def events(
-        self, thread_id: str, after_seq: int, limit: int
+        self, thread_id: str, after_seq: int, limit: int, timeout_s: float = 0.0
     ) -> tuple[list[ChatEvent], int]:
+        """The thread's events after `after_seq`; with none yet, those that come within
+        `timeout_s` (none at the timeout)."""
         await self.get_thread(thread_id)
-        return await self.threads.events(thread_id, after_seq, limit)
+        return await self.threads.wait_events(thread_id, after_seq, limit, timeout_s)
 
     # -- turns ---------------------------------------------------------------------------
 

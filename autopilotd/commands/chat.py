@@ -63,13 +63,16 @@ def register(reg: Registry, rt: Runtime, chat: ChatService) -> None:
         thread_id: ThreadId,
         after_seq: Annotated[int, Bounds(minimum=0)] = 0,
         limit: Annotated[int, Bounds(1, 1000)] = 1000,
+        timeout_s: float = 0.0,
     ) -> dict[str, Any]:
         """A thread's events after sequence number `after_seq`, oldest first (thread.started,
         turn.started, item.started, item.delta, item.completed, item.failed, turn.completed,
         turn.interrupted …), each with the record as it is after it. A client that saw
         `after_seq` gets exactly what it missed, in order; `last_seq` is the newest there is
-        (ask again from the last one received while it is higher)."""
-        events, last = await chat.events(thread_id, after_seq, limit)
+        (ask again from the last one received while it is higher). With `timeout_s` (at most
+        25 s) and nothing new yet, waits for the next events and returns them as soon as they
+        are written (none at the timeout): a thread followed live."""
+        events, last = await chat.events(thread_id, after_seq, limit, clamp_timeout(timeout_s))
         return {"thread_id": thread_id, "events": [e.to_json() for e in events], "last_seq": last}
 
     @reg.command("turn.start", access="control")

@@ -10,14 +10,21 @@ what it missed, and replaying a thread's events gives its items as they are.
 Reads that must be one committed state (a thread with its `last_seq`, a page of events) take
 the write lock (`_consistent`): the store has one connection, on which another task's
 transaction, not committed yet (and perhaps about to roll back), would otherwise show.
+
+Every write goes through `_write()`, never `self._sql.write()` itself: when its transaction
+has ended, `_write()` wakes whoever waits in `wait_events` (a thread followed live, the long
+poll of `thread.events`, the web UI's stream), who then read what the commit wrote. A new
+writing method uses `_write()` too, or its events reach followers only with the next write.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import time
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -61,6 +68,7 @@ CHANGE_COLUMNS = (
 class ChatThreads:
     def __init__(self, sql: Sql) -> None:
         self._sql = sql
+        self._changed = asyncio.Event()  # replaced and set when a write transaction ends
 
     # -- threads -----------------------------------------------------------------------------
 
@@ -85,7 +93,7 @@ class ChatThreads:
             now,
             now,
         )
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             await tx.execute(
                 "INSERT INTO chat_threads (id, title, engine, workspace, sandbox_mode, "
                 "approval_policy, status, created_at, updated_at) "
@@ -119,7 +127,7 @@ class ChatThreads:
     async def archive(self, thread_id: str) -> Thread:
         """Archive a thread (once; archiving it again changes nothing). One with a running
         turn is refused."""
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             thread = await _existing_thread(tx, thread_id)
             if thread.status is ThreadStatus.ARCHIVED:
                 return thread
@@ -174,12 +182,29 @@ class ChatThreads:
             )
             return [ChatEvent.from_row(r) for r in rows], await _last_seq(tx, thread_id)
 
+    async def wait_events(
+        self, thread_id: str, after_seq: int, limit: int, timeout_s: float
+    ) -> tuple[list[ChatEvent], int]:
+        """Like `events`, but with nothing after `after_seq` wait up to `timeout_s` for a
+        write to commit some; what there is then (perhaps still nothing)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            changed = self._changed  # taken before looking: a commit after the look sets it
+            events, last = await self.events(thread_id, after_seq, limit)
+            if events:
+                return events, last
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await changed.wait()
+            except TimeoutError:
+                return events, last
+
     # -- turns -------------------------------------------------------------------------------
 
     async def start_turn(self, thread_id: str, turn_id: str, item_id: str, text: str) -> Turn:
         """Start a turn of the thread with the user's message as its first item; refused
         while the thread has a running turn or is archived."""
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             thread = await _existing_thread(tx, thread_id)
             if thread.status is ThreadStatus.ARCHIVED:
                 raise Conflict(f"thread {thread_id} is archived: start a new thread for more")
@@ -237,7 +262,7 @@ class ChatThreads:
         """End a running turn; its items still started end `leftover` (with `leftover_error`
         in their body when given; an interrupted one keeps what it had). None if the turn had
         ended already."""
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             row = await tx.fetchone(
                 f"SELECT {TURN_COLUMNS} FROM chat_turns WHERE id = ?", (turn_id,)
             )
@@ -250,7 +275,7 @@ class ChatThreads:
         `interrupted` (the task that ran them died with the daemon that started them); an
         approval still pending ends `expired` for `expired`."""
         ended: list[Ended] = []
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             rows = await tx.fetchall(
                 f"SELECT {TURN_COLUMNS} FROM chat_turns WHERE status = 'running' ORDER BY id"
             )
@@ -281,13 +306,13 @@ class ChatThreads:
         self, turn_id: str, item_id: str, kind: ItemKind, body: dict[str, Any]
     ) -> Item:
         """A new item of a running turn, `started`; refused once the turn has ended."""
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             turn = await _running(tx, turn_id)
             return await _insert_item(tx, turn, item_id, kind, body)
 
     async def append(self, turn_id: str, item_id: str, field: str, text: str) -> Item:
         """Append `text` to the text field `field` of a started item's body (item.delta)."""
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             item = await _started_item(tx, turn_id, item_id)
             before = item.body.get(field, "")
             if not isinstance(before, str):
@@ -321,7 +346,7 @@ class ChatThreads:
         """End a started item with its final body (its body as it is when `body` is None),
         with `error` added as the body's `error` when given; its approval, if it asked for
         one, is kept as it is."""
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             item = await _started_item(tx, turn_id, item_id)
             final = item.body if body is None else body
             if "approval" in item.body:  # the service's record, kept whatever the engine says
@@ -334,7 +359,7 @@ class ChatThreads:
 
     async def ask(self, turn_id: str, item_id: str, approval: dict[str, Any]) -> Item:
         """A started item of a running turn now waits for `approval` (status pending)."""
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             item = await _started_item(tx, turn_id, item_id)
             return await _set_body(
                 tx, item, {**item.body, "approval": approval}, EventType.APPROVAL_REQUESTED
@@ -351,7 +376,7 @@ class ChatThreads:
     ) -> Item:
         """Answer the pending approval of a started item, and record the thread's new grant
         (`(effect, prefix)`) with it. Conflict when it is not pending any more."""
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             row = await tx.fetchone(
                 f"SELECT {ITEM_COLUMNS} FROM chat_items WHERE id = ?", (item_id,)
             )
@@ -400,7 +425,7 @@ class ChatThreads:
         """Keep what a file change replaces before the file is written: written first, a crash
         between the two leaves a record whose after-digest the file does not have, which a
         revert then refuses rather than guessing."""
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             item = await _started_item(tx, turn_id, item_id)
             await tx.execute(
                 "INSERT INTO chat_file_changes (item_id, thread_id, path, before, "
@@ -435,7 +460,7 @@ class ChatThreads:
 
     async def mark_reverted(self, item_id: str, by: str) -> Item:
         """The file change of a completed item was undone (by the item or command `by`)."""
-        async with self._sql.write() as tx:
+        async with self._write() as tx:
             row = await tx.fetchone(
                 f"SELECT {ITEM_COLUMNS} FROM chat_items WHERE id = ?", (item_id,)
             )
@@ -452,6 +477,22 @@ class ChatThreads:
                 raise Conflict(f"item {item_id} was reverted already")
             body = {**item.body, "reverted_at": now, "reverted_by": by}
             return await _set_body(tx, item, body, EventType.ITEM_REVERTED)
+
+    @asynccontextmanager
+    async def _write(self) -> AsyncIterator[Tx]:
+        """The transaction every write of this store runs in (see the module docstring);
+        the waiters wake once it has ended.
+
+        They wake after a rollback too, for nothing (they look, find nothing new and wait
+        again), so that a caller cancelled during its COMMIT, which is shielded and goes on,
+        still wakes them for what it wrote.
+        """
+        try:
+            async with self._sql.write() as tx:
+                yield tx
+        finally:
+            changed, self._changed = self._changed, asyncio.Event()
+            changed.set()
 
     def _consistent(self) -> AbstractAsyncContextManager[Tx]:
         """A transaction to read one committed state in (see the module docstring)."""

@@ -15,6 +15,7 @@ from typing import Any
 from autopilotd.commands.wallet import REVEAL_CONFIRMATION
 from autopilotd.config import split_list
 from autopilotd.errors import AutopilotError
+from autopilotd.store.chat_records import EventType
 from autopilotd.vocab import OPEN_ONCHAIN_STATUSES, JobStage, OnchainKind, PaymentStatus
 from autopilotd.web.panes import View
 from autopilotd.web.qr import qr_path
@@ -550,7 +551,9 @@ async def relay_connections(v: View) -> dict[str, Any]:
 
 async def autopilot_chat(v: View) -> dict[str, Any]:
     """Chat threads as the `chat` section has them; the thread picked (`?thread=`, or the one
-    a turn was just started on) in full from `thread.read`, with a message box."""
+    a turn was just started on) in full from `thread.read`, with a message box. The page
+    follows the picked thread's events (/chat/<id>/stream, after its `last_seq`) and
+    re-renders the pane on each of the `event_types`."""
     s = v.snapshot["chat"]
     started = v.acted("turn.start")
     wanted = str(started.params.get("thread_id", "")) if started else v.query.get("thread", "")
@@ -568,5 +571,6 @@ async def autopilot_chat(v: View) -> dict[str, Any]:
         "running_turns": s["running_turns"],
         "selected": wanted,
         "thread": thread,
+        "event_types": " ".join(EventType),
         "error": (started.error if started else None) or missing,
     }

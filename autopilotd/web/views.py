@@ -5,6 +5,7 @@
     POST /do/<command>     run a registry command, answer the re-rendered pane (?pane=<name>)
     GET  /sandbox/<job>/download?path=…   a sandbox job's workspace file, as an attachment
     GET  /events/stream    server-sent "something changed" signals for the open page
+    GET  /chat/<thread>/stream   a chat thread's events, server-sent (Last-Event-ID, ?after=)
     GET  /login?token=…    spend a one-time login token, set the session cookie, go to /
     POST /logout           end the session
 
@@ -29,6 +30,7 @@ from autopilotd.errors import AutopilotError, NotFound
 from autopilotd.runtime.context import Runtime
 from autopilotd.web.auth import CSRF_HEADER, WebAuth, WebSession
 from autopilotd.web.catalog import BY_NAME, DEFAULT_PANE, GROUPS, HUD, PANES
+from autopilotd.web.chat_stream import thread_stream
 from autopilotd.web.panes import Action, Pane, View
 from autopilotd.web.params import read_params
 from autopilotd.web.render import environment
@@ -231,6 +233,18 @@ class WebUI:
             raise web.HTTPUnauthorized(reason=LOGIN_HINT)
         return await event_stream(request, self.rt, lambda: self.auth.session(cookie) is not None)
 
+    async def chat_stream(self, request: web.Request) -> web.StreamResponse:
+        cookie = request.cookies.get(self.auth.cookie_name)
+        if self.auth.session(cookie) is None:
+            raise web.HTTPUnauthorized(reason=LOGIN_HINT)
+        return await thread_stream(
+            request,
+            self.rt,
+            self.call,
+            request.match_info["thread_id"],
+            lambda: self.auth.session(cookie) is not None,
+        )
+
 
 def add_web_routes(app: web.Application, rt: Runtime, auth: WebAuth) -> None:
     ui = WebUI(rt, auth)
@@ -239,6 +253,7 @@ def add_web_routes(app: web.Application, rt: Runtime, auth: WebAuth) -> None:
     app.router.add_post("/do/{command}", ui.do)
     app.router.add_get("/sandbox/{job_id}/download", ui.download)
     app.router.add_get("/events/stream", ui.stream)
+    app.router.add_get("/chat/{thread_id}/stream", ui.chat_stream)
     app.router.add_get("/login", ui.login)
     app.router.add_post("/logout", ui.logout)
     static = Path(str(resources.files("autopilotd.web") / "static"))

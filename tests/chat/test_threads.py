@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from support import DaemonFactory, InProcessDaemon
-from support.chat import chat_daemon, run_turn
+from support.chat import all_events, chat_daemon, run_turn
 
 from autopilotd.app import Adapters
 from autopilotd.client import RpcError
@@ -71,16 +71,6 @@ def workspace(tmp_path: Path) -> Path:
     (ws / "leak").symlink_to(outside / "secret.txt")
     (ws / "linked").symlink_to(outside)
     return ws
-
-
-async def all_events(d: InProcessDaemon, thread_id: str, after: int = 0) -> list[dict[str, Any]]:
-    events: list[dict[str, Any]] = []
-    while True:
-        page = await d.call("thread.events", {"thread_id": thread_id, "after_seq": after})
-        events += page["events"]
-        if not page["events"] or page["events"][-1]["seq"] >= page["last_seq"]:
-            return events
-        after = page["events"][-1]["seq"]
 
 
 async def refused(d: InProcessDaemon, method: str, params: dict[str, Any]) -> RpcError:

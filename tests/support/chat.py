@@ -1,11 +1,15 @@
-"""Autopilot Chat helpers for tests: a daemon whose chat service is ready, and a turn run to
-its end through the control plane."""
+"""Autopilot Chat helpers for tests: a daemon whose chat service is ready, a turn run to its
+end through the control plane, a thread's whole event log, and an engine that streams what
+the test hands it."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
+from autopilotd.ports.engine import EngineStatus, TurnContext
+from autopilotd.store.chat_records import ItemKind
 from support import DaemonFactory, InProcessDaemon
 
 
@@ -28,3 +32,33 @@ async def run_turn(d: InProcessDaemon, thread_id: str, text: str) -> dict[str, A
     while turn["status"] == "running":
         turn = await d.call("turn.wait", {"turn_id": turn["id"]})
     return turn
+
+
+async def all_events(d: InProcessDaemon, thread_id: str, after: int = 0) -> list[dict[str, Any]]:
+    """The thread's events after `after`, every page of them."""
+    events: list[dict[str, Any]] = []
+    while True:
+        page = await d.call("thread.events", {"thread_id": thread_id, "after_seq": after})
+        events += page["events"]
+        if not page["events"] or page["events"][-1]["seq"] >= page["last_seq"]:
+            return events
+        after = page["events"][-1]["seq"]
+
+
+class ScriptedEngine:
+    """An engine whose turn streams into one agent message the pieces of text the test hands
+    it, one `item.delta` each, and completes the message when handed None."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        self.pieces: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def status(self) -> EngineStatus:
+        return EngineStatus(self.name, True, True, None, "a test engine")
+
+    async def run_turn(self, ctx: TurnContext, text: str) -> None:
+        item = await ctx.start_item(ItemKind.AGENT_MESSAGE, {"text": ""})
+        while (piece := await self.pieces.get()) is not None:
+            await ctx.append(item, "text", piece)
+        await ctx.complete(item)

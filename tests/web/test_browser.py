@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web as aioweb
 from support import DaemonFactory, InProcessDaemon, online_daemon, wallet_daemon
 from support.browser import artifact, chromium
+from support.chat import ScriptedEngine, chat_daemon
 
 from autopilotd.adapters.fake_lightning import FakeNetwork
+from autopilotd.app import Adapters
 from autopilotd.web.catalog import PANES
 
 from .test_actions import PROBE
@@ -359,3 +362,56 @@ async def test_an_action_that_fails_shows_why_in_its_pane(daemon: InProcessDaemo
         await error.wait_for(timeout=10_000)
         assert "ws:// or wss://" in await error.inner_text()
         assert await pane.locator("input[name=url]").input_value() == "http://not-a-relay.example"
+
+
+async def test_a_chat_thread_streams_into_its_pane_over_one_event_source(
+    daemon_factory: DaemonFactory, tmp_path: Path
+) -> None:
+    """The Autopilot Chat pane follows the thread it shows over /chat/<id>/stream: the agent's
+    text appears as it streams, through one EventSource for the thread, however many times the
+    pane re-renders; picking another thread moves it there, opening another pane closes it."""
+    engine = ScriptedEngine()
+    d = await chat_daemon(daemon_factory, adapters=Adapters(engine=engine))
+    (tmp_path / "ws").mkdir()
+    first = await d.call("thread.start", {"workspace": str(tmp_path / "ws"), "title": "first"})
+    second = await d.call("thread.start", {"workspace": str(tmp_path / "ws"), "title": "second"})
+    base = f"http://127.0.0.1:{d.port}"
+    async with chromium() as ctx:
+        page = await ctx.new_page()
+        cdp = await ctx.new_cdp_session(page)
+        await cdp.send("Network.enable")
+        opened: list[tuple[str, str]] = []  # the page's chat streams: request id, address
+        closed: list[str] = []  # request ids
+
+        def sent(m: dict[str, Any]) -> None:
+            if m.get("type") == "EventSource" and "/chat/" in m["request"]["url"]:
+                opened.append((m["requestId"], m["request"]["url"].removeprefix(base)))
+
+        cdp.on("Network.requestWillBeSent", sent)
+        cdp.on("Network.loadingFailed", lambda m: closed.append(m["requestId"]))
+        await _login(page, d)
+        await page.goto(f"{base}/?thread={first['id']}#autopilot_chat")
+        await page.wait_for_selector(f".chat-thread[data-thread='{first['id']}']")
+        await d.call("turn.start", {"thread_id": first["id"], "input": "hello"})
+        for piece, shown in (("streaming ", "streaming"), ("text", "streaming text")):
+            await engine.pieces.put(piece)
+            await page.wait_for_selector(f".chat-agent_message:has-text('{shown}')")
+        await engine.pieces.put(None)
+        await page.wait_for_selector(".chat-turn:has-text('turn 1: completed')")
+        await page.screenshot(path=artifact("chat-streamed.png"))
+        assert [url for _, url in opened] == [f"/chat/{first['id']}/stream?after=1"]
+        assert opened[0][0] not in closed  # kept across every re-render
+
+        await page.click(f"button.chip:has-text('{second['id']}')")
+        await page.wait_for_selector(f".chat-thread[data-thread='{second['id']}']")
+        await _until(lambda: len(opened) == 2 and opened[0][0] in closed)
+        assert opened[1][1] == f"/chat/{second['id']}/stream?after=2"
+        await page.click("button[data-open=identity_keys]")  # a pane that is not refreshed
+        await _until(lambda: opened[1][0] in closed)  # none left open
+        assert len(opened) == 2
+
+
+async def _until(condition: Any, timeout_s: float = 10) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not condition():
+            await asyncio.sleep(0.05)

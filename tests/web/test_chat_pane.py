@@ -37,6 +37,9 @@ async def test_the_pane_shows_threads_and_a_picked_thread_with_its_items(
     assert HOSTILE not in html and "<script>" not in html  # escaped, everywhere it shows
     assert html.count("&lt;script&gt;alert(1)&lt;/script&gt;") == 3  # title twice, the file
     assert 'data-testid="chat-thread"' in html and f'data-thread="{thread["id"]}"' in html
+    last_seq = (await d.call("thread.read", {"thread_id": thread["id"]}))["last_seq"]
+    assert f'data-last-seq="{last_seq}"' in html  # where the page's stream of it starts
+    assert re.search(r'data-event-types="[^"]*\bitem\.delta\b', html)
     text = _text(html)
     assert "You: /read page.html" in text and "read page.html · completed" in text
     assert HOSTILE in text  # the file's text, shown as text

@@ -60,11 +60,60 @@
     railButtons.forEach((b) => b.classList.toggle("active", b.dataset.open === name));
     document.body.dataset.open = name;
     if (location.hash !== `#${name}`) history.replaceState(null, "", `#${name}`);
+    followChat();
     refresh(target);
     return true;
   }
 
   railButtons.forEach((b) => b.addEventListener("click", () => openPane(b.dataset.open)));
+
+  // -- a chat thread, live ----------------------------------------------------------------
+  // The open pane's chat thread (.chat-thread[data-thread], the Autopilot Chat pane's) is
+  // followed over its own event stream, from the last_seq it was rendered with; each event
+  // re-renders the pane, at most once per CHAT_REFRESH_MS, so that a burst of deltas is one
+  // refresh. One stream for the thread shown: a re-render of the same thread keeps it (the
+  // EventSource reconnects by itself, with Last-Event-ID); another thread, no thread, or the
+  // pane closed closes it.
+  const CHAT_REFRESH_MS = 200;
+  let chat = null; // { thread, source, timer, last }
+
+  function followChat() {
+    const shown = $(".pane.open .chat-thread[data-thread]");
+    const thread = shown ? shown.dataset.thread : null;
+    if (chat && chat.thread === thread) return;
+    if (chat) {
+      chat.source.close();
+      clearTimeout(chat.timer);
+      chat = null;
+    }
+    if (!thread) return;
+    const pane = shown.closest(".pane");
+    const after = encodeURIComponent(shown.dataset.lastSeq || "0");
+    const source = new EventSource(`/chat/${encodeURIComponent(thread)}/stream?after=${after}`);
+    const followed = { thread, source, timer: null, last: 0 };
+    const changed = () => {
+      if (followed.timer !== null) return;
+      const wait = Math.max(0, followed.last + CHAT_REFRESH_MS - Date.now());
+      followed.timer = setTimeout(() => {
+        followed.timer = null;
+        followed.last = Date.now();
+        refresh(pane);
+      }, wait);
+    };
+    for (const type of (shown.dataset.eventTypes || "").split(" ").filter(Boolean)) {
+      source.addEventListener(type, changed);
+    }
+    source.onerror = () => {
+      // refused (the thread is gone, the session ended): the next render may try again
+      if (source.readyState === EventSource.CLOSED && chat === followed) {
+        clearTimeout(followed.timer);
+        chat = null;
+      }
+    };
+    chat = followed;
+  }
+
+  document.body.addEventListener("htmx:afterSwap", followChat);
 
   // -- command palette --------------------------------------------------------------------
   const dialog = $("#palette");
