@@ -192,17 +192,6 @@ def build(
         root=sandbox_root(config),
         python=python,
     )
-    paths = config.paths
-    chat = ChatService(
-        threads=ChatThreads(store),
-        writer=state.writer("chat"),
-        events=events,
-        engine=adapters.engine or CommandLane(workspace),
-        private=(paths.config_dir, paths.data_dir, paths.runtime_dir, paths.log_dir),
-        sandbox=box,
-        files=workspace,
-        rules=ActionRules(settings_limits(config), config.chat_approval_timeout_s),
-    )
     provider = ProviderService(
         pool=pool,
         payments=wallet,
@@ -223,6 +212,20 @@ def build(
         writer=state.writer("buyer"),
         events=events,
         clock=clock,
+    )
+    paths = config.paths
+    chat = ChatService(
+        threads=ChatThreads(store),
+        writer=state.writer("chat"),
+        events=events,
+        engine=adapters.engine or CommandLane(workspace),
+        private=(paths.config_dir, paths.data_dir, paths.runtime_dir, paths.log_dir),
+        sandbox=box,
+        files=workspace,
+        buying=buyer,
+        rules=ActionRules(
+            settings_limits(config), config.chat_approval_timeout_s, config.chat_spend_ceiling_sats
+        ),
     )
     sync = SyncService(
         pool=pool,

@@ -103,9 +103,11 @@ class Config:
     sandbox_file_size_mb: int = 64
     sandbox_dir: str = ""  # "" = <data>/sandbox (as root: /var/lib/autopilotd/sandbox/<id>)
     provider_sandbox_price_sats: int = 10  # per started 10 CPU-seconds a job asks
-    # Autopilot Chat (docs/chat.md): how long an approval waits before it expires (a decline).
+    # Autopilot Chat (docs/chat.md): how long an approval waits before it expires (a decline),
+    # and the most one thread may approve spending on the network in all (its /buy budgets).
     # A chat's commands run with the sandbox_* limits above.
     chat_approval_timeout_s: float = 600.0
+    chat_spend_ceiling_sats: int = 1000
     # Starter demand: the Nexus whose starter jobs this provider takes while online ("" = none).
     # Its relay (the same address, ws://) joins `relays` by itself.
     nexus_url: str = _editable("", "now")

@@ -211,9 +211,12 @@ class Buyer:
     async def _deadline(self, rid: str) -> None:
         row = await self.get(rid)
         if row.status is BuyStatus.OPEN:
-            await self._update(
-                rid, status=BuyStatus.EXPIRED, reason="no provider delivered in time"
+            race = self._races.get(rid)
+            refused = race is not None and "invoice above budget" in race.errors.values()
+            reason = "no provider delivered in time" + (
+                " (an invoice above the budget was refused)" if refused else ""
             )
+            await self._update(rid, status=BuyStatus.EXPIRED, reason=reason)
         if row.status is BuyStatus.PAYING:  # a payment in flight keeps its request followed
             self._follow(rid, self._clock.now() + PAY_RETRY_S)
             return

@@ -11,6 +11,8 @@ Each line of a turn's input that starts with `/` is a command, run in order, eac
                           an approval, keeping what it replaced
     /diff                 the thread's file changes in effect, as one diff
     /revert ITEM          undo the file change of item ITEM, after an approval
+    /buy SATS PROMPT      buy a text-generation job from the network for at most SATS,
+                          after the owner's approval, within the thread's spend ceiling
 
 Arguments are split like a shell's words, so one with spaces is quoted (`/search "a b" src`);
 `/run` takes its line as the shell will read it.
@@ -62,7 +64,9 @@ USAGE = {
     "patch": "/patch, then the diff on the lines after it",
     "diff": "/diff",
     "revert": "/revert ITEM",
+    "buy": "/buy SATS PROMPT",
 }
+BUY_TIMEOUT_S = 120.0
 HELP = (
     "/ls [PATH]: list the files of the workspace (below PATH) with their sizes\n"
     "/read PATH: show a file (its first 64 KiB) and its sha256\n"
@@ -70,7 +74,9 @@ HELP = (
     "/run COMMAND: run a shell command in the sandbox, in the workspace (asks first)\n"
     "/patch: apply the unified diff on the lines after it (asks first, file by file)\n"
     "/diff: the changes this thread made that are in effect\n"
-    "/revert ITEM: undo the file change of item ITEM (asks first)"
+    "/revert ITEM: undo the file change of item ITEM (asks first)\n"
+    "/buy SATS PROMPT: buy a text-generation job from the network for at most SATS (asks "
+    "the owner first)"
 )
 NO_MODEL = (
     "No model engine is set up yet, so I cannot answer in words. I can run these commands "
@@ -124,6 +130,8 @@ class CommandLane:
                 await self._diff(ctx)
             elif word == "/revert":
                 await self._revert(ctx, rest[0].strip() if rest else "")
+            elif word == "/buy":
+                await self._buy(ctx, rest[0] if rest else "")
             elif word[1:] in USAGE:
                 await self._tool(ctx, word[1:], rest[0] if rest else "")
             else:
@@ -257,6 +265,44 @@ class CommandLane:
             await ctx.fail(item_id, f"not reverted: {exc}")
             return
         await ctx.complete(item_id, {**body, "path": change.path})
+
+    async def _buy(self, ctx: TurnContext, rest: str) -> None:
+        amount, _, prompt = rest.strip().partition(" ")
+        budget = int(amount) if amount.isdigit() else 0
+        body: dict[str, Any] = {"prompt": prompt.strip(), "budget_sats": budget}
+        item_id = await ctx.start_item(ItemKind.NETWORK_REQUEST, body)
+        if budget <= 0 or not prompt.strip():
+            await ctx.fail(item_id, f"usage: {USAGE['buy']} (SATS a whole number above 0)")
+            return
+        left = await ctx.spend_left()
+        if budget > left:
+            await ctx.fail(
+                item_id,
+                f"not bought: {budget} sats is over what this thread may still approve "
+                f"({left} sats of its spend ceiling left)",
+            )
+            return
+        approval = await ctx.request_approval(item_id, "spend")
+        if not approval.approved:
+            await ctx.fail(item_id, _not_done("not bought", approval))
+            return
+        try:
+            request = await ctx.buy(item_id, prompt.strip(), budget, BUY_TIMEOUT_S)
+        except AutopilotError as exc:
+            await ctx.fail(item_id, f"not bought: {exc.message}")
+            return
+        done = {
+            **body,
+            "request_id": request.request_id,
+            "status": request.status.value,
+            "provider": request.provider,
+            "payment_hash": request.payment_hash,
+            "result": request.result,
+        }
+        if request.status.value == "done":
+            await ctx.complete(item_id, done)
+        else:
+            await ctx.fail(item_id, f"not bought: {request.reason or request.status.value}", done)
 
     def _current(self, root: Path, path: str) -> bytes | None:
         """A file's bytes, or None when there is none (in a worker thread)."""

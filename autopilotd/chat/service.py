@@ -36,11 +36,19 @@ from typing import Any
 
 from autopilotd.chat import approvals
 from autopilotd.errors import Conflict, Forbidden, NotFound, UserError
-from autopilotd.ports.engine import Approval, Engine, EngineStatus, WorkspaceFiles
+from autopilotd.nostr.nip90 import KIND_TEXT_GENERATION
+from autopilotd.ports.engine import (
+    Approval,
+    Engine,
+    EngineStatus,
+    NetworkBuying,
+    WorkspaceFiles,
+)
 from autopilotd.ports.sandbox import Limits, RunResult, Sandbox
 from autopilotd.runtime.events import EventBus
 from autopilotd.runtime.sections import ChatSection
 from autopilotd.runtime.state import SectionWriter
+from autopilotd.store.buys import BuyRequest
 from autopilotd.store.chat import ChatThreads
 from autopilotd.store.chat_records import (
     ApprovalPolicy,
@@ -75,6 +83,7 @@ class ActionRules:
 
     limits: Limits
     approval_timeout_s: float = 600.0
+    spend_ceiling_sats: int = 1000  # per thread, the budgets of its approved /buy in all
 
 
 class ChatService:
@@ -90,6 +99,7 @@ class ChatService:
         private: Sequence[Path],
         sandbox: Sandbox,
         files: WorkspaceFiles,
+        buying: NetworkBuying,
         rules: ActionRules,
     ) -> None:
         """`private`: the daemon's own directories (config, data, runtime, logs), which no
@@ -101,6 +111,7 @@ class ChatService:
         self._private = tuple(private)
         self._sandbox = sandbox
         self._files = files
+        self._buying = buying
         self._rules = rules
         self._answered: dict[str, asyncio.Future[Item]] = {}
         self._runs: dict[str, asyncio.Task[None]] = {}
@@ -224,7 +235,9 @@ class ChatService:
         if not isinstance(approval, dict):
             raise Conflict(f"item {item_id} asks for no approval")
         if approval.get("action") == "spend" and not owner:
-            raise Forbidden("only the owner approves spending: answer with the owner token")
+            raise Forbidden(
+                "only the owner approves spending: approval.answer_spend with the owner token"
+            )
         grant = None
         if decision in (Decision.THREAD, Decision.DENY_THREAD):
             prefixes = approvals.prefixes(str(item.body.get("command", "")))
@@ -495,6 +508,30 @@ class _Context:
 
     async def changes(self) -> list[FileChange]:
         return await self._threads.changes(self.thread_id)
+
+    async def update(self, item_id: str, body: Mapping[str, Any]) -> None:
+        await self._threads.update(self.turn_id, item_id, dict(body))
+
+    async def spend_left(self) -> int:
+        spent = await self._threads.spent(self.thread_id)
+        return max(0, self._chat._rules.spend_ceiling_sats - spent)
+
+    async def buy(
+        self, item_id: str, prompt: str, budget_sats: int, timeout_s: float
+    ) -> BuyRequest:
+        item = await self._threads.item(item_id)
+        approval = {} if item is None else item.body.get("approval", {})
+        if approval.get("action") != "spend" or approval.get("status") != "approved":
+            raise Conflict(f"item {item_id}: spending was not approved")
+        buying = self._chat._buying
+        request = await buying.submit(
+            KIND_TEXT_GENERATION, prompt, budget_sats, [], timeout_s, None
+        )
+        assert item is not None
+        await self.update(item_id, {**item.body, "request_id": request.request_id})
+        while not request.finished:
+            request = await buying.wait(request.request_id, 30.0)
+        return request
 
 
 def _publish_item(events: EventBus, item: Item) -> None:

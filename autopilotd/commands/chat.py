@@ -112,8 +112,18 @@ def register(reg: Registry, rt: Runtime, chat: ChatService) -> None:
         any later command starting with these exact words, in this thread), deny, or
         deny_thread (and refuse such commands in this thread without asking). A thread grant
         takes one simple command (no ;, &&, |). Refused when the approval was answered
-        already or has expired; approving spending needs the owner token. Returns the item."""
+        already or has expired; spending is approval.answer_spend's (the owner's). Returns
+        the item."""
         return (await chat.answer(item_id, Decision(decision), owner=False)).to_json()
+
+    @reg.command("approval.answer_spend", access="owner")
+    async def approval_answer_spend(
+        item_id: ItemId, decision: Literal["approve", "deny"]
+    ) -> dict[str, Any]:
+        """Answer an approval to spend (a /buy of a chat thread): only the owner may, since it
+        pays from the wallet. approve (this request, within its budget) or deny. Returns the
+        item."""
+        return (await chat.answer(item_id, Decision(decision), owner=True)).to_json()
 
     @reg.command("item.revert", access="control")
     async def item_revert(item_id: ItemId) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from autopilotd.ports.sandbox import RunResult
+from autopilotd.store.buys import BuyRequest
 from autopilotd.store.chat_records import FileChange, ItemKind
 
 
@@ -116,6 +117,25 @@ class TurnContext(Protocol):
         """The thread's file changes in effect (applied, not reverted), oldest first."""
         ...
 
+    async def update(self, item_id: str, body: Mapping[str, Any]) -> None:
+        """Replace a started item's body (its approval is kept), e.g. with a request's id as
+        soon as it exists."""
+        ...
+
+    async def spend_left(self) -> int:
+        """Sats this thread may still approve spending: its ceiling less the budgets of its
+        approved network requests."""
+        ...
+
+    async def buy(
+        self, item_id: str, prompt: str, budget_sats: int, timeout_s: float
+    ) -> BuyRequest:
+        """Buy a text-generation job from the network through the buyer (which pays only an
+        invoice within `budget_sats`, from the wallet), once the started item's spend approval
+        was given; the request's id goes into the item at once, and this returns when the
+        request is done, failed or expired."""
+        ...
+
 
 class Engine(Protocol):
     @property
@@ -129,6 +149,22 @@ class Engine(Protocol):
         """Do the user's `text` in the turn `ctx`, recording each step as an item; return when
         the turn's work is done."""
         ...
+
+
+class NetworkBuying(Protocol):
+    """Buying from the network: the buyer service (buyer/service.py)."""
+
+    async def submit(
+        self,
+        kind: int,
+        prompt: str,
+        budget_sats: int,
+        providers: list[str],
+        timeout_s: float,
+        max_tokens: int | None,
+    ) -> BuyRequest: ...
+
+    async def wait(self, request_id: str, timeout: float) -> BuyRequest: ...
 
 
 class FileEntry(Protocol):

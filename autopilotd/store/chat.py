@@ -409,6 +409,24 @@ class ChatThreads:
             body = {**item.body, "approval": answered}
             return await _set_body(tx, item, body, EventType.APPROVAL_ANSWERED)
 
+    async def update(self, turn_id: str, item_id: str, body: dict[str, Any]) -> Item:
+        """Replace a started item's body, keeping its approval."""
+        async with self._write() as tx:
+            item = await _started_item(tx, turn_id, item_id)
+            if "approval" in item.body:
+                body = {**body, "approval": item.body["approval"]}
+            return await _set_body(tx, item, body, EventType.ITEM_UPDATED)
+
+    async def spent(self, thread_id: str) -> int:
+        """The budgets, in sats, of the thread's network requests whose spending was approved."""
+        row = await self._sql.fetchone(
+            "SELECT COALESCE(SUM(json_extract(body, '$.budget_sats')), 0) FROM chat_items "
+            "WHERE thread_id = ? AND kind = 'network_request' "
+            "AND json_extract(body, '$.approval.status') = 'approved'",
+            (thread_id,),
+        )
+        return int(row[0]) if row else 0
+
     async def grants(self, thread_id: str) -> list[tuple[str, str]]:
         """The thread's grants as (effect, prefix), oldest first."""
         rows = await self._sql.fetchall(

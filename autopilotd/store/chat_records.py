@@ -53,6 +53,7 @@ class ItemKind(enum.StrEnum):
     TOOL_CALL = "tool_call"  # body: {tool, …its arguments and result}, or {…, error}
     COMMAND_EXECUTION = "command_execution"  # {command, cwd, exit_code, duration_s, output…}
     FILE_CHANGE = "file_change"  # {path, diff, before_sha256, after_sha256, reverted_at…}
+    NETWORK_REQUEST = "network_request"  # {prompt, budget_sats, request_id, provider, …}
     ERROR = "error"  # body: {message}
 
 
@@ -99,6 +100,7 @@ class EventType(enum.StrEnum):
     APPROVAL_REQUESTED = "approval.requested"  # the item, its body's approval pending
     APPROVAL_ANSWERED = "approval.answered"  # the item, its approval approved/declined/expired
     ITEM_REVERTED = "item.reverted"  # a file change's item, its body's reverted_at set
+    ITEM_UPDATED = "item.updated"  # a started item's body replaced (e.g. a request's id)
 
 
 TURN_ENDED = {

@@ -5,6 +5,9 @@ and a result sent twice is paid once."""
 from __future__ import annotations
 
 import asyncio
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from support.market import PRICE_SATS, Market, Peer
@@ -79,9 +82,49 @@ async def test_an_invoice_above_the_budget_is_never_paid(market: Market) -> None
         assert row["status"] == "open" and row["provider"] is None
         market.clock.advance(61)  # past the request's deadline
         row = await wait_row(buyer, rid)
-        assert row["status"] == "expired" and row["reason"] == "no provider delivered in time"
+        assert row["status"] == "expired"
+        assert row["reason"] == (
+            "no provider delivered in time (an invoice above the budget was refused)"
+        )
         assert buyer.node.sends == 0 and cheat.node.balance_msat == 0
         serving.cancel()
+
+
+async def test_a_chat_buy_approved_by_the_owner_refuses_an_invoice_above_its_budget(
+    market: Market,
+) -> None:
+    cheat = Cheat(market, ask_sats=50)
+    workspace = Path(tempfile.mkdtemp(prefix="autopilotd-chat-buy-"))
+    async with market.peer("buyer", balance_msat=10_000_000) as buyer, asyncio.TaskGroup() as tg:
+        serving = tg.create_task(cheat.serve())
+        thread = await buyer.call("thread.start", {"workspace": str(workspace)})
+        turn = await buyer.call("turn.start", {"thread_id": thread["id"], "input": "/buy 30 hi"})
+
+        async def asked() -> dict[str, Any]:
+            async with asyncio.timeout(10):
+                while True:
+                    now = await buyer.call("turn.wait", {"turn_id": turn["id"], "timeout_s": 0})
+                    item: dict[str, Any] = now["items"][-1]
+                    if item["body"].get("approval", {}).get("status") == "pending":
+                        return item
+                    await asyncio.sleep(0.01)
+
+        item = await asked()
+        assert cheat.answered == []  # nothing is published before the owner approves
+        await buyer.call("approval.answer_spend", {"item_id": item["id"], "decision": "approve"})
+        await _until(lambda: len(cheat.answered) == 1)
+        market.clock.advance(121)  # past the request's deadline
+        done = await buyer.call("turn.wait", {"turn_id": turn["id"], "timeout_s": 10})
+        request = done["items"][-1]
+        assert (done["status"], request["status"]) == ("completed", "failed"), done
+        assert request["body"]["error"] == (
+            "not bought: no provider delivered in time (an invoice above the budget was refused)"
+        )
+        assert request["body"]["request_id"] == cheat.answered[0]
+        assert request["body"]["payment_hash"] is None
+        assert buyer.node.sends == 0 and cheat.node.balance_msat == 0
+        serving.cancel()
+    shutil.rmtree(workspace, ignore_errors=True)
 
 
 async def test_an_honest_provider_wins_over_one_above_budget(market: Market) -> None:

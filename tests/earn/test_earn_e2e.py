@@ -8,6 +8,7 @@ import contextlib
 import hashlib
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -260,3 +261,54 @@ async def test_a_buyer_pays_a_provider_for_a_sandbox_job(market: Market) -> None
         row["request_id"],
         "succeeded",
     )
+
+
+async def test_a_chat_buys_a_job_from_the_network_after_the_owner_approves(
+    market: Market, tmp_path: Path
+) -> None:
+    """/buy in an Autopilot Chat thread: it asks, the owner approves the budget, the buyer
+    pays the provider over Lightning, and the item holds the request, the provider, the
+    payment hash and the result, the same as the buyer's own record and the provider's job."""
+    provider, buyer = market.provider, market.buyer
+    await _go_online(provider)
+    p0 = _lightning(provider)
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    thread = buyer.ctl_json("thread.start", "--workspace", str(workspace))
+    budget = PRICE_SATS + 9
+    turn = buyer.ctl_json(
+        "turn.start", "--thread-id", thread["id"], "--input", f"/buy {budget} Say hello."
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        now = buyer.ctl_json("turn.wait", "--turn-id", turn["id"], "--timeout-s", "0")
+        item = now["items"][-1]
+        if item["body"].get("approval", {}).get("status") == "pending":
+            break
+        assert time.monotonic() < deadline, now
+        await asyncio.sleep(0.1)
+    assert (item["kind"], item["body"]["budget_sats"]) == ("network_request", budget)
+    assert "request_id" not in item["body"]  # nothing is published before the approval
+    buyer.ctl_json("approval.answer_spend", "--item-id", item["id"], "--decision", "approve")
+    deadline = time.monotonic() + 180
+    while now["status"] == "running":
+        assert time.monotonic() < deadline, "the chat's purchase never ended"
+        now = buyer.ctl_json("turn.wait", "--turn-id", turn["id"], "--timeout-s", "20")
+    bought = now["items"][-1]
+    assert bought["status"] == "completed", bought
+    body = bought["body"]
+    row = buyer.ctl_json("buy.status", "--request-id", body["request_id"])
+    assert row["status"] == "done" and row["budget_sats"] == budget
+    assert (body["provider"], body["payment_hash"], body["result"]) == (
+        row["provider"],
+        row["payment_hash"],
+        row["result"],
+    )
+    assert body["result"]
+    for _ in range(40):
+        if _lightning(provider) == p0 + PRICE_SATS:
+            break
+        await asyncio.sleep(0.5)
+    assert _lightning(provider) == p0 + PRICE_SATS
+    job = provider.ctl_json("jobs.get", "--request-id", body["request_id"])
+    assert job["stage"] == "paid" and job["payment_hash"] == body["payment_hash"]
