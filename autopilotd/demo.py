@@ -257,12 +257,32 @@ async def demo_network(root: Path) -> AsyncIterator[DemoNetwork]:
         await procs.stop()
 
 
+DEMO_FILES = {
+    "README.md": "# A folder for Autopilot Chat\n\nTry /ls, /read hello.py, /run python3 hello.py,"
+    " and a /patch of notes.txt (then Revert it).\n",
+    "hello.py": "print('hello from the sandbox')\n",
+    "notes.txt": "first line\nsecond line\n",
+}
+
+
+async def _chat_thread(provider: Path, folder: Path) -> dict[str, Any]:
+    """A folder of sample files and an Autopilot Chat thread about it, for a newcomer to try."""
+    folder.mkdir(exist_ok=True)
+    for name, text in DEMO_FILES.items():
+        (folder / name).write_text(text)
+    thread: dict[str, Any] = await _call(
+        provider, "thread.start", {"workspace": str(folder), "title": "demo folder"}
+    )
+    return thread
+
+
 async def run_demo(home: Path, *, smoke: int = 0) -> int:
     root = home.expanduser().resolve()
     print(f"starting the demo in {root} (logs: {root}/*.log)", flush=True)
     try:
         async with demo_network(root) as net:
             provider, buyer, procs = net.provider, net.buyer, net.procs
+            thread = await _chat_thread(provider, root / "chat-folder")
             if smoke:
                 await _go_online(provider)
                 args = argparse.Namespace(
@@ -285,7 +305,15 @@ async def run_demo(home: Path, *, smoke: int = 0) -> int:
                     f"sats earned: {sats}",
                     flush=True,
                 )
-                return 0 if rc == 0 and jobs == smoke and starter >= 1 else 1
+                turn = await _call(
+                    provider,
+                    "turn.start",
+                    {"thread_id": thread["id"], "input": "/ls", "wait": True},
+                )
+                listed = len(turn["items"][-1]["body"].get("entries", []))
+                print(f"smoke: chat thread {turn['status']}, {listed} files listed", flush=True)
+                chat_ok = turn["status"] == "completed" and listed == len(DEMO_FILES)
+                return 0 if rc == 0 and jobs == smoke and starter >= 1 and chat_ok else 1
             login = (await _call(provider, "web.login_url"))["url"]
             await procs.start(
                 "buyer-loop",
@@ -311,6 +339,8 @@ async def run_demo(home: Path, *, smoke: int = 0) -> int:
                 f"             autopilotctl --home {provider} status\n"
                 "\nClick Go Online: the Nexus offers a starter job at once, and a buyer sends a\n"
                 "paid job every 5 s. Watch the sats arrive (Starter Jobs shows the Nexus's side).\n"
+                f"Autopilot Chat has a thread about {root / 'chat-folder'}: try /ls, then\n"
+                "/run python3 hello.py and approve it (docs/chat.md).\n"
                 "Press Ctrl-C to stop.",
                 flush=True,
             )

@@ -35,6 +35,7 @@ def test_demo_smoke_pays_jobs(tmp_path: Path) -> None:
     starter, sats = int(found[1]), int(found[2])
     assert starter >= 1 and sats > 20  # the buyer's 2 × 10 sats and the starter jobs' prices
     assert "[1] done" in r.stdout and "[2] done" in r.stdout
+    assert "smoke: chat thread completed, 3 files listed" in r.stdout
 
 
 def _descendants(pid: int) -> set[int]:

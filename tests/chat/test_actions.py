@@ -336,3 +336,17 @@ async def test_a_restart_expires_a_pending_approval(
     assert "expired already" in late.message
     assert not (user_workspace / "never.txt").exists()
     assert before["turns"][0]["items"][0] == after["turns"][0]["items"][0]
+
+
+async def test_output_that_never_ends_is_capped_and_the_command_killed(
+    daemon_factory: DaemonFactory, user_workspace: Path
+) -> None:
+    d = await chat_daemon(daemon_factory, sandbox_timeout_s=1.0)
+    thread = await d.call("thread.start", {"workspace": str(user_workspace)})
+    turn = await start(d, thread["id"], "/run yes")
+    await answer(d, (await asking(d, turn["id"]))["id"], "approve")
+    done = last(await ended(d, turn["id"]))
+    assert done["status"] == "failed" and done["body"]["outcome"] == "timed_out"
+    assert done["body"]["error"].startswith("timed out after")
+    assert done["body"]["truncated"] is True
+    assert 0 < len(done["body"]["output"].encode()) <= 64 << 10
