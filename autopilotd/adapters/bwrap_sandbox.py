@@ -36,6 +36,7 @@ import signal
 import struct
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from autopilotd.ports.sandbox import Limits, Outcome, RunResult, SandboxUnavailable
@@ -206,6 +207,7 @@ class BwrapSandbox:
         *,
         as_owner: bool = False,
         read_only: bool = False,
+        on_output: Callable[[bytes], None] | None = None,
     ) -> RunResult:
         reason = self.unavailable()
         if reason is not None:
@@ -248,7 +250,7 @@ class BwrapSandbox:
         finally:
             for fd in (read, work):
                 os.close(fd)
-        out = _Capped(limits.output_bytes)
+        out = _Capped(limits.output_bytes, on_output)
         timed_out = False
         try:
             async with asyncio.TaskGroup() as tg:
@@ -290,8 +292,9 @@ class BwrapSandbox:
 class _Capped:
     """stdout and stderr kept together up to `cap` bytes; the rest read and dropped."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, on_output: Callable[[bytes], None] | None = None) -> None:
         self.cap = cap
+        self.on_output = on_output
         self.kept = 0
         self.truncated = False
         self.parts = {1: bytearray(), 2: bytearray()}
@@ -306,6 +309,8 @@ class _Capped:
                 chunk = chunk[: max(0, room)]
             self.parts[fd] += chunk
             self.kept += len(chunk)
+            if chunk and self.on_output is not None:
+                self.on_output(chunk)
 
 
 def _chown_tree(root: Path, uid: int) -> None:

@@ -54,7 +54,6 @@ SCAN_MAX_FILES = 10_000
 SEARCH_MAX_MATCHES = 200
 SEARCH_MAX_FILE_BYTES = 1 << 20  # bigger files are skipped, and counted
 SEARCH_LINE_CHARS = 400  # a matching line is shown up to this many characters
-OUTPUT_SHOWN_BYTES = 64 << 10  # what a /run item keeps of what the command printed
 FILE_MAX_BYTES = 8 << 20  # a file /patch changes
 USAGE = {
     "ls": "/ls [PATH]",
@@ -168,7 +167,12 @@ class CommandLane:
     async def _run(self, ctx: TurnContext, command: str) -> None:
         command = command.strip()
         read_only = approvals.read_only(command)
-        body: dict[str, Any] = {"command": command, "cwd": ".", "read_only": read_only}
+        body: dict[str, Any] = {
+            "command": command,
+            "cwd": ".",
+            "read_only": read_only,
+            "output": "",
+        }
         item_id = await ctx.start_item(ItemKind.COMMAND_EXECUTION, body)
         if not command:
             await ctx.fail(item_id, f"usage: {USAGE['run']}")
@@ -179,19 +183,18 @@ class CommandLane:
                 await ctx.fail(item_id, _not_done("not run", approval))
                 return
         try:
-            result = await ctx.run_command(command, read_only=read_only)
+            run = await ctx.run_command(item_id, command, read_only=read_only)
         except SandboxUnavailable as exc:
             await ctx.fail(item_id, f"not run: {exc}")
             return
-        output = result.stdout + result.stderr
-        shown = output[:OUTPUT_SHOWN_BYTES]
+        result = run.result
         done = {
             **body,
             "outcome": result.outcome.value,
             "exit_code": result.exit_code,
             "duration_s": result.wall_s,
-            "output": shown.decode("utf-8", errors="replace"),
-            "truncated": result.truncated or len(output) > len(shown),
+            "output": run.output,
+            "truncated": run.truncated,
         }
         if result.outcome is Outcome.SUCCEEDED:
             await ctx.complete(item_id, done)

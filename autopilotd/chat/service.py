@@ -24,6 +24,7 @@ run in the sandbox port as the workspace's owner; a file change keeps the bytes 
 from __future__ import annotations
 
 import asyncio
+import codecs
 import contextlib
 import hashlib
 import logging
@@ -39,12 +40,13 @@ from autopilotd.errors import Conflict, Forbidden, NotFound, UserError
 from autopilotd.nostr.nip90 import KIND_TEXT_GENERATION
 from autopilotd.ports.engine import (
     Approval,
+    CommandRun,
     Engine,
     EngineStatus,
     NetworkBuying,
     WorkspaceFiles,
 )
-from autopilotd.ports.sandbox import Limits, RunResult, Sandbox
+from autopilotd.ports.sandbox import Limits, Sandbox
 from autopilotd.runtime.events import EventBus
 from autopilotd.runtime.sections import ChatSection
 from autopilotd.runtime.state import SectionWriter
@@ -74,6 +76,8 @@ INTERRUPTED_AT_STOP = "the daemon stopped while it ran"
 INTERRUPTED_BY_USER = "interrupted (turn.interrupt)"
 UNFINISHED = "the engine ended the turn without finishing it"
 EXPIRED_AT_RESTART = "expired at restart"
+OUTPUT_SHOWN_BYTES = 64 << 10  # what a command's item keeps of what it printed
+OUTPUT_FLUSH_S = 0.1  # how often a running command's new output is written to its item
 FILE_MAX_BYTES = 8 << 20  # a file a chat changes (and keeps a copy of, to revert it)
 
 
@@ -481,15 +485,26 @@ class _Context:
         said = str(answer["status"])
         return Approval(said == ApprovalStatus.APPROVED, said, answer.get("reason"))
 
-    async def run_command(self, command: str, *, read_only: bool = False) -> RunResult:
+    async def run_command(
+        self, item_id: str, command: str, *, read_only: bool = False
+    ) -> CommandRun:
         read_only = read_only or self._thread.sandbox_mode == SandboxMode.READ_ONLY
-        return await self._chat._sandbox.run(
-            self.workspace,
-            ["/bin/sh", "-c", command],
-            self._chat._rules.limits,
-            as_owner=True,
-            read_only=read_only,
-        )
+        stream = _OutputStream(self._threads, self.turn_id, item_id)
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(stream.pump(OUTPUT_FLUSH_S))
+            try:
+                result = await self._chat._sandbox.run(
+                    self.workspace,
+                    ["/bin/sh", "-c", command],
+                    self._chat._rules.limits,
+                    as_owner=True,
+                    read_only=read_only,
+                    on_output=stream.take,
+                )
+            finally:
+                stream.ended.set()  # the pump writes what is left and returns
+        await stream.flush(final=True)
+        return CommandRun(result, stream.shown, stream.truncated or result.truncated)
 
     async def change_file(
         self, item_id: str, path: str, before: bytes | None, after: bytes | None
@@ -532,6 +547,44 @@ class _Context:
         while not request.finished:
             request = await buying.wait(request.request_id, 30.0)
         return request
+
+
+class _OutputStream:
+    """What a command prints, appended to its item's `output` (item.delta events) a few times
+    a second rather than per read, up to OUTPUT_SHOWN_BYTES; the rest is counted, not kept."""
+
+    def __init__(self, threads: ChatThreads, turn_id: str, item_id: str) -> None:
+        self._threads = threads
+        self._turn_id = turn_id
+        self._item_id = item_id
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._pending = bytearray()
+        self._room = OUTPUT_SHOWN_BYTES
+        self.shown = ""
+        self.truncated = False
+        self.ended = asyncio.Event()
+
+    def take(self, chunk: bytes) -> None:
+        kept = chunk[: self._room]
+        self._room -= len(kept)
+        self.truncated = self.truncated or len(kept) < len(chunk)
+        self._pending += kept
+
+    async def pump(self, interval_s: float) -> None:
+        """Write what came every `interval_s` until `ended` is set (never in the middle of a
+        write: it is only ever stopped by `ended`, or by the turn's own cancellation)."""
+        while not self.ended.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(interval_s):
+                    await self.ended.wait()
+            await self.flush()
+
+    async def flush(self, *, final: bool = False) -> None:
+        data, self._pending = bytes(self._pending), bytearray()
+        text = self._decoder.decode(data, final=final)
+        if text:
+            self.shown += text
+            await self._threads.append(self._turn_id, self._item_id, "output", text)
 
 
 def _publish_item(events: EventBus, item: Item) -> None:

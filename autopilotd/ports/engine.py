@@ -35,6 +35,16 @@ from autopilotd.store.chat_records import FileChange, ItemKind
 
 
 @dataclass(frozen=True)
+class CommandRun:
+    """A command run for a chat: how it ended, and what it printed as the item shows it
+    (stdout and stderr in the order they came, its first 64 KiB)."""
+
+    result: RunResult
+    output: str
+    truncated: bool
+
+
+@dataclass(frozen=True)
 class Approval:
     """How an approval ended: `approved`, or not with `status` (declined, expired) and the
     reason, which the engine tells its model."""
@@ -95,9 +105,13 @@ class TurnContext(Protocol):
         their answer or the deadline (then `expired`, a decline)."""
         ...
 
-    async def run_command(self, command: str, *, read_only: bool = False) -> RunResult:
+    async def run_command(
+        self, item_id: str, command: str, *, read_only: bool = False
+    ) -> CommandRun:
         """Run `command` with /bin/sh in the sandbox, in the workspace (read-only when asked,
-        or when the thread's sandbox mode is read-only). SandboxUnavailable when it cannot."""
+        or when the thread's sandbox mode is read-only), streaming what it prints into the
+        started item's `output` as it comes (its first 64 KiB). SandboxUnavailable when it
+        cannot."""
         ...
 
     async def change_file(

@@ -9,6 +9,7 @@ flag. A backend that cannot isolate says why (`unavailable`) and runs nothing.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -60,6 +61,7 @@ class Sandbox(Protocol):
         *,
         as_owner: bool = False,
         read_only: bool = False,
+        on_output: Callable[[bytes], None] | None = None,
     ) -> RunResult:
         """Run `argv` inside the sandbox with `workspace` as its only writable directory
         (seen as /work). Raises SandboxUnavailable, running nothing, when it cannot isolate.
@@ -68,5 +70,6 @@ class Sandbox(Protocol):
         and the workspace is given to it. `as_owner` is for a directory of the user's (a chat
         thread's workspace): the run is the directory's owner and no file changes hands; as
         root, a workspace that root owns is refused (SandboxUnavailable, with what to do).
-        `read_only` binds the workspace read-only."""
+        `read_only` binds the workspace read-only. `on_output` is called with each piece of
+        what the run prints (stdout and stderr as they come, within `output_bytes`)."""
         ...

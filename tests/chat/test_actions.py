@@ -350,3 +350,29 @@ async def test_output_that_never_ends_is_capped_and_the_command_killed(
     assert done["body"]["error"].startswith("timed out after")
     assert done["body"]["truncated"] is True
     assert 0 < len(done["body"]["output"].encode()) <= 64 << 10
+
+
+async def test_a_running_command_streams_its_output_and_an_interrupt_keeps_it(
+    daemon_factory: DaemonFactory, user_workspace: Path
+) -> None:
+    d = await chat_daemon(daemon_factory)
+    thread = await d.call("thread.start", {"workspace": str(user_workspace)})
+    turn = await start(d, thread["id"], "/run echo first-part; sleep 60; echo never")
+    item = await asking(d, turn["id"])
+    await answer(d, item["id"], "approve")
+    deadline = time.monotonic() + 20
+    while True:  # the first line shows while the command still runs
+        now = await d.call("turn.wait", {"turn_id": turn["id"], "timeout_s": 0})
+        running = last(now)
+        if running["body"]["output"] == "first-part\n":
+            break
+        assert now["status"] == "running" and time.monotonic() < deadline, now
+        await asyncio.sleep(0.05)
+    assert running["status"] == "started"
+    events = await d.call("thread.events", {"thread_id": thread["id"]})
+    deltas = [e for e in events["events"] if e["type"] == "item.delta"]
+    assert deltas[-1]["body"] == {"field": "output", "delta": "first-part\n"}
+    stopped = await d.call("turn.interrupt", {"turn_id": turn["id"]})
+    assert stopped["status"] == "interrupted"
+    kept = last(stopped)
+    assert kept["status"] == "interrupted" and kept["body"]["output"] == "first-part\n"
