@@ -118,6 +118,7 @@ class ChatService:
         self._buying = buying
         self._rules = rules
         self._answered: dict[str, asyncio.Future[Item]] = {}
+        self._reverting = asyncio.Lock()
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._ended: dict[str, asyncio.Event] = {}
         self._interrupting: set[str] = set()
@@ -285,16 +286,21 @@ class ChatService:
             raise Conflict(f"item {item_id} is {item.status}: its change never took effect")
         if change.reverted_at is not None:
             raise Conflict(f"item {item_id} was reverted already")
-        thread = await self.get_thread(item.thread_id)
-        root = Path(thread.workspace)
-        now = await asyncio.to_thread(self._current, root, change.path)
-        if _digest(now) != change.after_sha256:
-            raise Conflict(
-                f"{change.path} has changed since item {item_id} changed it: not reverted, "
-                "nothing written"
-            )
-        await asyncio.to_thread(self._put, root, change.path, change.before)
-        await self.threads.mark_reverted(item_id, by)
+        root = Path((await self.get_thread(item.thread_id)).workspace)
+        async with self._reverting:  # one at a time: a second finds the first's mark
+            if (await self.threads.change(item_id) or change).reverted_at is not None:
+                raise Conflict(f"item {item_id} was reverted already")
+            try:
+                now = await asyncio.to_thread(self._current, root, change.path)
+                if _digest(now) != change.after_sha256:
+                    raise Conflict(
+                        f"{change.path} has changed since item {item_id} changed it: not "
+                        "reverted, nothing written"
+                    )
+                await asyncio.to_thread(self._put, root, change.path, change.before)
+            except (self._files.WorkspaceError, OSError) as exc:
+                raise Conflict(f"{change.path} cannot be reverted: {exc}") from None
+            await self.threads.mark_reverted(item_id, by)
         self._events.publish("chat.item_reverted", thread_id=item.thread_id, item_id=item_id)
         return change
 

@@ -376,3 +376,20 @@ async def test_a_running_command_streams_its_output_and_an_interrupt_keeps_it(
     assert stopped["status"] == "interrupted"
     kept = last(stopped)
     assert kept["status"] == "interrupted" and kept["body"]["output"] == "first-part\n"
+
+
+async def test_a_revert_never_follows_a_symlink_planted_over_the_file(
+    daemon_factory: DaemonFactory, user_workspace: Path
+) -> None:
+    d = await chat_daemon(daemon_factory)
+    thread = await d.call("thread.start", {"workspace": str(user_workspace)})
+    turn = await start(d, thread["id"], PATCH.split("--- /dev/null")[0])
+    item = await asking(d, turn["id"])
+    await answer(d, item["id"], "approve")
+    assert last(await ended(d, turn["id"]))["status"] == "completed"
+    notes, secret = user_workspace / "notes.txt", user_workspace.parent / "outside" / "secret.txt"
+    notes.unlink()
+    notes.symlink_to(secret)
+    planted = await refused(d, "item.revert", {"item_id": item["id"]})
+    assert planted.rpc_code == Conflict.code and "cannot be reverted" in planted.message
+    assert secret.read_text() == "SECRET" and notes.is_symlink()
