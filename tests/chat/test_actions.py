@@ -14,13 +14,12 @@ from typing import Any
 
 import pytest
 from support import DaemonFactory, InProcessDaemon
+from support.chat import OWNER, own
 from support.chat import chat_daemon as ready_daemon
 
 from autopilotd.adapters.bwrap_sandbox import BwrapSandbox
 from autopilotd.client import RpcError
 from autopilotd.errors import Conflict, NotFound
-
-from .conftest import OWNER, own
 
 pytestmark = pytest.mark.skipif(
     BwrapSandbox().unavailable() is not None, reason="bubblewrap cannot run here"
