@@ -1,6 +1,7 @@
 """Autopilot Chat helpers for tests: a daemon whose chat service is ready, a turn run to its
-end through the control plane, a thread's whole event log, an engine that streams what the
-test hands it, and a user's project folder that a sandboxed command can reach."""
+end through the control plane, the item of a turn that asks for an approval, a thread's whole
+event log, an engine that streams what the test hands it, and a user's project folder that a
+sandboxed command can reach."""
 
 from __future__ import annotations
 
@@ -38,6 +39,27 @@ async def run_turn(d: InProcessDaemon, thread_id: str, text: str) -> dict[str, A
     )
     while turn["status"] == "running":
         turn = await d.call("turn.wait", {"turn_id": turn["id"]})
+    return turn
+
+
+async def asking(d: InProcessDaemon, turn_id: str) -> dict[str, Any]:
+    """The turn's item that waits for an approval, once there is one."""
+    deadline = time.monotonic() + 20
+    while True:
+        turn = await d.call("turn.wait", {"turn_id": turn_id, "timeout_s": 0})
+        for item in turn["items"]:
+            if item["body"].get("approval", {}).get("status") == "pending":
+                return dict(item)
+        assert turn["status"] == "running", f"the turn ended without asking: {turn}"
+        assert time.monotonic() < deadline, "no approval was asked for"
+        await asyncio.sleep(0.02)
+
+
+async def ended(d: InProcessDaemon, turn_id: str) -> dict[str, Any]:
+    """The turn once it ended, with its items."""
+    turn: dict[str, Any] = await d.call("turn.wait", {"turn_id": turn_id})
+    while turn["status"] == "running":
+        turn = await d.call("turn.wait", {"turn_id": turn_id})
     return turn
 
 
