@@ -129,9 +129,15 @@ def register(reg: Registry, rt: Runtime, chat: ChatService) -> None:
     async def item_revert(item_id: ItemId) -> dict[str, Any]:
         """Undo a file change (an item of kind file_change that completed): the file gets back
         exactly the bytes it had before (or is deleted again if the change created it). Refused,
-        writing nothing, when the file has changed since, or it was reverted already."""
+        writing nothing, when the file has changed since, or it was reverted already. Returns the
+        item's thread and the file's path."""
         change = await chat.revert(item_id, by="item.revert")
-        return {"item_id": item_id, "path": change.path, "restored_sha256": change.before_sha256}
+        return {
+            "item_id": item_id,
+            "thread_id": change.thread_id,
+            "path": change.path,
+            "restored_sha256": change.before_sha256,
+        }
 
     @reg.command("engine.status")
     async def engine_status() -> dict[str, Any]:

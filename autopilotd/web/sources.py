@@ -12,12 +12,13 @@ import itertools
 import re
 from typing import Any
 
+from autopilotd.chat import approvals
 from autopilotd.commands.wallet import REVEAL_CONFIRMATION
 from autopilotd.config import split_list
 from autopilotd.errors import AutopilotError
-from autopilotd.store.chat_records import EventType
+from autopilotd.store.chat_records import ApprovalStatus, EventType
 from autopilotd.vocab import OPEN_ONCHAIN_STATUSES, JobStage, OnchainKind, PaymentStatus
-from autopilotd.web.panes import View
+from autopilotd.web.panes import Action, View
 from autopilotd.web.qr import qr_path
 from autopilotd.web.tailnet import tailnet_status
 
@@ -549,14 +550,21 @@ async def relay_connections(v: View) -> dict[str, Any]:
     }
 
 
+CHAT_ACTIONS = ("turn.start", "thread.start", "approval.answer", "item.revert")
+
+
 async def autopilot_chat(v: View) -> dict[str, Any]:
-    """Chat threads as the `chat` section has them; the thread picked (`?thread=`, or the one
-    a turn was just started on) in full from `thread.read`, with a message box. The page
-    follows the picked thread's events (/chat/<id>/stream, after its `last_seq`) and
-    re-renders the pane on each of the `event_types`."""
+    """Chat threads as the `chat` section has them; the thread picked in full from
+    `thread.read`, its actions as cards (approvals to answer, commands with their output, file
+    changes with Revert), a message box, and a form that starts a thread. The thread picked is
+    the one the action just done was about (a turn started on it, the thread just started, an
+    approval answered or a change reverted in it), else `?thread=`, which the cards' buttons
+    also carry so that a refused answer keeps its thread shown. The page follows the picked
+    thread's events (/chat/<id>/stream, after its `last_seq`) and re-renders the pane on each
+    of the `event_types`."""
     s = v.snapshot["chat"]
-    started = v.acted("turn.start")
-    wanted = str(started.params.get("thread_id", "")) if started else v.query.get("thread", "")
+    act = v.action if v.action is not None and v.action.command in CHAT_ACTIONS else None
+    wanted = _thread_of(act) or v.query.get("thread", "")
     thread, missing = None, None
     if wanted:
         try:
@@ -571,6 +579,33 @@ async def autopilot_chat(v: View) -> dict[str, Any]:
         "running_turns": s["running_turns"],
         "selected": wanted,
         "thread": thread,
+        "grantable": _grantable(thread),
         "event_types": " ".join(EventType),
-        "error": (started.error if started else None) or missing,
+        # a refused thread.start's form keeps what was typed, to be corrected
+        "start": act.params if act and act.command == "thread.start" and act.error else {},
+        "error": (act.error if act else None) or missing,
     }
+
+
+def _thread_of(act: Action | None) -> str:
+    """The thread a chat action was about ("" when it does not say: it was refused)."""
+    if act is None:
+        return ""
+    if act.command == "turn.start":
+        return str(act.params.get("thread_id", ""))
+    if act.error is not None or not isinstance(act.result, dict):
+        return ""
+    return str(act.result.get("id" if act.command == "thread.start" else "thread_id", ""))
+
+
+def _grantable(thread: dict[str, Any] | None) -> list[str]:
+    """The items whose pending command may be allowed for the thread: one simple command
+    (approval.answer refuses approve_thread for any other)."""
+    return [
+        item["id"]
+        for turn in (thread["turns"] if thread else [])
+        for item in turn["items"]
+        if item["body"].get("approval", {}).get("status") == ApprovalStatus.PENDING
+        and item["body"]["approval"].get("action") == "command"
+        and len(approvals.prefixes(str(item["body"].get("command", "")))) == 1
+    ]

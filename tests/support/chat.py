@@ -1,12 +1,20 @@
 """Autopilot Chat helpers for tests: a daemon whose chat service is ready, a turn run to its
-end through the control plane, a thread's whole event log, and an engine that streams what
-the test hands it."""
+end through the control plane, the item of a turn that asks for an approval, a thread's whole
+event log, an engine that streams what the test hands it, and a user's project folder that a
+sandboxed command can reach."""
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from autopilotd.ports.engine import EngineStatus, TurnContext
 from autopilotd.store.chat_records import ItemKind
@@ -31,6 +39,27 @@ async def run_turn(d: InProcessDaemon, thread_id: str, text: str) -> dict[str, A
     )
     while turn["status"] == "running":
         turn = await d.call("turn.wait", {"turn_id": turn["id"]})
+    return turn
+
+
+async def asking(d: InProcessDaemon, turn_id: str) -> dict[str, Any]:
+    """The turn's item that waits for an approval, once there is one."""
+    deadline = time.monotonic() + 20
+    while True:
+        turn = await d.call("turn.wait", {"turn_id": turn_id, "timeout_s": 0})
+        for item in turn["items"]:
+            if item["body"].get("approval", {}).get("status") == "pending":
+                return dict(item)
+        assert turn["status"] == "running", f"the turn ended without asking: {turn}"
+        assert time.monotonic() < deadline, "no approval was asked for"
+        await asyncio.sleep(0.02)
+
+
+async def ended(d: InProcessDaemon, turn_id: str) -> dict[str, Any]:
+    """The turn once it ended, with its items."""
+    turn: dict[str, Any] = await d.call("turn.wait", {"turn_id": turn_id})
+    while turn["status"] == "running":
+        turn = await d.call("turn.wait", {"turn_id": turn_id})
     return turn
 
 
@@ -62,3 +91,33 @@ class ScriptedEngine:
         while (piece := await self.pieces.get()) is not None:
             await ctx.append(item, "text", piece)
         await ctx.complete(item)
+
+
+OWNER = 4242  # as root, a chat's commands run as the workspace's owner, never as root
+
+
+def own(path: Path) -> None:
+    """Give `path` and all below it to the workspace's owner (as root; otherwise it is ours)."""
+    if os.geteuid() != 0:
+        return
+    os.chown(path, OWNER, OWNER, follow_symlinks=False)
+    for parent, dirs, files in os.walk(path):
+        for name in dirs + files:
+            os.chown(Path(parent) / name, OWNER, OWNER, follow_symlinks=False)
+
+
+@pytest.fixture
+def user_workspace() -> Iterator[Path]:
+    """A user's project folder with two files, which a sandboxed run as its owner can reach
+    (pytest's own temporary folders are root's alone); `outside` next to it holds a secret."""
+    base = Path(tempfile.mkdtemp(prefix="autopilotd-chat-test-"))
+    base.chmod(0o711)
+    ws = base / "project"
+    (ws / "src").mkdir(parents=True)
+    (ws / "notes.txt").write_bytes(b"first line\nsecond line\nthird line\n")
+    (ws / "src" / "main.py").write_bytes(b"print('hello')\n")
+    (base / "outside").mkdir()
+    (base / "outside" / "secret.txt").write_text("SECRET")
+    own(ws)
+    yield ws
+    shutil.rmtree(base, ignore_errors=True)

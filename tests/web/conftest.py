@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 from support import InProcessDaemon
+from support.chat import user_workspace  # noqa: F401 (a fixture, shared with tests/chat)
 
 from autopilotd.adapters.fake_lightning import FakeNetwork
 

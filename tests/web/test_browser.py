@@ -16,6 +16,7 @@ from support import DaemonFactory, InProcessDaemon, online_daemon, wallet_daemon
 from support.browser import artifact, chromium
 from support.chat import ScriptedEngine, chat_daemon
 
+from autopilotd.adapters.bwrap_sandbox import BwrapSandbox
 from autopilotd.adapters.fake_lightning import FakeNetwork
 from autopilotd.app import Adapters
 from autopilotd.web.catalog import PANES
@@ -409,6 +410,46 @@ async def test_a_chat_thread_streams_into_its_pane_over_one_event_source(
         await page.click("button[data-open=identity_keys]")  # a pane that is not refreshed
         await _until(lambda: opened[1][0] in closed)  # none left open
         assert len(opened) == 2
+
+
+@pytest.mark.skipif(BwrapSandbox().unavailable() is not None, reason="bubblewrap cannot run here")
+async def test_a_command_is_approved_in_the_chat_pane_and_its_output_shows(
+    daemon_factory: DaemonFactory, user_workspace: Path
+) -> None:
+    """Send /run with the composer: the approval card comes in live (over the thread's
+    stream), Approve runs the command in the sandbox, and its card shows the output and the
+    exit code."""
+    d = await chat_daemon(daemon_factory, chat_approval_timeout_s=60.0)
+    thread = await d.call("thread.start", {"workspace": str(user_workspace)})
+    async with chromium() as ctx:
+        page = await ctx.new_page()
+        cdp = await ctx.new_cdp_session(page)
+        await cdp.send("Network.enable")
+        streamed: list[str] = []  # the chat stream's event types, as the page received them
+        cdp.on("Network.eventSourceMessageReceived", lambda m: streamed.append(m["eventName"]))
+        await _login(page, d)
+        await page.goto(f"http://127.0.0.1:{d.port}/?thread={thread['id']}#autopilot_chat")
+        pane = page.locator("#pane-autopilot_chat")
+        await pane.locator(f".chat-thread[data-thread='{thread['id']}']").wait_for()
+        assert "no model" in await pane.locator("[data-testid=chat-badge]").inner_text()
+        await pane.locator("[data-testid=chat-input]").fill("/run echo hello-from-the-sandbox")
+        await pane.locator("[data-testid=chat-send]").click()
+        card = pane.locator(".chat-command_execution")
+        await card.locator("[data-testid=chat-approval]").wait_for(timeout=15_000)
+        assert "approval.requested" in streamed
+        assert "echo hello-from-the-sandbox" in await card.inner_text()
+        assert await card.locator("[data-testid=chat-output]").count() == 0  # nothing ran
+        await page.screenshot(path=artifact("chat-approval.png"))
+
+        await card.locator("[data-testid=chat-approve]").click()
+        output = card.locator("[data-testid=chat-output]")
+        await output.wait_for(timeout=15_000)
+        assert (await output.inner_text()).strip() == "hello-from-the-sandbox"
+        exit_line = await card.locator("[data-testid=chat-exit]").inner_text()
+        assert "exit code 0" in exit_line and "succeeded" in exit_line
+        assert "APPROVED" in await card.locator("[data-testid=chat-approval-outcome]").inner_text()
+        await pane.locator(".chat-turn:has-text('turn 1: completed')").wait_for()
+        await page.screenshot(path=artifact("chat-command-output.png"))
 
 
 async def _until(condition: Any, timeout_s: float = 10) -> None:
