@@ -5,8 +5,10 @@ changing nothing, and approvals that cannot be answered twice or after a restart
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 

@@ -322,3 +322,30 @@ async def test_a_thread_starts_from_the_pane(
     assert badge == "> engine commands no model read-only"
     assert 'data-testid="chat-input"' in html and "/run" in html and "/patch" in html
     assert 'value="project"' not in html  # the form starts afresh
+
+
+async def test_a_purchase_asks_the_owner_with_its_budget_and_links_to_network_requests(
+    daemon_factory: DaemonFactory, tmp_path: Path, web_login: Any
+) -> None:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    d = await chat_daemon(daemon_factory)
+    web = await web_login(d)
+    thread = await d.call("thread.start", {"workspace": str(ws)})
+    turn = await d.call("turn.start", {"thread_id": thread["id"], "input": "/buy 30 a <b>poem"})
+    item = await asking(d, turn["id"])
+    _, html = await web.get(f"/pane/autopilot_chat?thread={thread['id']}")
+    card = _card(html, item["id"])
+    assert "asks to spend" in _text(card) and "at most 30 sats" in _text(card)
+    assert 'hx-post="/do/approval.answer_spend?pane=autopilot_chat' in card
+    assert "approve_thread" not in card and "<b>poem" not in html
+    status, html = await web.do(
+        "approval.answer_spend",
+        {"item_id": item["id"], "decision": "approve"},
+        pane="autopilot_chat",
+    )
+    assert status == 200
+    done = (await ended(d, turn["id"]))["items"][-1]
+    assert done["status"] == "failed" and "buying needs relays" in done["body"]["error"]
+    _, html = await web.get(f"/pane/autopilot_chat?thread={thread['id']}")
+    assert 'data-open-pane="network_requests"' in html and "buying needs relays" in _text(html)

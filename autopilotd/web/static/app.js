@@ -66,6 +66,11 @@
   }
 
   railButtons.forEach((b) => b.addEventListener("click", () => openPane(b.dataset.open)));
+  // A link inside a pane that opens another pane (a chat's network request → Network Requests).
+  document.addEventListener("click", (e) => {
+    const link = e.target.closest && e.target.closest("a[data-open-pane]");
+    if (link && openPane(link.dataset.openPane)) e.preventDefault();
+  });
 
   // -- a chat thread, live ----------------------------------------------------------------
   // The open pane's chat thread (.chat-thread[data-thread], the Autopilot Chat pane's) is
