@@ -408,7 +408,7 @@ class _Turn:
         elif kind == "commandExecution":
             ours = await ctx.start_item(ItemKind.COMMAND_EXECUTION, self._command_body(item))
         elif kind == "fileChange":
-            ours = await ctx.start_item(ItemKind.FILE_CHANGE, _change_body(item))
+            ours = await ctx.start_item(ItemKind.FILE_CHANGE, self._change_body(item))
         elif kind == "dynamicToolCall" and item.get("tool") == BUY_TOOL:
             ours = await ctx.start_item(ItemKind.NETWORK_REQUEST, _buy_body(item.get("arguments")))
         elif kind in ("mcpToolCall", "dynamicToolCall", "webSearch"):
@@ -448,7 +448,7 @@ class _Turn:
             else:
                 await ctx.fail(ours, f"exited with code {item.get('exitCode')}", body)
         elif kind == "fileChange":
-            body = _change_body(item)
+            body = self._change_body(item)
             if status == "completed":
                 await ctx.complete(ours, body)
             elif status == "declined":
@@ -469,6 +469,9 @@ class _Turn:
         reason = self._reasons.get(self._ours.get(str(item.get("id") or item.get("itemId")), ""))
         return body if reason is None else {**body, "reason": reason}
 
+    def _change_body(self, item: Mapping[str, Any]) -> dict[str, Any]:
+        return _change_body(self._ctx.workspace, item)
+
     # -- requests from the app-server ------------------------------------------------------
 
     async def _serve(self, request_id: Any, method: str, params: Mapping[str, Any]) -> None:
@@ -487,7 +490,7 @@ class _Turn:
             approval = await self._ctx.request_approval(ours, "command", command or None)
             await server.respond(request_id, {"decision": self._decide(ours, approval, "run")})
         elif method == "item/fileChange/requestApproval":
-            ours = await self._item_for(params, ItemKind.FILE_CHANGE, _change_body)
+            ours = await self._item_for(params, ItemKind.FILE_CHANGE, self._change_body)
             if self._ctx.sandbox_mode == "read-only":
                 self._declined[ours] = "not changed: this thread's sandbox mode is read-only"
                 await server.respond(request_id, {"decision": "decline"})
@@ -600,9 +603,13 @@ def _relative(root: Path, cwd: Any) -> str:
         return str(cwd)
 
 
-def _change_body(item: Mapping[str, Any]) -> dict[str, Any]:
+def _change_body(root: Path, item: Mapping[str, Any]) -> dict[str, Any]:
     changes = [
-        {"path": str(c.get("path")), "kind": _kind(c.get("kind")), "diff": str(c.get("diff", ""))}
+        {
+            "path": _relative(root, c.get("path")),
+            "kind": _kind(c.get("kind")),
+            "diff": str(c.get("diff", "")),
+        }
         for c in item.get("changes") or []
     ]
     return {

@@ -126,6 +126,58 @@ async def test_a_command_codex_runs_asks_our_approval_first(
         assert "hi\n" not in told and told  # Codex was told it did not run
 
 
+PATCH = (
+    "apply_patch <<'EOF'\n*** Begin Patch\n*** Add File: hello.txt\n+hello\n*** End Patch\nEOF\n"
+)
+
+
+@needs_codex
+@pytest.mark.parametrize("decision", ["approve", "deny"])
+async def test_a_file_change_codex_makes_asks_our_approval_first(
+    daemon_factory: DaemonFactory, workspace: Path, daemon_home: Path, decision: str
+) -> None:
+    """Codex turns an `apply_patch` command into a file change of its own, and asks first."""
+    change = function_call("call-p", "exec_command", {"cmd": PATCH})
+    async with model_server([[change], [message("patched")]]) as server:
+        d = await codex_daemon(daemon_factory, server, daemon_home)
+        thread = await d.call("thread.start", {"workspace": str(workspace)})
+        turn = await d.call("turn.start", {"thread_id": thread["id"], "input": "add hello"})
+        item = await asking(d, turn["id"])
+        assert item["kind"] == "file_change" and item["body"]["path"] == "hello.txt"
+        assert item["body"]["approval"]["action"] == "file_change"
+        assert not (workspace / "hello.txt").exists()
+        await d.call("approval.answer", {"item_id": item["id"], "decision": decision})
+        done = await ended(d, turn["id"])
+
+    assert done["status"] == "completed", done
+    (changed,) = of_kind(done, "file_change")
+    assert changed["body"]["changes"] == [{"path": "hello.txt", "kind": "add", "diff": "hello\n"}]
+    assert of_kind(done, "agent_message")[-1]["body"]["text"] == "patched"
+    if decision == "approve":
+        assert changed["status"] == "completed", changed["body"]
+        assert (workspace / "hello.txt").read_text() == "hello\n"
+    else:
+        assert changed["status"] == "failed"
+        assert changed["body"]["error"].startswith("not changed: the approval was declined")
+        assert not (workspace / "hello.txt").exists()
+
+
+@needs_codex
+async def test_an_interrupted_turn_stops_its_app_server(
+    daemon_factory: DaemonFactory, workspace: Path, daemon_home: Path
+) -> None:
+    async with model_server([HOLD]) as server:
+        d = await codex_daemon(daemon_factory, server, daemon_home)
+        thread = await d.call("thread.start", {"workspace": str(workspace)})
+        turn = await d.call("turn.start", {"thread_id": thread["id"], "input": "think long"})
+        await asyncio.wait_for(server.got_request.wait(), 60)
+        assert len(app_servers()) == 1
+        await d.call("turn.interrupt", {"turn_id": turn["id"]})
+        done = await ended(d, turn["id"])
+    assert done["status"] == "interrupted"
+    assert app_servers() == []
+
+
 @needs_codex
 async def test_a_read_only_thread_declines_what_codex_asks_to_run_without_asking(
     daemon_factory: DaemonFactory, workspace: Path, daemon_home: Path
