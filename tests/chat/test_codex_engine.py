@@ -20,7 +20,7 @@ from support import DaemonFactory, InProcessDaemon
 from support.chat import chat_daemon
 from support.model_server import HOLD, ModelServer, function_call, message, model_server
 
-from autopilotd.adapters.codex_engine import find_codex
+from autopilotd.adapters.codex_engine import CodexEngine, CodexSettings, find_codex
 
 CACHE = Path(os.environ.get("AUTOPILOTD_BUILD_CACHE") or Path.home() / ".cache" / "autopilotd")
 CODEX = find_codex("", CACHE)
@@ -257,6 +257,16 @@ async def test_without_codex_the_engine_says_so_and_commands_still_run(
     assert {e["path"] for e in listing["body"]["entries"]} == {"notes.txt", "src/main.py"}
 
 
+def test_codex_installed_but_not_signed_in_says_how(tmp_path: Path) -> None:
+    engine = CodexEngine(CodexSettings(binary=Path("/bin/true"), home=tmp_path / "codex"))
+    status = engine.status()
+    assert status.installed and not status.ready
+    assert f"CODEX_HOME={tmp_path / 'codex'} codex login" in status.reason
+    (tmp_path / "codex").mkdir()
+    (tmp_path / "codex" / "auth.json").write_text("{}")
+    assert engine.status().ready
+
+
 def app_servers() -> list[int]:
     """The `codex app-server` processes this test process started."""
     found = []
@@ -297,4 +307,5 @@ async def test_a_killed_app_server_fails_its_turn_and_the_next_resumes_the_threa
     assert of_kind(second, "agent_message")[-1]["body"]["text"] == "back again"
     said = str(server.requests[-1]["input"])
     assert "first words" in said and "second" in said  # the same Codex thread, resumed
+    assert "autopilot_buy" in [t.get("name") for t in server.requests[-1]["tools"]]
     assert app_servers() == []  # no app-server outlives its turn
