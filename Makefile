@@ -8,7 +8,8 @@ BIN := $(VENV)/bin
 export AUTOPILOTD_BUILD_CACHE ?= $(HOME)/.cache/autopilotd
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml Makefile | sha1sum | cut -c1-12)
 
-.PHONY: setup native ldk-node btcd test lint typecheck pytest demo smoke soak clean web-assets chromium bubblewrap
+.PHONY: setup native ldk-node btcd test lint typecheck pytest demo smoke soak clean web-assets chromium bubblewrap \
+	codex
 
 setup: $(STAMP) web-assets
 
@@ -32,6 +33,20 @@ $(HTMX_JS):
 		--no-fund --loglevel=error htmx.org@$(HTMX_VERSION)
 	mkdir -p $(@D)
 	cp "$(AUTOPILOTD_BUILD_CACHE)/npm-htmx-$(HTMX_VERSION)/node_modules/htmx.org/dist/htmx.min.js" $@
+
+# The Codex CLI for the chat's Codex engine (autopilotd/adapters/codex_engine.py, docs/chat.md),
+# from the npm registry at a pinned version into the build cache, where the daemon looks for it:
+# npm's optional dependency for this platform is the native binary the daemon spawns. Keep the
+# version in step with CODEX_VERSION in the adapter. A no-op when it is there.
+CODEX_VERSION := 0.171.0
+CODEX_DIR := $(AUTOPILOTD_BUILD_CACHE)/npm-codex-$(CODEX_VERSION)
+codex: $(CODEX_DIR)/.installed
+
+$(CODEX_DIR)/.installed:
+	npm install --prefix "$(CODEX_DIR)" --no-save --no-audit --no-fund --loglevel=error \
+		@openai/codex@$(CODEX_VERSION)
+	ls "$(CODEX_DIR)"/node_modules/@openai/codex-*/vendor/*/bin/codex >/dev/null
+	touch $@
 
 # Debian's Chromium for the browser tests (Playwright drives it; it never downloads a browser).
 chromium:
@@ -63,7 +78,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-pytest: setup native chromium bubblewrap
+pytest: setup native chromium bubblewrap codex
 	$(BIN)/pytest
 
 test: lint typecheck pytest
@@ -77,7 +92,7 @@ SMOKE_JOBS ?= 5
 smoke: setup native
 	$(BIN)/autopilotd demo --home .demo-smoke --smoke $(SMOKE_JOBS)
 
-demo: setup native
+demo: setup native codex
 	$(BIN)/autopilotd demo
 
 clean:

@@ -22,12 +22,14 @@ from pathlib import Path
 from autopilotd import __version__
 from autopilotd.adapters.bitcoind_chain import BitcoindChain
 from autopilotd.adapters.bwrap_sandbox import BwrapSandbox
+from autopilotd.adapters.codex_engine import CodexEngine, CodexSettings, find_codex
 from autopilotd.adapters.ldk_node import ldk_node_factory
 from autopilotd.adapters.nexus_http import HttpNexus
 from autopilotd.adapters.psionic_http import PsionicClient
 from autopilotd.adapters.relay_pool import PoolConfig, RelayPool
 from autopilotd.buyer.service import Buyer
 from autopilotd.chat.commands_lane import CommandLane
+from autopilotd.chat.router import EngineRouter
 from autopilotd.chat.service import ActionRules, ChatService
 from autopilotd.commands import BUILTINS, Registrar
 from autopilotd.commands import buyer as buyer_commands
@@ -107,6 +109,23 @@ class App:
     services: Sequence[Service]
     auth: WebAuth
     seed_created: bool
+
+
+def chat_engine(config: Config, commands: CommandLane) -> Engine:
+    """The engine of chat turns: the command lane, or with `chat_engine = "codex"` the Codex
+    app-server behind the router (its status says whether it is installed and signed in)."""
+    if config.chat_engine != "codex":
+        return commands
+    cache = Path(os.environ.get("AUTOPILOTD_BUILD_CACHE") or Path.home() / ".cache" / "autopilotd")
+    codex = CodexEngine(
+        CodexSettings(
+            binary=find_codex(config.codex_bin, cache),
+            home=config.paths.data_dir / "codex",
+            model=config.codex_model,
+            base_url=config.codex_base_url,
+        )
+    )
+    return EngineRouter(commands, codex)
 
 
 def load_identity(config: Config) -> tuple[NostrIdentity, bool]:
@@ -218,7 +237,7 @@ def build(
         threads=ChatThreads(store),
         writer=state.writer("chat"),
         events=events,
-        engine=adapters.engine or CommandLane(workspace),
+        engine=adapters.engine or chat_engine(config, CommandLane(workspace)),
         private=(paths.config_dir, paths.data_dir, paths.runtime_dir, paths.log_dir),
         sandbox=box,
         files=workspace,

@@ -108,6 +108,15 @@ class Config:
     # A chat's commands run with the sandbox_* limits above.
     chat_approval_timeout_s: float = 600.0
     chat_spend_ceiling_sats: int = 1000
+    # The engine of new threads' words: "commands" (the command lane, no model) or "codex" (the
+    # Codex app-server, when its program is found; lines starting with / still go to the
+    # command lane). `codex_bin` "" = the one `make codex` installs, else `codex` on PATH;
+    # `codex_model` "" = Codex's default; `codex_base_url` "" = Codex's own provider (sign in
+    # with `codex login`), else a Responses API server of your own (e.g. http://127.0.0.1:PORT/v1).
+    chat_engine: str = "commands"
+    codex_bin: str = ""
+    codex_model: str = ""
+    codex_base_url: str = ""
     # Starter demand: the Nexus whose starter jobs this provider takes while online ("" = none).
     # Its relay (the same address, ws://) joins `relays` by itself.
     nexus_url: str = _editable("", "now")
@@ -336,6 +345,11 @@ def _validate(config: Config) -> None:
             raise UserError(f"{name} must be positive")
     if config.provider_max_inflight > MAX_INFLIGHT:
         raise UserError(f"provider_max_inflight must be at most {MAX_INFLIGHT}")
+    if config.chat_engine not in ("commands", "codex"):
+        raise UserError("chat_engine must be one of commands, codex")
+    base_url = config.codex_base_url
+    if base_url and not (base_url.startswith(("http://", "https://")) and _has_host(base_url)):
+        raise UserError(f"codex_base_url '{config.codex_base_url}' must be an http(s):// URL")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UserError("log_level must be one of DEBUG, INFO, WARNING, ERROR")
 

@@ -44,6 +44,7 @@ from autopilotd.ports.engine import (
     Engine,
     EngineStatus,
     NetworkBuying,
+    TurnFailed,
     WorkspaceFiles,
 )
 from autopilotd.ports.sandbox import Limits, Sandbox
@@ -339,6 +340,9 @@ class ChatService:
             if task is not None:
                 task.uncancel()
             status, error = TurnStatus.INTERRUPTED, INTERRUPTED_BY_USER
+        except TurnFailed as exc:
+            logger.warning("chat turn %s: the %s engine: %s", turn.id, self._engine.name, exc)
+            status, error = TurnStatus.FAILED, f"the {self._engine.name} engine: {exc}"
         except Exception:
             error_id = secrets.token_hex(6)
             logger.exception("chat turn %s: the engine failed [error id %s]", turn.id, error_id)
@@ -429,6 +433,7 @@ class _Context:
         self.thread_id = thread.id
         self.turn_id = turn_id
         self.workspace = Path(thread.workspace)
+        self.sandbox_mode = thread.sandbox_mode
 
     async def start_item(self, kind: ItemKind, body: Mapping[str, Any]) -> str:
         item = await self._threads.start_item(self.turn_id, _new_id("item"), kind, dict(body))

@@ -65,6 +65,12 @@ class EngineStatus:
     reason: str  # in words: what it is, or why it is not ready and what to do
 
 
+class TurnFailed(Exception):
+    """Raised by an engine whose turn cannot go on for a reason it can say in words (its model
+    server gone, its program exited): the turn fails with this message, which is shown to the
+    user, as its `error` item. Anything else an engine raises is a breakdown with an error id."""
+
+
 class TurnContext(Protocol):
     """One running turn, as its engine records it. Every call is one write of the item and its
     event; once the turn has ended (interrupted), each is refused with Conflict."""
@@ -78,6 +84,11 @@ class TurnContext(Protocol):
     @property
     def workspace(self) -> Path:
         """The thread's workspace: the root every file the engine reads is relative to."""
+        ...
+
+    @property
+    def sandbox_mode(self) -> str:
+        """The thread's sandbox mode: `workspace-write`, or `read-only` (change nothing)."""
         ...
 
     async def start_item(self, kind: ItemKind, body: Mapping[str, Any]) -> str:

@@ -50,6 +50,7 @@ class ItemKind(enum.StrEnum):
 
     USER_MESSAGE = "user_message"  # body: {text}
     AGENT_MESSAGE = "agent_message"  # body: {text}, streamed by item.delta
+    REASONING = "reasoning"  # body: {text}: a model's summary of its reasoning, streamed
     TOOL_CALL = "tool_call"  # body: {tool, …its arguments and result}, or {…, error}
     COMMAND_EXECUTION = "command_execution"  # {command, cwd, exit_code, duration_s, output…}
     FILE_CHANGE = "file_change"  # {path, diff, before_sha256, after_sha256, reverted_at…}
