@@ -5,15 +5,14 @@ changing nothing, and approvals that cannot be answered twice or after a restart
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import DaemonFactory, InProcessDaemon
+from support.chat import asking
 from support.chat import chat_daemon as ready_daemon
 
 from autopilotd.adapters.bwrap_sandbox import BwrapSandbox
@@ -51,19 +50,6 @@ async def chat_daemon(factory: DaemonFactory, **settings: Any) -> InProcessDaemo
 async def start(d: InProcessDaemon, thread_id: str, text: str) -> dict[str, Any]:
     turn: dict[str, Any] = await d.call("turn.start", {"thread_id": thread_id, "input": text})
     return turn
-
-
-async def asking(d: InProcessDaemon, turn_id: str) -> dict[str, Any]:
-    """The turn's item that waits for an approval, once there is one."""
-    deadline = time.monotonic() + 20
-    while True:
-        turn = await d.call("turn.wait", {"turn_id": turn_id, "timeout_s": 0})
-        for item in turn["items"]:
-            if item["body"].get("approval", {}).get("status") == "pending":
-                return dict(item)
-        assert turn["status"] == "running", f"the turn ended without asking: {turn}"
-        assert time.monotonic() < deadline, "no approval was asked for"
-        await asyncio.sleep(0.02)
 
 
 async def ended(d: InProcessDaemon, turn_id: str) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """Autopilot Chat helpers for tests: a daemon whose chat service is ready, a turn run to its
-end through the control plane, a thread's whole event log, and an engine that streams what
-the test hands it."""
+end through the control plane, the item that waits for an approval, a thread's whole event
+log and the items it replays to, and an engine that streams what the test hands it."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
@@ -34,6 +35,19 @@ async def run_turn(d: InProcessDaemon, thread_id: str, text: str) -> dict[str, A
     return turn
 
 
+async def asking(d: InProcessDaemon, turn_id: str) -> dict[str, Any]:
+    """The turn's item that waits for an approval, once there is one."""
+    deadline = time.monotonic() + 20
+    while True:
+        turn = await d.call("turn.wait", {"turn_id": turn_id, "timeout_s": 0})
+        for item in turn["items"]:
+            if item["body"].get("approval", {}).get("status") == "pending":
+                return dict(item)
+        assert turn["status"] == "running", f"the turn ended without asking: {turn}"
+        assert time.monotonic() < deadline, "no approval was asked for"
+        await asyncio.sleep(0.02)
+
+
 async def all_events(d: InProcessDaemon, thread_id: str, after: int = 0) -> list[dict[str, Any]]:
     """The thread's events after `after`, every page of them."""
     events: list[dict[str, Any]] = []
@@ -43,6 +57,19 @@ async def all_events(d: InProcessDaemon, thread_id: str, after: int = 0) -> list
         if not page["events"] or page["events"][-1]["seq"] >= page["last_seq"]:
             return events
         after = page["events"][-1]["seq"]
+
+
+def replay(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Items as the event log alone makes them: started, each delta applied, then ended."""
+    items: dict[str, dict[str, Any]] = {}
+    for event in events:
+        if event["type"] == "item.delta":
+            body = items[event["item_id"]]["body"]
+            field = event["body"]["field"]
+            body[field] = body.get(field, "") + event["body"]["delta"]
+        elif event["type"].startswith("item."):
+            items[event["item_id"]] = json.loads(json.dumps(event["body"]))
+    return items
 
 
 class ScriptedEngine:
