@@ -28,9 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator
@@ -38,12 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from chat_daemon import daemon_process, serve
+from figures import TABLE_HEADER, table_row
 
-from autopilotd.app import Adapters
-from autopilotd.client import RpcClient, locate
-from autopilotd.config import Config
-from autopilotd.daemon import run_daemon
-from autopilotd.paths import Paths
+from autopilotd.client import RpcClient
 from autopilotd.ports.engine import EngineStatus, TurnContext
 from autopilotd.store.chat_records import ItemKind
 
@@ -82,11 +78,6 @@ class PacedEngine:
         (self._home / COMMITS).write_text(json.dumps(committed))
 
 
-async def serve(home: Path) -> None:
-    config = Config(paths=Paths.for_home(home))
-    await run_daemon(config, adapters=Adapters(engine=PacedEngine(home)))
-
-
 # -- the clients -------------------------------------------------------------------------------
 
 
@@ -123,20 +114,6 @@ async def subscribe(
     raise AssertionError("the stream ended before the turn completed")
 
 
-def pct(xs: list[float], q: float) -> float:
-    """The nearest-rank q-th percentile."""
-    s = sorted(xs)
-    return s[math.ceil(q / 100 * len(s)) - 1]
-
-
-def row(name: str, seconds: list[float]) -> str:
-    ms = [x * 1000 for x in seconds]
-    return (
-        f"{name:<26}{len(ms):>7}{statistics.median(ms):>9.1f}{pct(ms, 95):>9.1f}"
-        f"{pct(ms, 99):>9.1f}{max(ms):>9.1f}"
-    )
-
-
 async def live(
     rpc: RpcClient, http: aiohttp.ClientSession, base: str, home: Path, ws: Path, args: Any
 ) -> None:
@@ -170,9 +147,9 @@ async def live(
         f"\nlive: {args.subscribers} subscriber(s) on one thread, {args.events} deltas {pace} "
         f"({args.events / wall:.0f} events/s written, turn {wall:.2f} s)"
     )
-    print(f"{'measure':<26}{'n':>7}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}")
-    print(row("committed → received", from_commit))
-    print(row("written (at) → received", from_at))
+    print(TABLE_HEADER)
+    print(table_row("committed → received", from_commit))
+    print(table_row("written (at) → received", from_at))
 
 
 async def replay(
@@ -199,8 +176,8 @@ async def replay(
         took.append(time.perf_counter() - t0)
         assert n == REPLAYED
     print(f"\nreplay of {REPLAYED} events after a reconnect (Last-Event-ID: 0), {runs} runs")
-    print(f"{'measure':<26}{'n':>7}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}")
-    print(row("connect → 1000th event", took))
+    print(TABLE_HEADER)
+    print(table_row("connect → 1000th event", took))
     print(f"{REPLAYED / statistics.median(took):,.0f} events/s at the median")
 
 
@@ -213,42 +190,21 @@ async def main() -> None:
     ap.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
-        await serve(args.serve)
+        await serve(args.serve, PacedEngine(args.serve))
         return
     with tempfile.TemporaryDirectory(prefix="autopilotd-bench-chat-") as tmp:
         root = Path(tmp)
         home, ws = root / "home", root / "ws"
         ws.mkdir()
-        server = await asyncio.create_subprocess_exec(
-            sys.executable, __file__, "--serve", str(home)
-        )
-        try:
-            manifest = Paths.for_home(home).manifest_file
-            deadline = time.monotonic() + 30
-            while not manifest.exists():
-                assert server.returncode is None, "the daemon exited"
-                assert time.monotonic() < deadline, "the daemon did not start in 30 s"
-                await asyncio.sleep(0.05)
-            async with RpcClient(locate(home=str(home))) as rpc:
-                status = await rpc.call("status")
-                while status["chat"]["state"] != "ready":
-                    status = await rpc.call(
-                        "status.wait", {"after_seq": status["seq"], "timeout_s": 5}
-                    )
-                link = (await rpc.call("web.login_url"))["url"]
-                base = link.split("/login", 1)[0]
-                jar = aiohttp.CookieJar(unsafe=True)
-                async with aiohttp.ClientSession(cookie_jar=jar) as http:
-                    async with http.get(link, allow_redirects=False) as r:
-                        assert r.status == 303, r.status
-                    await live(rpc, http, base, home, ws, args)
-                    await replay(rpc, http, base, ws, args.replays)
-                await rpc.call("daemon.stop")
-            await asyncio.wait_for(server.wait(), 30)
-        finally:
-            if server.returncode is None:
-                server.kill()
-                await server.wait()
+        async with daemon_process(__file__, home) as rpc:
+            link = (await rpc.call("web.login_url"))["url"]
+            base = link.split("/login", 1)[0]
+            jar = aiohttp.CookieJar(unsafe=True)
+            async with aiohttp.ClientSession(cookie_jar=jar) as http:
+                async with http.get(link, allow_redirects=False) as r:
+                    assert r.status == 303, r.status
+                await live(rpc, http, base, home, ws, args)
+                await replay(rpc, http, base, ws, args.replays)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from support import DaemonFactory, InProcessDaemon
-from support.chat import all_events, chat_daemon, run_turn
+from support.chat import all_events, chat_daemon, replay, run_turn
 
 from autopilotd.app import Adapters
 from autopilotd.client import RpcError
@@ -81,19 +81,6 @@ async def refused(d: InProcessDaemon, method: str, params: dict[str, Any]) -> Rp
 
 def tools(turn: dict[str, Any]) -> list[dict[str, Any]]:
     return [i for i in turn["items"] if i["kind"] == "tool_call"]
-
-
-def replay(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Items as the event log alone makes them: started, each delta applied, then ended."""
-    items: dict[str, dict[str, Any]] = {}
-    for event in events:
-        if event["type"] == "item.delta":
-            body = items[event["item_id"]]["body"]
-            field = event["body"]["field"]
-            body[field] = body.get(field, "") + event["body"]["delta"]
-        elif event["type"].startswith("item."):
-            items[event["item_id"]] = json.loads(json.dumps(event["body"]))
-    return items
 
 
 async def test_a_thread_reads_the_same_after_a_restart(

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
-from support import BIN, DaemonFactory, DaemonProcess, InProcessDaemon
+from support import BIN, DaemonFactory, DaemonProcess, InProcessDaemon, left_running
 
 from autopilotd.adapters.bwrap_sandbox import BwrapSandbox
 from autopilotd.client import RpcError
@@ -56,20 +56,6 @@ async def run_job(
         done: dict[str, Any] = await d.call("sandbox.wait", {"job_id": job["id"], "timeout_s": 20})
         if done["state"] not in ("created", "uploading", "running"):
             return done
-
-
-def left_running(marker: str) -> list[int]:
-    """Processes whose command line holds `marker` (none may outlive their job)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if marker.encode() in cmdline:
-                found.append(int(entry.name))
-    return found
 
 
 async def test_a_job_runs_from_upload_to_download(

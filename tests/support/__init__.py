@@ -67,6 +67,21 @@ class DaemonProcess:
         return self.proc.wait(timeout)
 
 
+def left_running(marker: str) -> list[int]:
+    """Processes whose command line holds `marker` (none may outlive the run that started
+    them)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmdline:
+                found.append(int(entry.name))
+    return found
+
+
 def run_ctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "autopilotctl"), *args],

@@ -1,11 +1,12 @@
 """Autopilot Chat helpers for tests: a daemon whose chat service is ready, a turn run to its
 end through the control plane, the item of a turn that asks for an approval, a thread's whole
-event log, an engine that streams what the test hands it, and a user's project folder that a
-sandboxed command can reach."""
+event log and the items it replays to, an engine that streams what the test hands it, and a
+user's project folder that a sandboxed command can reach."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import tempfile
@@ -72,6 +73,19 @@ async def all_events(d: InProcessDaemon, thread_id: str, after: int = 0) -> list
         if not page["events"] or page["events"][-1]["seq"] >= page["last_seq"]:
             return events
         after = page["events"][-1]["seq"]
+
+
+def replay(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Items as the event log alone makes them: started, each delta applied, then ended."""
+    items: dict[str, dict[str, Any]] = {}
+    for event in events:
+        if event["type"] == "item.delta":
+            body = items[event["item_id"]]["body"]
+            field = event["body"]["field"]
+            body[field] = body.get(field, "") + event["body"]["delta"]
+        elif event["type"].startswith("item."):
+            items[event["item_id"]] = json.loads(json.dumps(event["body"]))
+    return items
 
 
 class ScriptedEngine:
