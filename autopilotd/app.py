@@ -28,6 +28,7 @@ from autopilotd.adapters.psionic_http import PsionicClient
 from autopilotd.adapters.relay_pool import PoolConfig, RelayPool
 from autopilotd.buyer.service import Buyer
 from autopilotd.chat.commands_lane import CommandLane
+from autopilotd.chat.local_engine import LocalEngine
 from autopilotd.chat.service import ActionRules, ChatService
 from autopilotd.commands import BUILTINS, Registrar
 from autopilotd.commands import buyer as buyer_commands
@@ -214,11 +215,20 @@ def build(
         clock=clock,
     )
     paths = config.paths
+    engine: Engine = CommandLane(workspace)
+    if config.runtime_mode != "off" and config.chat_engine in ("auto", "local"):
+        engine = LocalEngine(
+            local,
+            workspace,
+            max_steps=config.chat_max_steps,
+            max_tokens=config.chat_max_tokens,
+            first_tool_choice=config.chat_tool_choice,
+        )
     chat = ChatService(
         threads=ChatThreads(store),
         writer=state.writer("chat"),
         events=events,
-        engine=adapters.engine or CommandLane(workspace),
+        engine=adapters.engine or engine,
         private=(paths.config_dir, paths.data_dir, paths.runtime_dir, paths.log_dir),
         sandbox=box,
         files=workspace,

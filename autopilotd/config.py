@@ -108,6 +108,19 @@ class Config:
     # A chat's commands run with the sandbox_* limits above.
     chat_approval_timeout_s: float = 600.0
     chat_spend_ceiling_sats: int = 1000
+    # Which engine new chat threads get: "local" (a model on psionic, which needs the local
+    # runtime), "commands" (the command lane), or "auto" (local when the runtime is on).
+    chat_engine: str = "auto"
+    # The local engine's model: "" is psionic's first chat model (the packaged one), else a
+    # model id psionic serves, or a local .gguf file or model folder (with runtime_mode =
+    # "spawn" psionic loads it too).
+    chat_model: str = ""
+    # The local engine's bounds: steps (completions) per turn, tokens per completion; and
+    # whether its first step must call a tool ("required"), for a model too small to call
+    # one of its own accord, or may answer in words ("auto").
+    chat_max_steps: int = 8
+    chat_max_tokens: int = 400
+    chat_tool_choice: str = "auto"
     # Starter demand: the Nexus whose starter jobs this provider takes while online ("" = none).
     # Its relay (the same address, ws://) joins `relays` by itself.
     nexus_url: str = _editable("", "now")
@@ -311,6 +324,14 @@ def _validate(config: Config) -> None:
         raise UserError("wallet_pay_wait_s must be positive and below call_timeout_s")
     if config.runtime_mode not in ("off", "spawn", "url"):
         raise UserError("runtime_mode must be one of off, spawn, url")
+    if config.chat_engine not in ("auto", "commands", "local"):
+        raise UserError("chat_engine must be one of auto, commands, local")
+    if config.chat_engine == "local" and config.runtime_mode == "off":
+        raise UserError('chat_engine = "local" needs the local runtime: set runtime_mode')
+    if config.chat_tool_choice not in ("auto", "required"):
+        raise UserError("chat_tool_choice must be auto or required")
+    if config.chat_max_steps < 1 or config.chat_max_tokens < 1:
+        raise UserError("chat_max_steps and chat_max_tokens must be at least 1")
     if config.runtime_mode == "url" and not config.runtime_url.startswith("http://"):
         raise UserError("runtime_mode = url needs runtime_url = http://127.0.0.1:PORT")
     for url in split_list(config.relays):
