@@ -2,7 +2,7 @@
 whose first step must call a tool makes a tool item through the chat's actions (answering an
 approval when the action asks one), stops at the step bound and says so; slash commands still
 go to the command lane; engine.status is honest about the small model. Kept to tens of tokens
-so that it runs in a minute or two on CPU."""
+so that it runs in a minute or two on CPU. One fast test on the fake runtime checks the wiring."""
 
 from __future__ import annotations
 
@@ -13,13 +13,47 @@ from typing import Any
 
 import pytest
 from support import DaemonFactory, InProcessDaemon
-from support.chat import chat_daemon
+from support.chat import chat_daemon, run_turn
 
 from autopilotd.adapters.bwrap_sandbox import BwrapSandbox
+from autopilotd.adapters.fake_inference import FakeInference
+from autopilotd.app import Adapters
 
 registry = pytest.importorskip("psionic.registry")
 
 ACTION_KINDS = {"tool_call", "command_execution", "file_change", "network_request"}
+
+
+async def test_the_engine_follows_the_settings_and_streams_the_answer(
+    daemon_factory: DaemonFactory, user_workspace: Path
+) -> None:
+    """Fast, on the fake runtime: chat_engine "auto" is the local engine while the runtime is
+    on; it is not ready before psionic is, and says so; the answer streams into an agent
+    message; "commands" keeps the command lane."""
+    d = await chat_daemon(
+        daemon_factory,
+        adapters=Adapters(inference=FakeInference),
+        runtime_mode="url",
+        runtime_url="http://fake-psionic",
+    )
+    assert (await d.call("wait.until", {"condition": "runtime-ready", "timeout_s": 10}))["met"]
+    status = await d.call("engine.status")
+    assert (status["name"], status["ready"], status["model"]) == ("local", True, "fake-chat")
+    assert "asks you first" in status["reason"] and "small" not in status["reason"]
+    thread = await d.call("thread.start", {"workspace": str(user_workspace)})
+    turn = await run_turn(d, thread["id"], "Hello")
+    assert [(i["kind"], i["body"].get("text")) for i in turn["items"]] == [
+        ("user_message", "Hello"),
+        ("agent_message", "fake answer"),
+    ]
+    lane = await chat_daemon(
+        daemon_factory,
+        adapters=Adapters(inference=FakeInference),
+        runtime_mode="url",
+        runtime_url="http://fake-psionic",
+        chat_engine="commands",
+    )
+    assert (await lane.call("engine.status"))["name"] == "commands"
 
 
 async def _local_daemon(factory: DaemonFactory) -> InProcessDaemon:
