@@ -29,6 +29,7 @@ from autopilotd.adapters.psionic_http import PsionicClient
 from autopilotd.adapters.relay_pool import PoolConfig, RelayPool
 from autopilotd.buyer.service import Buyer
 from autopilotd.chat.commands_lane import CommandLane
+from autopilotd.chat.local_engine import LocalEngine
 from autopilotd.chat.router import EngineRouter
 from autopilotd.chat.service import ActionRules, ChatService
 from autopilotd.commands import BUILTINS, Registrar
@@ -111,21 +112,34 @@ class App:
     seed_created: bool
 
 
-def chat_engine(config: Config, commands: CommandLane) -> Engine:
-    """The engine of chat turns: the command lane, or with `chat_engine = "codex"` the Codex
-    app-server behind the router (its status says whether it is installed and signed in)."""
-    if config.chat_engine != "codex":
-        return commands
-    cache = Path(os.environ.get("AUTOPILOTD_BUILD_CACHE") or Path.home() / ".cache" / "autopilotd")
-    codex = CodexEngine(
-        CodexSettings(
-            binary=find_codex(config.codex_bin, cache),
-            home=config.paths.data_dir / "codex",
-            model=config.codex_model,
-            base_url=config.codex_base_url,
+def chat_engine(config: Config, commands: CommandLane, local: LocalRuntime) -> Engine:
+    """The engine of chat turns (`chat_engine`): a model engine behind the router, which sends
+    lines starting with / to the command lane (chat/router.py), or the command lane alone.
+    "auto" is the local engine when the local runtime is on; "codex" the Codex app-server (its
+    status says whether it is installed and signed in)."""
+    if config.chat_engine == "codex":
+        cache = Path(
+            os.environ.get("AUTOPILOTD_BUILD_CACHE") or Path.home() / ".cache" / "autopilotd"
         )
-    )
-    return EngineRouter(commands, codex)
+        codex = CodexEngine(
+            CodexSettings(
+                binary=find_codex(config.codex_bin, cache),
+                home=config.paths.data_dir / "codex",
+                model=config.codex_model,
+                base_url=config.codex_base_url,
+            )
+        )
+        return EngineRouter(commands, codex)
+    if config.chat_engine in ("auto", "local") and config.runtime_mode != "off":
+        model = LocalEngine(
+            local,
+            commands.actions,
+            max_steps=config.chat_max_steps,
+            max_tokens=config.chat_max_tokens,
+            first_tool_choice=config.chat_tool_choice,
+        )
+        return EngineRouter(commands, model)
+    return commands
 
 
 def load_identity(config: Config) -> tuple[NostrIdentity, bool]:
@@ -237,7 +251,7 @@ def build(
         threads=ChatThreads(store),
         writer=state.writer("chat"),
         events=events,
-        engine=adapters.engine or chat_engine(config, CommandLane(workspace)),
+        engine=adapters.engine or chat_engine(config, CommandLane(workspace), local),
         private=(paths.config_dir, paths.data_dir, paths.runtime_dir, paths.log_dir),
         sandbox=box,
         files=workspace,

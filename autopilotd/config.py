@@ -108,12 +108,24 @@ class Config:
     # A chat's commands run with the sandbox_* limits above.
     chat_approval_timeout_s: float = 600.0
     chat_spend_ceiling_sats: int = 1000
-    # The engine of new threads' words: "commands" (the command lane, no model) or "codex" (the
-    # Codex app-server, when its program is found; lines starting with / still go to the
-    # command lane). `codex_bin` "" = the one `make codex` installs, else `codex` on PATH;
+    # Which engine answers new chat threads' words (lines starting with / always go to the
+    # command lane): "auto" (local when the runtime is on, else the command lane alone),
+    # "local" (a model on psionic, which needs the local runtime), "codex" (the Codex
+    # app-server, when its program is found) or "commands" (the command lane alone).
+    chat_engine: str = "auto"
+    # The local engine's model: "" is psionic's first chat model (the packaged one), else a
+    # model id psionic serves, or a local .gguf file or model folder (with runtime_mode =
+    # "spawn" psionic loads it too).
+    chat_model: str = ""
+    # The local engine's bounds: steps (completions) per turn, tokens per completion; and
+    # whether its first step must call a tool ("required"), for a model too small to call
+    # one of its own accord, or may answer in words ("auto").
+    chat_max_steps: int = 8
+    chat_max_tokens: int = 400
+    chat_tool_choice: str = "auto"
+    # The Codex engine: `codex_bin` "" = the one `make codex` installs, else `codex` on PATH;
     # `codex_model` "" = Codex's default; `codex_base_url` "" = Codex's own provider (sign in
     # with `codex login`), else a Responses API server of your own (e.g. http://127.0.0.1:PORT/v1).
-    chat_engine: str = "commands"
     codex_bin: str = ""
     codex_model: str = ""
     codex_base_url: str = ""
@@ -320,6 +332,14 @@ def _validate(config: Config) -> None:
         raise UserError("wallet_pay_wait_s must be positive and below call_timeout_s")
     if config.runtime_mode not in ("off", "spawn", "url"):
         raise UserError("runtime_mode must be one of off, spawn, url")
+    if config.chat_engine not in ("auto", "commands", "local", "codex"):
+        raise UserError("chat_engine must be one of auto, commands, local, codex")
+    if config.chat_engine == "local" and config.runtime_mode == "off":
+        raise UserError('chat_engine = "local" needs the local runtime: set runtime_mode')
+    if config.chat_tool_choice not in ("auto", "required"):
+        raise UserError("chat_tool_choice must be auto or required")
+    if config.chat_max_steps < 1 or config.chat_max_tokens < 1:
+        raise UserError("chat_max_steps and chat_max_tokens must be at least 1")
     if config.runtime_mode == "url" and not config.runtime_url.startswith("http://"):
         raise UserError("runtime_mode = url needs runtime_url = http://127.0.0.1:PORT")
     for url in split_list(config.relays):
@@ -345,8 +365,6 @@ def _validate(config: Config) -> None:
             raise UserError(f"{name} must be positive")
     if config.provider_max_inflight > MAX_INFLIGHT:
         raise UserError(f"provider_max_inflight must be at most {MAX_INFLIGHT}")
-    if config.chat_engine not in ("commands", "codex"):
-        raise UserError("chat_engine must be one of commands, codex")
     base_url = config.codex_base_url
     if base_url and not (base_url.startswith(("http://", "https://")) and _has_host(base_url)):
         raise UserError(f"codex_base_url '{config.codex_base_url}' must be an http(s):// URL")

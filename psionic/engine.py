@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from psionic.args import LlamaArgs
+from psionic.grammar import Constraint, GrammarTokenizer
 from psionic.model import KVCache, Transformer, fuse_weights
 from psionic.precision import Precision
 from psionic.quant import Int8Linear, quantize_linears
@@ -93,17 +94,32 @@ class Engine:
         if decode_threads is None and device.type == "cpu":
             decode_threads = default_decode_threads(weights.args)
         self.decode_threads = decode_threads
+        self._grammar_tokenizer: GrammarTokenizer | None = None
+        self._prefix: tuple[list[int], KVCache] | None = None  # the last reusable prompt
+        self.reused_tokens = 0  # of the last prompt, what came from the prefix cache
+
+    def constraint(self, grammar: str) -> Constraint:
+        """A constraint for one generation under `grammar` (psionic/grammar.py)."""
+        if self._grammar_tokenizer is None:
+            self._grammar_tokenizer = GrammarTokenizer(self.tokenizer, self.args.vocab_size)
+        return self._grammar_tokenizer.constraint(grammar)
 
     @torch.inference_mode()
     def generate_ids(
         self,
         prompt: Sequence[int],
         max_new_tokens: int,
-        sampler: Sampler,
+        sampler: Callable[[torch.Tensor], int],
         stop_ids: frozenset[int] = frozenset(),
         cancelled: Callable[[], bool] = lambda: False,
+        reuse_prefix: bool = False,
     ) -> Iterator[int]:
-        """Yield new token ids, ending after a stop id (yielded), the budget, or cancel."""
+        """Yield new token ids, ending after a stop id (yielded), the budget, or cancel.
+
+        With ``reuse_prefix`` the keys and values of the longest prefix this prompt shares
+        with the last such prompt are copied rather than computed again (a tool prompt's
+        system message, the conversation so far), and this prompt's are kept for the next.
+        """
         if not prompt:
             raise ValueError("empty prompt")
         if len(prompt) >= self.args.max_seq_len:
@@ -117,8 +133,12 @@ class Engine:
             self.precision.activation_dtype(self.device),
             self.device,
         )
-        tokens = torch.tensor([list(prompt)], dtype=torch.long, device=self.device)
-        logits = self.model(tokens, 0, cache)
+        reused = self._reuse(prompt, cache) if reuse_prefix else 0
+        self.reused_tokens = reused
+        tokens = torch.tensor([list(prompt[reused:])], dtype=torch.long, device=self.device)
+        logits = self.model(tokens, reused, cache)
+        if reuse_prefix:
+            self._prefix = (list(prompt), cache)  # decode writes only past the prompt
         pos = len(prompt)
         prefill_threads = torch.get_num_threads()
         if self.decode_threads:
@@ -138,20 +158,45 @@ class Engine:
         finally:
             torch.set_num_threads(prefill_threads)
 
+    def clear_prefix(self) -> None:
+        """Forget the cached prefix: the next prompt is computed whole."""
+        self._prefix = None
+
+    def _reuse(self, prompt: Sequence[int], cache: KVCache) -> int:
+        """Copy the cached keys and values of the prefix shared with the last prompt (all
+        but the last token at most, whose logits are needed); how many tokens that is."""
+        if self._prefix is None:
+            return 0
+        old, old_cache = self._prefix
+        n = 0
+        for a, b in zip(old, prompt[: len(prompt) - 1], strict=False):
+            if a != b:
+                break
+            n += 1
+        if n:
+            cache.k[:, :, :, :n] = old_cache.k[:, :, :, :n]
+            cache.v[:, :, :, :n] = old_cache.v[:, :, :, :n]
+        return n
+
     def complete(
         self,
         prompt: Sequence[int],
         params: SamplingParams,
         cancelled: Callable[[], bool] = lambda: False,
+        constraint: Constraint | None = None,
+        reuse_prefix: bool = False,
     ) -> Iterator[TextDelta | Finished]:
-        """Stream text deltas for ``prompt``, honouring stop ids and stop sequences."""
-        sampler = Sampler(params, self.device)
+        """Stream text deltas for ``prompt``, honouring stop ids and stop sequences; under
+        ``constraint`` only the tokens its grammar allows are picked."""
+        sampler: Callable[[torch.Tensor], int] = Sampler(params, self.device)
+        if constraint is not None:
+            sampler = constraint.wrap(sampler)
         decoder = StreamDecoder(self.tokenizer)
         pending = ""
         count = 0
         reason = "length"
         for token in self.generate_ids(
-            prompt, params.max_tokens, sampler, self.tokenizer.stop_ids, cancelled
+            prompt, params.max_tokens, sampler, self.tokenizer.stop_ids, cancelled, reuse_prefix
         ):
             count += 1
             if token in self.tokenizer.stop_ids:

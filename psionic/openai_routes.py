@@ -1,4 +1,5 @@
-"""OpenAI wire format: ``/v1/models``, ``/v1/chat/completions`` (JSON or SSE), ``/v1/embeddings``.
+"""OpenAI wire format: ``/v1/models``, ``/v1/chat/completions`` (JSON or SSE, with tools and
+``tool_calls``: psionic/tools.py), ``/v1/embeddings``.
 
 Requests are validated strictly: a field this server does not implement is answered with an
 OpenAI-style 400 naming it, never ignored. Work goes to the model's worker queue; a full
@@ -23,6 +24,8 @@ from psionic.errors import ApiError, invalid, unsupported
 from psionic.registry import ModelKind
 from psionic.runtime import Runtime, ServedModel
 from psionic.sampling import SamplingParams
+from psionic.tools import Splitter, ToolRequest, parse_tools, render_tools
+from psionic.tools import message as tool_message
 from psionic.worker import JobFailed, JobHandle, QueueFull
 
 RETRY_AFTER_S = 1
@@ -47,6 +50,9 @@ _CHAT_FIELDS = {
     "logprobs",
     "metadata",
     "store",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
 }
 _EMBED_FIELDS = {"model", "input", "encoding_format", "dimensions", "user"}
 
@@ -98,7 +104,11 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
     for i, message in enumerate(raw):
         if not isinstance(message, dict):
             raise invalid(f"messages[{i}]", "Each message must be an object.")
-        extra = set(message) - {"role", "content", "name"}
+        extra = set(message) - {"role", "content", "name", "tool_calls", "tool_call_id"}
+        tool_turn = tool_message(i, message)
+        if tool_turn is not None:
+            out.append(tool_turn)
+            continue
         if extra:
             raise unsupported(f"messages[{i}].{sorted(extra)[0]}")
         role = message.get("role")
@@ -202,6 +212,9 @@ def add_routes(app: web.Application, key: web.AppKey[Runtime]) -> None:
         served = _model(runtime, body, ModelKind.CHAT)
         messages = _messages(body)
         params = _sampling(body)
+        tools = parse_tools(body)
+        if body.get("parallel_tool_calls") not in (None, False, True):
+            raise invalid("parallel_tool_calls", "'parallel_tool_calls' must be a boolean.")
         stream = body.get("stream") is True
         options = body.get("stream_options") or {}
         if not isinstance(options, dict) or set(options) - {"include_usage"}:
@@ -209,9 +222,7 @@ def add_routes(app: web.Application, key: web.AppKey[Runtime]) -> None:
         include_usage = bool(options.get("include_usage"))
 
         def job(engine: Engine, cancelled: Any) -> Iterator[TextDelta | Finished]:
-            tok = engine.tokenizer
-            prompt = tok.encode(tok.render_chat(messages))
-            return engine.complete(prompt, params, cancelled)
+            return chat_job(engine, messages, tools, params, cancelled)
 
         handle = _submit(served, job)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
@@ -219,18 +230,30 @@ def add_routes(app: web.Application, key: web.AppKey[Runtime]) -> None:
         try:
             if stream:
                 return await _stream_chat(
-                    request, handle, completion_id, created, served.spec.id, include_usage
+                    request,
+                    handle,
+                    completion_id,
+                    created,
+                    served.spec.id,
+                    include_usage,
+                    tools is not None,
                 )
-            text: list[str] = []
+            splitter = Splitter()
             finished = Finished("stop", 0, 0)
             try:
                 async for event in handle:
                     if isinstance(event, TextDelta):
-                        text.append(event.text)
+                        splitter.push(event.text)
                     else:
                         finished = event
             except JobFailed as exc:
                 raise _job_error(exc) from exc
+            _, call = splitter.finish() if tools else ("", None)
+            message: dict[str, Any] = {"role": "assistant", "content": splitter.text}
+            reason = finished.reason
+            if call is not None:
+                message = {"role": "assistant", "content": None, "tool_calls": [call.wire()]}
+                reason = "tool_calls"
             return web.json_response(
                 {
                     "id": completion_id,
@@ -240,9 +263,9 @@ def add_routes(app: web.Application, key: web.AppKey[Runtime]) -> None:
                     "choices": [
                         {
                             "index": 0,
-                            "message": {"role": "assistant", "content": "".join(text)},
+                            "message": message,
                             "logprobs": None,
-                            "finish_reason": finished.reason,
+                            "finish_reason": reason,
                         }
                     ],
                     "usage": _usage(finished),
@@ -304,6 +327,28 @@ def add_routes(app: web.Application, key: web.AppKey[Runtime]) -> None:
     app.router.add_post("/v1/embeddings", embeddings)
 
 
+def chat_job(
+    engine: Engine,
+    messages: list[dict[str, str]],
+    tools: ToolRequest | None,
+    params: SamplingParams,
+    cancelled: Any = lambda: False,
+) -> Iterator[TextDelta | Finished]:
+    """A chat completion on the worker thread: the tools rendered into the prompt, and the
+    decoding constrained by their grammar when a call may be made."""
+    constraint = None
+    if tools is not None:
+        messages = list(messages)
+        render_tools(messages, tools.shown)
+        if tools.grammar is not None:
+            constraint = engine.constraint(tools.grammar)
+    tok = engine.tokenizer
+    prompt = tok.encode(tok.render_chat(messages))
+    # A tool prompt starts with the same long system message (and a tool loop resends the
+    # conversation so far): its keys and values are reused from the last such prompt.
+    return engine.complete(prompt, params, cancelled, constraint, reuse_prefix=tools is not None)
+
+
 def _encode(vector: list[float], encoding: str) -> list[float] | str:
     if encoding == "float":
         return vector
@@ -325,8 +370,10 @@ async def _stream_chat(
     created: int,
     model: str,
     include_usage: bool,
+    tools: bool,
 ) -> web.StreamResponse:
-    """Server-sent events: a role chunk, content chunks, a finish chunk, usage, [DONE]."""
+    """Server-sent events: a role chunk, content chunks, a finish chunk, usage, [DONE]. With
+    tools, a call comes as one `tool_calls` chunk at its end (finish reason `tool_calls`)."""
 
     def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
         return {
@@ -354,11 +401,21 @@ async def _stream_chat(
     try:
         await send(chunk({"role": "assistant", "content": ""}, None))
         event = first
+        splitter = Splitter()
         while event is not None:
             if isinstance(event, TextDelta):
-                await send(chunk({"content": event.text}, None))
+                text = splitter.push(event.text) if tools else event.text
+                if text:
+                    await send(chunk({"content": text}, None))
             else:
-                await send(chunk({}, event.reason))
+                reason = event.reason
+                rest, call = splitter.finish() if tools else ("", None)
+                if rest:
+                    await send(chunk({"content": rest}, None))
+                if call is not None:
+                    await send(chunk({"tool_calls": [call.wire(index=0)]}, None))
+                    reason = "tool_calls"
+                await send(chunk({}, reason))
                 if include_usage:
                     usage_chunk = chunk({}, None)
                     usage_chunk["choices"] = []

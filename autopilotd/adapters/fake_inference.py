@@ -9,8 +9,11 @@ real psionic.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
 from autopilotd.ports.inference import (
+    ChatChunk,
     Completion,
     InferenceClient,
     InferenceError,
@@ -63,6 +66,21 @@ class FakeInference:
     async def embed(self, texts: list[str], *, model: str | None) -> list[list[float]]:
         await self._work("embed")
         return [[float(len(t)), 1.0] for t in texts]
+
+    async def stream_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        model: str | None,
+        tools: Sequence[dict[str, Any]],
+        tool_choice: Any,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None = None,
+    ) -> AsyncIterator[ChatChunk]:
+        await self._work("stream_chat")
+        yield ChatChunk(text=self.reply)
+        yield ChatChunk(finish_reason="stop")
 
     async def warm(self, model: str) -> None:
         self.calls.append(f"warm {model}")

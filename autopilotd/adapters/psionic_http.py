@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from autopilotd.ports.inference import Completion, InferenceError, ModelInfo, RuntimeStatus
+from autopilotd.ports.inference import (
+    ChatChunk,
+    Completion,
+    InferenceError,
+    ModelInfo,
+    RuntimeStatus,
+    ToolCall,
+)
 
 
 class PsionicClient:
@@ -112,6 +121,75 @@ class PsionicClient:
             )
         except (KeyError, IndexError, TypeError, ValueError):
             raise InferenceError("psionic sent a malformed completion") from None
+
+    async def stream_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        model: str | None,
+        tools: Sequence[dict[str, Any]],
+        tool_choice: Any,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None = None,
+    ) -> AsyncIterator[ChatChunk]:
+        """POST /v1/chat/completions with `stream`: text chunks as they come, then one chunk
+        with the calls (their argument pieces joined) and the finish reason."""
+        body: dict[str, Any] = {
+            "model": model or self._default_model("chat"),
+            "messages": list(messages),
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": True,
+        }
+        if tools:
+            body["tools"] = list(tools)
+            body["tool_choice"] = tool_choice
+        if seed is not None:
+            body["seed"] = seed
+        calls: dict[int, dict[str, str]] = {}
+        finish: str | None = None
+        url = self.base_url + "/v1/chat/completions"
+        try:
+            async with self._client().post(url, json=body) as resp:
+                if resp.status >= 400:
+                    data = await resp.json(content_type=None)
+                    error = data.get("error", {}) if isinstance(data, dict) else {}
+                    message = error.get("message") if isinstance(error, dict) else None
+                    raise InferenceError(
+                        f"psionic answered {resp.status}: {message or 'error'}",
+                        retryable=resp.status in (429, 503),
+                    )
+                async for raw in resp.content:
+                    line = raw.decode(errors="replace").strip()
+                    if not line.startswith("data: {"):
+                        continue
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        raise InferenceError("psionic failed mid-stream")
+                    for choice in event.get("choices", []):
+                        delta = choice.get("delta", {})
+                        if delta.get("content"):
+                            yield ChatChunk(text=str(delta["content"]))
+                        for call in delta.get("tool_calls") or []:
+                            seen = calls.setdefault(
+                                int(call.get("index", 0)), {"id": "", "name": "", "arguments": ""}
+                            )
+                            function = call.get("function") or {}
+                            seen["id"] = call.get("id") or seen["id"]
+                            seen["name"] = function.get("name") or seen["name"]
+                            seen["arguments"] += function.get("arguments") or ""
+                        finish = choice.get("finish_reason") or finish
+        except aiohttp.ClientError as exc:
+            raise InferenceError(
+                f"psionic is not reachable ({type(exc).__name__})", retryable=True
+            ) from None
+        except TimeoutError:
+            raise InferenceError("psionic did not answer in time", retryable=True) from None
+        except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
+            raise InferenceError("psionic sent a malformed stream") from None
+        made = tuple(ToolCall(c["id"], c["name"], c["arguments"]) for _, c in sorted(calls.items()))
+        yield ChatChunk(tool_calls=made, finish_reason=finish or "stop")
 
     async def embed(self, texts: list[str], *, model: str | None) -> list[list[float]]:
         body: dict[str, Any] = {"input": texts, "model": model or self._default_model("embeddings")}

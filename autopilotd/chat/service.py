@@ -44,6 +44,7 @@ from autopilotd.ports.engine import (
     Engine,
     EngineStatus,
     NetworkBuying,
+    PastItem,
     TurnFailed,
     WorkspaceFiles,
 )
@@ -434,6 +435,14 @@ class _Context:
         self.turn_id = turn_id
         self.workspace = Path(thread.workspace)
         self.sandbox_mode = thread.sandbox_mode
+
+    async def history(self) -> list[PastItem]:
+        view = await self._chat.read_thread(self.thread_id)
+        return [
+            PastItem(i.kind, i.status.value, i.body)
+            for i in view.items
+            if i.turn_id != self.turn_id
+        ]
 
     async def start_item(self, kind: ItemKind, body: Mapping[str, Any]) -> str:
         item = await self._threads.start_item(self.turn_id, _new_id("item"), kind, dict(body))

@@ -21,12 +21,15 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from autopilotd.children import die_with_parent
 from autopilotd.loopback import free_port
 from autopilotd.ports.inference import (
+    ChatChunk,
+    ChatModelState,
     Completion,
     InferenceClient,
     InferenceError,
@@ -41,6 +44,17 @@ logger = logging.getLogger(__name__)
 POLL_S = 2.0
 START_TIMEOUT_S = 300.0
 MAX_RESTARTS = 3
+
+
+def chat_model_path(setting: str) -> Path | None:
+    """The local model file or folder `chat_model` names, or None when it is a model id."""
+    return Path(setting).expanduser() if "/" in setting or setting.endswith(".gguf") else None
+
+
+def chat_model_id(setting: str) -> str:
+    """The id psionic serves the `chat_model` setting under ("" for its first chat model)."""
+    path = chat_model_path(setting)
+    return "local-" + path.stem.lower() if path is not None else setting
 
 
 def psionic_command() -> list[str]:
@@ -134,6 +148,49 @@ class LocalRuntime:
     async def embed(self, texts: list[str], *, model: str | None) -> list[list[float]]:
         return await self.require().embed(texts, model=model)
 
+    def chat_model(self) -> ChatModelState:
+        """The chat model set by `chat_model` (else the first warm one) and whether it is
+        ready, from the snapshot."""
+        section = self.section()
+        wanted = chat_model_id(self._config.current.chat_model)
+        chats = [m for m in section.models if m.kind == "chat"]
+        found = next((m for m in chats if m.id == wanted or not wanted), None)
+        if section.state is not RuntimeState.READY:
+            return ChatModelState(
+                False,
+                wanted or None,
+                f"the local runtime is {section.state.value}: {section.reason}",
+            )
+        if found is None:
+            served = ", ".join(m.id for m in chats) or "none"
+            return ChatModelState(
+                False, wanted or None, f"psionic serves no chat model {wanted!r} (it has {served})"
+            )
+        if not found.warm:
+            return ChatModelState(False, found.id, f"the chat model {found.id} is not loaded")
+        return ChatModelState(True, found.id, "ready")
+
+    def stream_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        model: str | None,
+        tools: Sequence[dict[str, Any]],
+        tool_choice: Any,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None = None,
+    ) -> AsyncIterator[ChatChunk]:
+        return self.require().stream_chat(
+            messages,
+            model=model,
+            tools=tools,
+            tool_choice=tool_choice,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=seed,
+        )
+
     async def warm(self, model: str) -> None:
         await self._running().warm(model)
 
@@ -196,6 +253,9 @@ class LocalRuntime:
             str(port),
             *shlex.split(cfg.runtime_args),
         ]
+        path = chat_model_path(cfg.chat_model)
+        if path is not None:  # a bigger local model for chat, beside the packaged ones
+            cmd += ["--model", f"{chat_model_id(cfg.chat_model)}={path}"]
         self.publish(
             state=RuntimeState.STARTING,
             reason="starting psionic and loading models",

@@ -3,7 +3,7 @@
 The chat service owns threads, turns, the item and event records and the turn's task; an
 engine is handed one turn at a time (`run_turn`) with a `TurnContext`, and records what it
 does only through it: it starts an item, appends text to it as it comes (`item.delta`), and
-completes or fails it. So every engine (the command lane today; a local model and the Codex
+completes or fails it. So every engine (the command lane, a local model, and the Codex
 app-server later) produces the same items and events, and the service can end whatever an
 engine left unfinished.
 
@@ -71,6 +71,15 @@ class TurnFailed(Exception):
     user, as its `error` item. Anything else an engine raises is a breakdown with an error id."""
 
 
+@dataclass(frozen=True)
+class PastItem:
+    """An item of an earlier turn of the thread, as a model engine replays it."""
+
+    kind: str  # an ItemKind value
+    status: str  # started | completed | failed | interrupted
+    body: Mapping[str, Any]
+
+
 class TurnContext(Protocol):
     """One running turn, as its engine records it. Every call is one write of the item and its
     event; once the turn has ended (interrupted), each is refused with Conflict."""
@@ -89,6 +98,10 @@ class TurnContext(Protocol):
     @property
     def sandbox_mode(self) -> str:
         """The thread's sandbox mode: `workspace-write`, or `read-only` (change nothing)."""
+        ...
+
+    async def history(self) -> list[PastItem]:
+        """The items of the thread's earlier turns, oldest first: the conversation so far."""
         ...
 
     async def start_item(self, kind: ItemKind, body: Mapping[str, Any]) -> str:

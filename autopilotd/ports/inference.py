@@ -7,6 +7,7 @@ psionic adapter, or a fake in fast tests) made by the factory it was given.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -56,6 +57,34 @@ class Completion:
     finish_reason: str
 
 
+@dataclass(frozen=True)
+class ToolCall:
+    """A call the model made: `arguments` is a JSON object, as text (OpenAI's shape)."""
+
+    id: str
+    name: str
+    arguments: str
+
+
+@dataclass(frozen=True)
+class ChatChunk:
+    """A piece of a streamed chat completion: text, then at the end the calls and the reason
+    (`stop`, `length`, `tool_calls`)."""
+
+    text: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ChatModelState:
+    """Whether the chat model a local engine wants can run a turn now, in words."""
+
+    ready: bool
+    model: str | None
+    reason: str
+
+
 class Inference(Protocol):
     async def status(self) -> RuntimeStatus: ...
 
@@ -75,6 +104,38 @@ class Inference(Protocol):
     async def warm(self, model: str) -> None: ...
 
     async def unload(self, model: str) -> None: ...
+
+    def stream_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        model: str | None,
+        tools: Sequence[dict[str, Any]],
+        tool_choice: Any,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None = None,
+    ) -> AsyncIterator[ChatChunk]:
+        """A chat completion with OpenAI function tools, streamed."""
+        ...
+
+
+class ToolChat(Protocol):
+    """What a local chat engine needs: the local runtime (inference/service.py)."""
+
+    def chat_model(self) -> ChatModelState: ...
+
+    def stream_chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        *,
+        model: str | None,
+        tools: Sequence[dict[str, Any]],
+        tool_choice: Any,
+        max_tokens: int,
+        temperature: float,
+        seed: int | None = None,
+    ) -> AsyncIterator[ChatChunk]: ...
 
 
 class InferenceClient(Inference, Protocol):

@@ -78,7 +78,7 @@ async def test_streaming_sse_matches_non_streaming(served: Any) -> None:
 @pytest.mark.parametrize(
     ("patch", "param", "status"),
     [
-        ({"tools": [{"type": "function"}]}, "tools", 400),
+        ({"tools": [{"type": "function"}]}, "tools[0].function", 400),
         ({"n": 2}, "n", 400),
         ({"logprobs": True}, "logprobs", 400),
         ({"response_format": {"type": "json_object"}}, "response_format", 400),
