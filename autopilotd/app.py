@@ -127,7 +127,8 @@ def chat_engine(config: Config, commands: CommandLane, local: LocalRuntime) -> E
                 home=config.paths.data_dir / "codex",
                 model=config.codex_model,
                 base_url=config.codex_base_url,
-            )
+            ),
+            commands.actions,
         )
         return EngineRouter(commands, codex)
     if config.chat_engine in ("auto", "local") and config.runtime_mode != "off":

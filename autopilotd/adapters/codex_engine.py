@@ -41,8 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autopilotd.errors import AutopilotError
-from autopilotd.ports.engine import Approval, EngineStatus, TurnContext, TurnFailed
+from autopilotd.ports.engine import Approval, BuyAction, EngineStatus, TurnContext, TurnFailed
 from autopilotd.store.chat_records import ItemKind
 
 logger = logging.getLogger(__name__)
@@ -107,8 +106,10 @@ class CodexSettings:
 class CodexEngine:
     """The `codex` engine (see the module docstring)."""
 
-    def __init__(self, settings: CodexSettings) -> None:
+    def __init__(self, settings: CodexSettings, actions: BuyAction) -> None:
+        """`actions`: the chat's buy action (chat/actions.py), for the buy tool's purchases."""
         self._settings = settings
+        self._actions = actions
         self._threads_lock = asyncio.Lock()
 
     @property
@@ -160,7 +161,7 @@ class CodexEngine:
             )
             await server.notify("initialized", {})
             codex_thread = await self._open_thread(server, ctx)
-            await _Turn(server, ctx).run(codex_thread, text)
+            await _Turn(server, ctx, self._actions).run(codex_thread, text)
 
     async def _open_thread(self, server: _AppServer, ctx: TurnContext) -> str:
         """The Codex thread of the chat thread: resumed if there is one, else started."""
@@ -347,9 +348,10 @@ async def _stop(proc: asyncio.subprocess.Process) -> None:
 class _Turn:
     """One Codex turn recorded as our items."""
 
-    def __init__(self, server: _AppServer, ctx: TurnContext) -> None:
+    def __init__(self, server: _AppServer, ctx: TurnContext, actions: BuyAction) -> None:
         self._server = server
         self._ctx = ctx
+        self._actions = actions
         self._ours: dict[str, str] = {}  # Codex item id → our item id
         self._text: dict[str, str] = {}  # our item id → its streamed text so far
         self._ended: set[str] = set()  # our items already completed or failed
@@ -525,51 +527,24 @@ class _Turn:
     def _decide(self, ours: str, approval: Approval, done: str) -> str:
         if approval.approved:
             return "accept"
-        self._declined[ours] = _not_done(f"not {done}", approval)
+        self._declined[ours] = approval.refusal(f"not {done}")
         return "decline"
 
     async def _buy(self, params: Mapping[str, Any]) -> tuple[str, bool]:
-        """Codex's `autopilot_buy` call, as /buy does it; what Codex is told, and whether it
-        was bought."""
+        """Codex's `autopilot_buy` call, done as /buy does it (chat/actions.py); what Codex is
+        told, and whether it was bought."""
         ctx = self._ctx
         body = _buy_body(params.get("arguments"))
         ours = await self._item_for(params, ItemKind.NETWORK_REQUEST, lambda _: body)
         self._ended.add(ours)  # ended here, whatever item/completed says
-        prompt, budget = body["prompt"], body["budget_sats"]
-        if budget <= 0 or not prompt:
+        if body["budget_sats"] <= 0 or not body["prompt"]:
             reason = "not bought: give a prompt and budget_sats, a whole number above 0"
             await ctx.fail(ours, reason, body)
             return reason, False
-        left = await ctx.spend_left()
-        if budget > left:
-            reason = f"not bought: {budget} sats is over the {left} this thread may still spend"
-            await ctx.fail(ours, reason, body)
-            return reason, False
-        approval = await ctx.request_approval(ours, "spend")
-        if not approval.approved:
-            reason = _not_done("not bought", approval)
-            await ctx.fail(ours, reason, body)
-            return reason, False
-        try:
-            request = await ctx.buy(ours, prompt, budget, BUY_TIMEOUT_S)
-        except AutopilotError as exc:
-            reason = f"not bought: {exc.message}"
-            await ctx.fail(ours, reason, body)
-            return reason, False
-        done = {
-            **body,
-            "request_id": request.request_id,
-            "status": request.status.value,
-            "provider": request.provider,
-            "payment_hash": request.payment_hash,
-            "result": request.result,
-        }
-        if request.status.value == "done":
-            await ctx.complete(ours, done)
-            return str(request.result or ""), True
-        reason = f"not bought: {request.reason or request.status.value}"
-        await ctx.fail(ours, reason, done)
-        return reason, False
+        done = await self._actions.buy_item(ctx, ours, body)
+        if done.ok:
+            return str(done.body.get("result") or ""), True
+        return str(done.body["error"]), False
 
 
 _DELTAS = {
@@ -632,9 +607,3 @@ def _buy_body(arguments: Any) -> dict[str, Any]:
         "budget_sats": budget if isinstance(budget, int) and not isinstance(budget, bool) else 0,
         "tool": BUY_TOOL,
     }
-
-
-def _not_done(what: str, approval: Approval) -> str:
-    return f"{what}: the approval was {approval.status}" + (
-        f" ({approval.reason})" if approval.reason else ""
-    )

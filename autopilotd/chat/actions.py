@@ -28,16 +28,16 @@ import asyncio
 import hashlib
 import shlex
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from autopilotd.chat import approvals, patch
 from autopilotd.chat.patch import FilePatch
 from autopilotd.errors import AutopilotError
-from autopilotd.ports.engine import Approval, FileEntry, TurnContext, WorkspaceFiles
+from autopilotd.ports.engine import Done, FileEntry, TurnContext, WorkspaceFiles
 from autopilotd.ports.sandbox import Outcome, SandboxUnavailable
 from autopilotd.store.chat_records import ItemKind
+from autopilotd.vocab import BuyStatus
 
 READ_SHOWN_BYTES = 64 << 10  # what a /read item holds of a file's text
 READ_MAX_BYTES = 8 << 20  # a bigger file is refused (its digest means reading all of it)
@@ -63,16 +63,6 @@ READ_TOOLS = ("ls", "read", "search")
 
 class UsageError(Exception):
     """An action given the wrong arguments (the message is its usage)."""
-
-
-@dataclass(frozen=True)
-class Done:
-    """What became of an action's item: `ok` (completed) or not, and its final body, with the
-    reason as `error` when it failed."""
-
-    item_id: str
-    ok: bool
-    body: Mapping[str, Any]
 
 
 class Actions:
@@ -143,7 +133,7 @@ class Actions:
         if not read_only:
             approval = await ctx.request_approval(item_id, "command", command)
             if not approval.approved:
-                return await self._fail(ctx, item_id, _not_done("not run", approval))
+                return await self._fail(ctx, item_id, approval.refusal("not run"))
         try:
             run = await ctx.run_command(item_id, command, read_only=read_only)
         except SandboxUnavailable as exc:
@@ -187,7 +177,7 @@ class Actions:
         item_id = await ctx.start_item(ItemKind.FILE_CHANGE, body)
         approval = await ctx.request_approval(item_id, "file_change")
         if not approval.approved:
-            return await self._fail(ctx, item_id, _not_done("not changed", approval), body)
+            return await self._fail(ctx, item_id, approval.refusal("not changed"), body)
         try:
             await ctx.change_file(item_id, file.path, before, after)
         except (self._files.WorkspaceError, AutopilotError, OSError) as exc:
@@ -219,7 +209,7 @@ class Actions:
             return await self._fail(ctx, item_id, f"usage: {USAGE['revert']}")
         approval = await ctx.request_approval(item_id, "file_change")
         if not approval.approved:
-            return await self._fail(ctx, item_id, _not_done("not reverted", approval))
+            return await self._fail(ctx, item_id, approval.refusal("not reverted"))
         try:
             change = await ctx.revert(target, by=item_id)
         except (AutopilotError, self._files.WorkspaceError, OSError) as exc:
@@ -235,6 +225,13 @@ class Actions:
             return await self._fail(
                 ctx, item_id, f"usage: {USAGE['buy']} (SATS a whole number above 0)"
             )
+        return await self.buy_item(ctx, item_id, body)
+
+    async def buy_item(self, ctx: TurnContext, item_id: str, body: Mapping[str, Any]) -> Done:
+        """Buy for the started network_request item `item_id`, whose body holds a prompt and
+        a budget above 0: the thread's spend ceiling, the owner's approval, then the buyer.
+        One path for /buy and for an engine's buy tool (Codex's `autopilot_buy`)."""
+        prompt, budget = str(body["prompt"]), int(body["budget_sats"])
         left = await ctx.spend_left()
         if budget > left:
             return await self._fail(
@@ -242,14 +239,15 @@ class Actions:
                 item_id,
                 f"not bought: {budget} sats is over what this thread may still approve "
                 f"({left} sats of its spend ceiling left)",
+                body,
             )
         approval = await ctx.request_approval(item_id, "spend")
         if not approval.approved:
-            return await self._fail(ctx, item_id, _not_done("not bought", approval))
+            return await self._fail(ctx, item_id, approval.refusal("not bought"), body)
         try:
-            request = await ctx.buy(item_id, prompt.strip(), budget, BUY_TIMEOUT_S)
+            request = await ctx.buy(item_id, prompt, budget, BUY_TIMEOUT_S)
         except AutopilotError as exc:
-            return await self._fail(ctx, item_id, f"not bought: {exc.message}")
+            return await self._fail(ctx, item_id, f"not bought: {exc.message}", body)
         done = {
             **body,
             "request_id": request.request_id,
@@ -258,12 +256,11 @@ class Actions:
             "payment_hash": request.payment_hash,
             "result": request.result,
         }
-        if request.status.value == "done":
+        if request.status is BuyStatus.DONE:
             return await self._done(ctx, item_id, done)
-        else:
-            return await self._fail(
-                ctx, item_id, f"not bought: {request.reason or request.status.value}", done
-            )
+        return await self._fail(
+            ctx, item_id, f"not bought: {request.reason or request.status.value}", done
+        )
 
     def _current(self, root: Path, path: str) -> bytes | None:
         """A file's bytes, or None when there is none (in a worker thread)."""
@@ -359,12 +356,6 @@ class Actions:
             return files, capped
         prefix = "/".join(self._files.clean_path(path.rstrip("/") or path))  # "src/" is "src"
         return [f for f in files if f.path == prefix or f.path.startswith(prefix + "/")], capped
-
-
-def _not_done(what: str, approval: Approval) -> str:
-    return f"{what}: the approval was {approval.status}" + (
-        f" ({approval.reason})" if approval.reason else ""
-    )
 
 
 def _digest(data: bytes | None) -> str | None:

@@ -21,8 +21,8 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from autopilotd.chat.actions import Actions, Done
-from autopilotd.ports.engine import EngineStatus, PastItem, TurnContext
+from autopilotd.chat.actions import Actions
+from autopilotd.ports.engine import Done, EngineStatus, PastItem, TurnContext
 from autopilotd.ports.inference import InferenceError, ToolCall, ToolChat
 from autopilotd.store.chat_records import ItemKind
 

@@ -53,6 +53,32 @@ class Approval:
     status: str  # approved | declined | expired
     reason: str | None
 
+    def refusal(self, what: str) -> str:
+        """What an item says when this approval was not given, e.g. "not run: the approval
+        was declined (declined by the user)"."""
+        return f"{what}: the approval was {self.status}" + (
+            f" ({self.reason})" if self.reason else ""
+        )
+
+
+@dataclass(frozen=True)
+class Done:
+    """What became of an action's item: `ok` (completed) or not, and its final body, with the
+    reason as `error` when it failed."""
+
+    item_id: str
+    ok: bool
+    body: Mapping[str, Any]
+
+
+class BuyAction(Protocol):
+    """The chat's buy action (chat/actions.py), which an engine's own buy tool uses."""
+
+    async def buy_item(self, ctx: TurnContext, item_id: str, body: Mapping[str, Any]) -> Done:
+        """Buy for the started network_request item whose body holds a prompt and a budget:
+        the thread's spend ceiling, the owner's approval, then the buyer."""
+        ...
+
 
 @dataclass(frozen=True)
 class EngineStatus:

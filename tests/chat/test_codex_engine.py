@@ -21,6 +21,8 @@ from support.chat import chat_daemon
 from support.model_server import HOLD, ModelServer, function_call, message, model_server
 
 from autopilotd.adapters.codex_engine import CodexEngine, CodexSettings, find_codex
+from autopilotd.chat.actions import Actions
+from autopilotd.sandbox import workspace as workspace_files
 
 CACHE = Path(os.environ.get("AUTOPILOTD_BUILD_CACHE") or Path.home() / ".cache" / "autopilotd")
 CODEX = find_codex("", CACHE)
@@ -258,7 +260,8 @@ async def test_without_codex_the_engine_says_so_and_commands_still_run(
 
 
 def test_codex_installed_but_not_signed_in_says_how(tmp_path: Path) -> None:
-    engine = CodexEngine(CodexSettings(binary=Path("/bin/true"), home=tmp_path / "codex"))
+    settings = CodexSettings(binary=Path("/bin/true"), home=tmp_path / "codex")
+    engine = CodexEngine(settings, Actions(workspace_files))
     status = engine.status()
     assert status.installed and not status.ready
     assert f"CODEX_HOME={tmp_path / 'codex'} codex login" in status.reason
