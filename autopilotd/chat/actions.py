@@ -46,7 +46,6 @@ SCAN_MAX_FILES = 10_000
 SEARCH_MAX_MATCHES = 200
 SEARCH_MAX_FILE_BYTES = 1 << 20  # bigger files are skipped, and counted
 SEARCH_LINE_CHARS = 400  # a matching line is shown up to this many characters
-FILE_MAX_BYTES = 8 << 20  # a file /patch changes
 USAGE = {
     "ls": "/ls [PATH]",
     "read": "/read PATH",
@@ -167,7 +166,7 @@ class Actions:
     async def _change(self, ctx: TurnContext, file: FilePatch) -> Done:
         body: dict[str, Any] = {"path": file.path, "diff": file.text}
         try:
-            before = await asyncio.to_thread(self._current, ctx.workspace, file.path)
+            before = await ctx.current(file.path)
             after = patch.apply(file, before)
         except (self._files.WorkspaceError, patch.PatchError) as exc:
             return await self._fail(
@@ -192,7 +191,7 @@ class Actions:
         parts = []
         for path, before in first.items():
             try:
-                now = await asyncio.to_thread(self._current, ctx.workspace, path)
+                now = await ctx.current(path)
             except (self._files.WorkspaceError, OSError) as exc:
                 parts.append(f"# {path}: cannot read it now: {exc}\n")
                 continue
@@ -261,16 +260,6 @@ class Actions:
         return await self._fail(
             ctx, item_id, f"not bought: {request.reason or request.status.value}", done
         )
-
-    def _current(self, root: Path, path: str) -> bytes | None:
-        """A file's bytes, or None when there is none (in a worker thread)."""
-        self._files.clean_path(path)
-        try:
-            return self._files.read_file(root, path, FILE_MAX_BYTES)
-        except self._files.WorkspaceError as exc:
-            if str(exc).startswith("no such file"):
-                return None
-            raise
 
     def _prepare(
         self, root: Path, tool: str, args: list[str]

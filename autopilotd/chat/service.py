@@ -314,6 +314,7 @@ class ChatService:
 
     def _current(self, root: Path, path: str) -> bytes | None:
         """The file's bytes now, or None when there is none (in a worker thread)."""
+        self._files.clean_path(path)
         try:
             return self._files.read_file(root, path, FILE_MAX_BYTES)
         except self._files.WorkspaceError as exc:
@@ -525,6 +526,9 @@ class _Context:
                 stream.ended.set()  # the pump writes what is left and returns
         await stream.flush(final=True)
         return CommandRun(result, stream.shown, stream.truncated or result.truncated)
+
+    async def current(self, path: str) -> bytes | None:
+        return await asyncio.to_thread(self._chat._current, self.workspace, path)
 
     async def change_file(
         self, item_id: str, path: str, before: bytes | None, after: bytes | None

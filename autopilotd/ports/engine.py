@@ -164,6 +164,11 @@ class TurnContext(Protocol):
         cannot."""
         ...
 
+    async def current(self, path: str) -> bytes | None:
+        """The workspace's file `path` as it is now (at most 8 MiB), or None when there is no
+        such file; the workspace's error when the path is refused (`..`, a symlink, …)."""
+        ...
+
     async def change_file(
         self, item_id: str, path: str, before: bytes | None, after: bytes | None
     ) -> None:

@@ -10,14 +10,14 @@ import os
 import shutil
 import signal
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support import DaemonFactory, InProcessDaemon
-from support.chat import chat_daemon
+from support.chat import asking as waits_for_approval
+from support.chat import chat_daemon, ended
 from support.model_server import HOLD, ModelServer, function_call, message, model_server
 
 from autopilotd.adapters.codex_engine import CodexEngine, CodexSettings, find_codex
@@ -54,22 +54,7 @@ async def codex_daemon(factory: DaemonFactory, server: ModelServer, home: Path) 
 
 
 async def asking(d: InProcessDaemon, turn_id: str) -> dict[str, Any]:
-    """The turn's item that waits for an approval, once there is one."""
-    deadline = time.monotonic() + 60
-    while True:
-        turn = await d.call("turn.wait", {"turn_id": turn_id, "timeout_s": 1})
-        for item in turn["items"]:
-            if item["body"].get("approval", {}).get("status") == "pending":
-                return dict(item)
-        assert turn["status"] == "running", f"the turn ended without asking: {turn}"
-        assert time.monotonic() < deadline, "no approval was asked for"
-
-
-async def ended(d: InProcessDaemon, turn_id: str) -> dict[str, Any]:
-    turn: dict[str, Any] = await d.call("turn.wait", {"turn_id": turn_id})
-    while turn["status"] == "running":
-        turn = await d.call("turn.wait", {"turn_id": turn_id})
-    return turn
+    return await waits_for_approval(d, turn_id, within_s=60)  # Codex starts its process first
 
 
 @pytest.fixture

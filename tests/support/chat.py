@@ -43,9 +43,10 @@ async def run_turn(d: InProcessDaemon, thread_id: str, text: str) -> dict[str, A
     return turn
 
 
-async def asking(d: InProcessDaemon, turn_id: str) -> dict[str, Any]:
-    """The turn's item that waits for an approval, once there is one."""
-    deadline = time.monotonic() + 20
+async def asking(d: InProcessDaemon, turn_id: str, within_s: float = 20) -> dict[str, Any]:
+    """The turn's item that waits for an approval, once there is one (a model engine's may
+    take a while: `within_s`)."""
+    deadline = time.monotonic() + within_s
     while True:
         turn = await d.call("turn.wait", {"turn_id": turn_id, "timeout_s": 0})
         for item in turn["items"]:
