@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -21,6 +22,12 @@ from autopilotd.paths import Paths
 from autopilotd.runtime.context import Runtime
 from autopilotd.runtime.sessionlog import SessionLog
 from autopilotd.store import Store
+
+# tests/ is on sys.path (the suite imports `support` from it) and holds tests/psionic, which is
+# named like the package: put the repository root first, before any test module is collected,
+# so that `import psionic` anywhere in the suite finds the package rather than a namespace made
+# of that folder (a test module of another folder may import psionic before tests/psionic's).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 @pytest.fixture

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-# tests/ is on sys.path (the suite imports `support` from it) and holds this folder, which
-# is named like the package: put the repository root first so `import psionic` finds the
-# package rather than a namespace made of this folder.
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
