@@ -68,8 +68,15 @@ class FakeEngine:
         return [1, 2, 3]
 
     def complete(
-        self, prompt: list[int], params: SamplingParams, cancelled: Callable[[], bool]
+        self,
+        prompt: list[int],
+        params: SamplingParams,
+        cancelled: Callable[[], bool],
+        constraint: object = None,
+        *,
+        reuse_prefix: bool = False,
     ) -> Iterator[TextDelta | Finished]:
+        """As the real engine's, whose constraint and prefix reuse this one ignores."""
         self.started += 1
         count = 0
         try:
