@@ -1,6 +1,6 @@
 """Local engine: time to first token with a ~700-token tool prompt, with and without the
-cached tool prefix (psionic's engine reuses the keys and values of the prefix a tool prompt
-shares with the last one).
+cached tool prefix (psionic's prefix cache keeps the keys and values of the prompts it has
+prefilled, in blocks of 32 tokens: psionic/prefix_cache.py; "without" empties it first).
 
 The prompt is what the local engine sends on a turn's first step: its system message, the
 eight workspace tools rendered by psionic, and a user message (a different one each time, so

@@ -1,4 +1,5 @@
-"""``psionic serve``: start the HTTP server with the packaged models (or others by path)."""
+"""``psionic serve``: start the HTTP server with the packaged models (or others by path);
+``psionic train --job-dir DIR``: run or resume a fine-tuning job (psionic/training.py)."""
 
 from __future__ import annotations
 
@@ -53,14 +54,52 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: cores)")
     serve.add_argument("--queue-size", type=int, default=8, help="waiting requests per model")
     serve.add_argument(
+        "--batch-slots", type=int, default=8, help="chat completions decoded together per model"
+    )
+    serve.add_argument(
+        "--prefix-cache-mb",
+        type=int,
+        default=256,
+        help="memory per chat model for the keys and values of prompt prefixes (0: none)",
+    )
+    serve.add_argument(
         "--model", action="append", type=_model_arg, default=[], help="extra model, ID=PATH"
     )
     serve.add_argument("--no-default-models", action="store_true")
     serve.add_argument("--no-warm", action="store_true", help="load models on first use")
     serve.add_argument("--cache-dir", type=Path, default=None, help="default: $PSIONIC_CACHE")
+    serve.add_argument(
+        "--train-dir",
+        type=Path,
+        default=None,
+        help="training jobs' directories (default: $PSIONIC_HOME/train or the user data dir)",
+    )
     serve.add_argument("--webhook-url", default=os.environ.get("PSIONIC_WEBHOOK_URL"))
     serve.add_argument("--log-level", default="INFO")
+    train = sub.add_parser(
+        "train", help="run or resume the LoRA fine-tuning job in a job directory"
+    )
+    train.add_argument("--job-dir", type=Path, required=True, help="holds job.json and data")
+    train.add_argument("--log-level", default="INFO")
     return parser
+
+
+def train_main(job_dir: Path) -> int:
+    """``psionic train``: SIGTERM (and Ctrl-C) stop the job at the next step boundary."""
+    from psionic.training import run_job
+
+    if not (job_dir / "job.json").is_file():
+        logger.error("%s has no job.json", job_dir)
+        return 1
+    stopping = False
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return run_job(job_dir, lambda: stopping)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     from psionic.precision import Precision
 
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "train":
+        return train_main(args.job_dir)
     from psionic.device import resolve_device
     from psionic.runtime import Runtime, RuntimeConfig
     from psionic.server import create_app, serve
@@ -94,11 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         device=device,
         precision=None if args.precision == "auto" else Precision(args.precision),
         max_queue=args.queue_size,
+        batch_slots=max(1, args.batch_slots),
+        prefix_cache_mb=max(0, args.prefix_cache_mb),
         cache_dir=args.cache_dir,
         webhook_url=args.webhook_url,
         webhook_secret=os.environ.get("PSIONIC_WEBHOOK_SECRET"),
         api_key=os.environ.get("PSIONIC_API_KEY"),
         threads=torch.get_num_threads(),
+        train_dir=args.train_dir,
     )
 
     def announce(url: str) -> None:

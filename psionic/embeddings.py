@@ -1,14 +1,21 @@
 """Sentence embeddings: BERT encoder, mean pooling over real tokens, L2 normalisation.
 
-Inputs are sorted by token length and batched, so each batch pads only to its own longest
-input; results come back in the caller's order.
+Inputs are sorted by token length and batched; within a batch the encoder runs on the real
+tokens only (padding is confined to attention, see ``BertEncoder.packed``). Results come back
+in the caller's order.
+
+Concurrent requests are coalesced (``Coalescer``): each request still holds its own job in
+the model's queue, but the first of them to run embeds the inputs of every request waiting
+behind it (up to ``MAX_COALESCED_INPUTS``) in one call, and the later jobs find their result
+ready. Nothing waits for a batch to fill: a batch is what is queued when the worker gets to it.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,11 +28,14 @@ from psionic.bert import BertEncoder, from_hf_state_dict
 from psionic.precision import Precision
 from psionic.quant import quantize_linears
 
+MAX_COALESCED_INPUTS = 256
+
 
 @dataclass(frozen=True)
 class EmbeddingResult:
     vectors: list[list[float]]
     prompt_tokens: int
+    tokens: list[int] = field(default_factory=list)  # per input
 
 
 def _args_from_config(config: dict[str, object]) -> BertArgs:
@@ -91,18 +101,91 @@ class Embedder:
             if cancelled():
                 break
             chunk = order[start : start + self.batch_size]
-            width = max(len(encodings[i].ids) for i in chunk)
-            ids = torch.zeros(len(chunk), width, dtype=torch.long)
-            mask = torch.zeros(len(chunk), width, dtype=torch.long)
-            for row, i in enumerate(chunk):
-                n = len(encodings[i].ids)
-                ids[row, :n] = torch.tensor(encodings[i].ids)
-                mask[row, :n] = 1
-            ids, mask = ids.to(self.device), mask.to(self.device)
-            hidden = self.model(ids, mask).float()
-            weights = mask.unsqueeze(-1).float()
-            pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+            hidden, owner = self.model.packed([encodings[i].ids for i in chunk])
+            lengths = torch.tensor([len(encodings[i].ids) for i in chunk], device=self.device)
+            pooled = torch.zeros(len(chunk), hidden.shape[-1], device=self.device)
+            pooled.index_add_(0, owner, hidden.float())
+            pooled /= lengths[:, None].clamp(min=1)
             vectors = F.normalize(pooled, p=2, dim=1).cpu().tolist()
             for row, i in enumerate(chunk):
                 out[i] = vectors[row]
-        return EmbeddingResult(out, sum(len(e.ids) for e in encodings))
+        tokens = [len(e.ids) for e in encodings]
+        return EmbeddingResult(out, sum(tokens), tokens)
+
+
+class _Entry:
+    """One request's inputs, waiting for a batch; ``abandoned`` when its client left."""
+
+    def __init__(self, texts: list[str]) -> None:
+        self.texts = texts
+        self.abandoned = False
+        self.result: EmbeddingResult | None = None
+        self.error: BaseException | None = None
+        self.taken = False
+
+
+class Coalescer:
+    """Merges the waiting embedding requests of one model into one ``embed`` call.
+
+    ``add`` registers a request's inputs (on the event loop, before its job is queued);
+    ``run`` is its job's body on the worker thread: unless an earlier job already embedded
+    them, it takes this request and the ones waiting after it (clients still there, up to
+    ``max_inputs`` inputs in all), embeds them together and hands each its share.
+    """
+
+    def __init__(self, max_inputs: int | None = None) -> None:
+        self.max_inputs = max_inputs or MAX_COALESCED_INPUTS  # 1: no coalescing
+        self._lock = threading.Lock()
+        self._pending: list[_Entry] = []
+
+    def add(self, texts: list[str]) -> _Entry:
+        entry = _Entry(texts)
+        with self._lock:
+            self._pending.append(entry)
+        return entry
+
+    def abandon(self, entry: _Entry) -> None:
+        with self._lock:
+            entry.abandoned = True
+            if not entry.taken:
+                self._pending.remove(entry)
+                entry.taken = True
+
+    def _take(self, entry: _Entry) -> list[_Entry]:
+        with self._lock:
+            if entry.taken:
+                return []
+            batch, total, rest = [entry], len(entry.texts), []
+            for other in self._pending:
+                if other is entry:
+                    continue
+                if total + len(other.texts) <= self.max_inputs and other.texts:
+                    batch.append(other)
+                    total += len(other.texts)
+                else:
+                    rest.append(other)
+            for taken in batch:
+                taken.taken = True
+            self._pending = rest
+            return batch
+
+    def run(self, embedder: Embedder, entry: _Entry) -> EmbeddingResult:
+        batch = self._take(entry)
+        if batch:
+            texts = [text for taken in batch for text in taken.texts]
+            try:
+                merged = embedder.embed(texts, lambda: all(e.abandoned for e in batch))
+            except Exception as exc:
+                for taken in batch:
+                    taken.error = exc
+            else:
+                start = 0
+                for taken in batch:
+                    end = start + len(taken.texts)
+                    tokens = merged.tokens[start:end]
+                    taken.result = EmbeddingResult(merged.vectors[start:end], sum(tokens), tokens)
+                    start = end
+        if entry.error is not None:
+            raise entry.error
+        # None: its client left before a batch took it; nobody waits for the answer.
+        return entry.result or EmbeddingResult([], 0, [])

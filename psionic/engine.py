@@ -6,6 +6,7 @@ detokenisation, stop sequences and the finish reason the OpenAI API reports.
 
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from psionic.args import LlamaArgs
 from psionic.grammar import Constraint, GrammarTokenizer
 from psionic.model import KVCache, Transformer, fuse_weights
 from psionic.precision import Precision
+from psionic.prefix_cache import DEFAULT_BUDGET_MB, PrefixCache
 from psionic.quant import Int8Linear, quantize_linears
 from psionic.sampling import Sampler, SamplingParams
 from psionic.tokenizer import ChatTokenizer, StreamDecoder
@@ -84,6 +86,7 @@ class Engine:
         device: torch.device,
         precision: Precision,
         decode_threads: int | None = None,
+        prefix_cache_bytes: int = DEFAULT_BUDGET_MB << 20,
     ) -> None:
         self.args = weights.args
         self.name = weights.name
@@ -95,8 +98,19 @@ class Engine:
             decode_threads = default_decode_threads(weights.args)
         self.decode_threads = decode_threads
         self._grammar_tokenizer: GrammarTokenizer | None = None
-        self._prefix: tuple[list[int], KVCache] | None = None  # the last reusable prompt
+        self.prefix_cache = PrefixCache(prefix_cache_bytes)  # psionic/prefix_cache.py
         self.reused_tokens = 0  # of the last prompt, what came from the prefix cache
+
+    def derived(self, model: Transformer) -> Engine:
+        """An engine running ``model`` (an adapter's view of this engine's module:
+        psionic/adapters.py) with this engine's tokenizer and settings. Its prefix cache is its
+        own, since its keys and values differ; it may run on another thread than this one."""
+        engine = copy.copy(self)
+        engine.model = model
+        engine.prefix_cache = PrefixCache(self.prefix_cache.budget_bytes)
+        engine.reused_tokens = 0
+        engine._grammar_tokenizer = None
+        return engine
 
     def constraint(self, grammar: str) -> Constraint:
         """A constraint for one generation under `grammar` (psionic/grammar.py)."""
@@ -112,20 +126,15 @@ class Engine:
         sampler: Callable[[torch.Tensor], int],
         stop_ids: frozenset[int] = frozenset(),
         cancelled: Callable[[], bool] = lambda: False,
-        reuse_prefix: bool = False,
+        reuse_prefix: bool = True,
     ) -> Iterator[int]:
         """Yield new token ids, ending after a stop id (yielded), the budget, or cancel.
 
-        With ``reuse_prefix`` the keys and values of the longest prefix this prompt shares
-        with the last such prompt are copied rather than computed again (a tool prompt's
-        system message, the conversation so far), and this prompt's are kept for the next.
+        With ``reuse_prefix`` (the default) the prompt goes through the prefix cache: the
+        keys and values of its longest kept prefix are copied rather than computed again (a
+        system message, the conversation so far), and its own are kept for later prompts.
         """
-        if not prompt:
-            raise ValueError("empty prompt")
-        if len(prompt) >= self.args.max_seq_len:
-            raise ContextTooLong(
-                f"prompt has {len(prompt)} tokens; the context is {self.args.max_seq_len}"
-            )
+        self.check_prompt(prompt)
         budget = min(max_new_tokens, self.args.max_seq_len - len(prompt))
         cache = KVCache.allocate(
             self.args,
@@ -133,12 +142,7 @@ class Engine:
             self.precision.activation_dtype(self.device),
             self.device,
         )
-        reused = self._reuse(prompt, cache) if reuse_prefix else 0
-        self.reused_tokens = reused
-        tokens = torch.tensor([list(prompt[reused:])], dtype=torch.long, device=self.device)
-        logits = self.model(tokens, reused, cache)
-        if reuse_prefix:
-            self._prefix = (list(prompt), cache)  # decode writes only past the prompt
+        logits = self.prefill(prompt, cache, reuse_prefix)
         pos = len(prompt)
         prefill_threads = torch.get_num_threads()
         if self.decode_threads:
@@ -158,25 +162,36 @@ class Engine:
         finally:
             torch.set_num_threads(prefill_threads)
 
-    def clear_prefix(self) -> None:
-        """Forget the cached prefix: the next prompt is computed whole."""
-        self._prefix = None
+    def prefill(
+        self, prompt: Sequence[int], cache: KVCache, reuse_prefix: bool = True
+    ) -> torch.Tensor:
+        """Fill slot 0 of ``cache`` with ``prompt``'s keys and values and return the logits of
+        its last token (shape (1, vocab)); with ``reuse_prefix`` the kept prefix is copied
+        from the prefix cache and only the rest computed, and the prompt's blocks are kept."""
+        reused = self.prefix_cache.load(prompt, cache) if reuse_prefix else 0
+        self.reused_tokens = reused
+        tokens = torch.tensor([list(prompt[reused:])], dtype=torch.long, device=self.device)
+        logits: torch.Tensor = self.model(tokens, reused, cache)
+        if reuse_prefix:
+            self.prefix_cache.store(prompt, cache)
+        return logits
 
-    def _reuse(self, prompt: Sequence[int], cache: KVCache) -> int:
-        """Copy the cached keys and values of the prefix shared with the last prompt (all
-        but the last token at most, whose logits are needed); how many tokens that is."""
-        if self._prefix is None:
-            return 0
-        old, old_cache = self._prefix
-        n = 0
-        for a, b in zip(old, prompt[: len(prompt) - 1], strict=False):
-            if a != b:
-                break
-            n += 1
-        if n:
-            cache.k[:, :, :, :n] = old_cache.k[:, :, :, :n]
-            cache.v[:, :, :, :n] = old_cache.v[:, :, :, :n]
-        return n
+    def clear_prefix(self) -> None:
+        """Empty the prefix cache: the next prompt is computed whole."""
+        self.prefix_cache.clear()
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
+        """The token ids of ``messages`` under the model's chat template."""
+        return self.tokenizer.encode(self.tokenizer.render_chat(messages))
+
+    def check_prompt(self, prompt: Sequence[int]) -> None:
+        """Refuse an empty prompt, or one that leaves no room in the context to answer."""
+        if not prompt:
+            raise ValueError("empty prompt")
+        if len(prompt) >= self.args.max_seq_len:
+            raise ContextTooLong(
+                f"prompt has {len(prompt)} tokens; the context is {self.args.max_seq_len}"
+            )
 
     def complete(
         self,
@@ -184,40 +199,70 @@ class Engine:
         params: SamplingParams,
         cancelled: Callable[[], bool] = lambda: False,
         constraint: Constraint | None = None,
-        reuse_prefix: bool = False,
+        reuse_prefix: bool = True,
     ) -> Iterator[TextDelta | Finished]:
         """Stream text deltas for ``prompt``, honouring stop ids and stop sequences; under
         ``constraint`` only the tokens its grammar allows are picked."""
         sampler: Callable[[torch.Tensor], int] = Sampler(params, self.device)
         if constraint is not None:
             sampler = constraint.wrap(sampler)
-        decoder = StreamDecoder(self.tokenizer)
-        pending = ""
-        count = 0
+        text = TextStream(self.tokenizer, params.stop, len(prompt))
         reason = "length"
         for token in self.generate_ids(
             prompt, params.max_tokens, sampler, self.tokenizer.stop_ids, cancelled, reuse_prefix
         ):
-            count += 1
-            if token in self.tokenizer.stop_ids:
-                reason = "stop"
+            delta = text.push(token)
+            if delta:
+                yield TextDelta(delta)
+            if text.stopped:
                 break
-            pending += decoder.push(token)
-            cut = _first_stop(pending, params.stop)
-            if cut is not None:
-                pending = pending[:cut]
-                reason = "stop"
-                break
-            hold = _held_back(pending, params.stop)
-            if len(pending) > hold:
-                yield TextDelta(pending[: len(pending) - hold])
-                pending = pending[len(pending) - hold :]
         else:
             if cancelled():
                 reason = "cancelled"
-        if pending:
-            yield TextDelta(pending)
-        yield Finished(reason, len(prompt), count)
+        yield from text.finish(reason)
+
+
+class TextStream:
+    """One completion's token ids turned into text deltas: it stops at a stop id or a stop
+    sequence (text that could still start one is held back), and counts the tokens.
+
+    ``Engine.complete`` and the decode batch (psionic/batch.py) both stop this way.
+    """
+
+    def __init__(self, tokenizer: ChatTokenizer, stops: Sequence[str], prompt_tokens: int):
+        self._decoder = StreamDecoder(tokenizer)
+        self._stop_ids = tokenizer.stop_ids
+        self._stops = stops
+        self._pending = ""
+        self.prompt_tokens = prompt_tokens
+        self.count = 0
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        """Take the next token; return the text that can now be sent (maybe none)."""
+        self.count += 1
+        if token in self._stop_ids:
+            self.stopped = True
+            return ""
+        self._pending += self._decoder.push(token)
+        cut = _first_stop(self._pending, self._stops)
+        if cut is not None:
+            self._pending = self._pending[:cut]
+            self.stopped = True
+            return ""
+        hold = _held_back(self._pending, self._stops)
+        ready = self._pending[: len(self._pending) - hold]
+        self._pending = self._pending[len(self._pending) - hold :]
+        return ready
+
+    def finish(self, reason: str) -> list[TextDelta | Finished]:
+        """The held-back text and the finish event; ``reason`` applies unless a stop was hit."""
+        events: list[TextDelta | Finished] = []
+        if self._pending:
+            events.append(TextDelta(self._pending))
+            self._pending = ""
+        events.append(Finished("stop" if self.stopped else reason, self.prompt_tokens, self.count))
+        return events
 
 
 def _first_stop(text: str, stops: Sequence[str]) -> int | None:

@@ -25,15 +25,48 @@ class GrammarError(ValueError):
     """A grammar the library refuses (e.g. a JSON schema feature it does not implement)."""
 
 
+# A bound for integers a schema leaves unbounded (JavaScript's safe range): without one, a
+# small model that starts a number may add digits until its token budget runs out.
+INTEGER_BOUND = 2**53 - 1
+_SUBSCHEMA_LISTS = ("anyOf", "oneOf", "allOf", "prefixItems")
+_SUBSCHEMA_MAPS = ("properties", "$defs", "definitions", "patternProperties")
+
+
+def bounded(schema: Any) -> Any:
+    """`schema` with every integer it allows given at most INTEGER_BOUND in magnitude, where it
+    sets no bound of its own; a copy, the rest unchanged."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    types = out.get("type")
+    if types == "integer" or (isinstance(types, list) and "integer" in types):
+        if "maximum" not in out and "exclusiveMaximum" not in out:
+            out["maximum"] = INTEGER_BOUND
+        if "minimum" not in out and "exclusiveMinimum" not in out:
+            out["minimum"] = -INTEGER_BOUND
+    for key in _SUBSCHEMA_LISTS:
+        if isinstance(out.get(key), list):
+            out[key] = [bounded(s) for s in out[key]]
+    for key in _SUBSCHEMA_MAPS:
+        if isinstance(out.get(key), dict):
+            out[key] = {name: bounded(s) for name, s in out[key].items()}
+    for key in ("items", "additionalProperties", "not", "if", "then", "else"):
+        if isinstance(out.get(key), dict):
+            out[key] = bounded(out[key])
+    return out
+
+
 def call_schema(tools: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """The JSON schema of one call of any of `tools` (OpenAI function tools, already checked):
-    `{"name": NAME, "arguments": {...valid per the tool's parameters...}}`, compact."""
+    `{"name": NAME, "arguments": {...valid per the tool's parameters...}}`, compact, with
+    integers bounded (`bounded`)."""
+    default: dict[str, Any] = {"type": "object", "properties": {}}
     choices = [
         {
             "type": "object",
             "properties": {
                 "name": {"const": tool["name"]},
-                "arguments": tool.get("parameters") or {"type": "object", "properties": {}},
+                "arguments": bounded(tool.get("parameters") or default),
             },
             "required": ["name", "arguments"],
             "additionalProperties": False,

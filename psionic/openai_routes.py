@@ -13,18 +13,19 @@ import json
 import struct
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from aiohttp import web
 
-from psionic.embeddings import Embedder
+from psionic.batch import ChatRequest
+from psionic.embeddings import Coalescer, Embedder
 from psionic.engine import ContextTooLong, Engine, Finished, TextDelta
 from psionic.errors import ApiError, invalid, unsupported
 from psionic.registry import ModelKind
 from psionic.runtime import Runtime, ServedModel
 from psionic.sampling import SamplingParams
-from psionic.tools import Splitter, ToolRequest, parse_tools, render_tools
+from psionic.tools import Splitter, ToolCall, ToolRequest, parse_tools, render_tools
 from psionic.tools import message as tool_message
 from psionic.worker import JobFailed, JobHandle, QueueFull
 
@@ -170,9 +171,9 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def _submit(served: ServedModel, job: Any) -> JobHandle:
+def _submit(served: ServedModel, job: Any, request: Any = None) -> JobHandle:
     try:
-        return served.worker.submit(job)
+        return served.worker.submit(job, request)
     except QueueFull as exc:
         raise ApiError(
             429,
@@ -191,6 +192,8 @@ def _job_error(exc: JobFailed) -> ApiError:
 
 
 def add_routes(app: web.Application, key: web.AppKey[Runtime]) -> None:
+    coalescers: dict[str, Coalescer] = {}  # per embeddings model
+
     async def list_models(request: web.Request) -> web.Response:
         runtime = request.app[key]
         data = [
@@ -200,6 +203,7 @@ def add_routes(app: web.Application, key: web.AppKey[Runtime]) -> None:
                 "created": int(runtime.started_at),
                 "owned_by": "psionic",
                 "kind": str(m.spec.kind),
+                **({"parent": m.parent} if m.parent is not None else {}),
             }
             for m in runtime.models.values()
         ]
@@ -224,7 +228,9 @@ def add_routes(app: web.Application, key: web.AppKey[Runtime]) -> None:
         def job(engine: Engine, cancelled: Any) -> Iterator[TextDelta | Finished]:
             return chat_job(engine, messages, tools, params, cancelled)
 
-        handle = _submit(served, job)
+        # Without tools (no grammar) it can share decode steps with others.
+        batched = ChatRequest(messages, params) if tools is None else None
+        handle = _submit(served, job, batched)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         try:
@@ -234,22 +240,15 @@ def add_routes(app: web.Application, key: web.AppKey[Runtime]) -> None:
                     handle,
                     completion_id,
                     created,
-                    served.spec.id,
+                    served,
                     include_usage,
                     tools is not None,
                 )
-            splitter = Splitter()
-            finished = Finished("stop", 0, 0)
             try:
-                async for event in handle:
-                    if isinstance(event, TextDelta):
-                        splitter.push(event.text)
-                    else:
-                        finished = event
+                text, call, finished = await collect(handle, tools is not None)
             except JobFailed as exc:
                 raise _job_error(exc) from exc
-            _, call = splitter.finish() if tools else ("", None)
-            message: dict[str, Any] = {"role": "assistant", "content": splitter.text}
+            message: dict[str, Any] = {"role": "assistant", "content": text}
             reason = finished.reason
             if call is not None:
                 message = {"role": "assistant", "content": None, "tool_calls": [call.wire()]}
@@ -269,7 +268,9 @@ def add_routes(app: web.Application, key: web.AppKey[Runtime]) -> None:
                         }
                     ],
                     "usage": _usage(finished),
-                }
+                    **served.fingerprint(),
+                },
+                headers=served.revision_headers(),
             )
         finally:
             handle.cancel()  # a no-op when finished; stops work when the client left
@@ -298,12 +299,19 @@ def add_routes(app: web.Application, key: web.AppKey[Runtime]) -> None:
             raise invalid("encoding_format", "'encoding_format' must be 'float' or 'base64'.")
         dimensions = body.get("dimensions")
 
+        coalescer = coalescers.setdefault(served.spec.id, Coalescer())
+        entry = coalescer.add(texts)
+
         def job(embedder: Embedder, cancelled: Any) -> Iterator[Any]:
             if dimensions is not None and dimensions != embedder.args.dim:
                 raise ValueError(f"this model has {embedder.args.dim} dimensions")
-            yield embedder.embed(texts, cancelled)
+            yield coalescer.run(embedder, entry)
 
-        handle = _submit(served, job)
+        try:
+            handle = _submit(served, job)
+        except ApiError:
+            coalescer.abandon(entry)
+            raise
         try:
             results = await handle.result()
         except JobFailed as exc:
@@ -312,6 +320,7 @@ def add_routes(app: web.Application, key: web.AppKey[Runtime]) -> None:
             raise _job_error(exc) from exc
         finally:
             handle.cancel()
+            coalescer.abandon(entry)  # a no-op once it was taken into a batch
         result = results[0]
         data = [
             {"object": "embedding", "index": i, "embedding": _encode(vector, encoding)}
@@ -325,6 +334,45 @@ def add_routes(app: web.Application, key: web.AppKey[Runtime]) -> None:
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/chat/completions", chat)
     app.router.add_post("/v1/embeddings", embeddings)
+
+
+async def open_stream(
+    request: web.Request,
+    handle: JobHandle,
+    error: Callable[[JobFailed], ApiError],
+    headers: dict[str, str] | None = None,
+) -> tuple[web.StreamResponse, AsyncIterator[Any], Any]:
+    """The job's first event (None: it ended without one), then the SSE response, prepared
+    (with ``headers``), and the rest of its events: a job that fails before its first event
+    is still a plain HTTP error, `error(exc)`."""
+    events = handle.__aiter__()
+    try:
+        first = await anext(events, None)
+    except JobFailed as exc:
+        raise error(exc) from exc
+    response = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            **(headers or {}),
+        }
+    )
+    await response.prepare(request)
+    return response, events, first
+
+
+async def collect(handle: JobHandle, tools: bool) -> tuple[str, ToolCall | None, Finished]:
+    """A whole (not streamed) completion: its text, its tool call when `tools` were offered,
+    and how it finished. A failed job raises JobFailed."""
+    splitter = Splitter()
+    finished = Finished("stop", 0, 0)
+    async for event in handle:
+        if isinstance(event, TextDelta):
+            splitter.push(event.text)
+        else:
+            finished = event
+    _, call = splitter.finish() if tools else ("", None)
+    return splitter.text, call, finished
 
 
 def chat_job(
@@ -345,8 +393,8 @@ def chat_job(
     tok = engine.tokenizer
     prompt = tok.encode(tok.render_chat(messages))
     # A tool prompt starts with the same long system message (and a tool loop resends the
-    # conversation so far): its keys and values are reused from the last such prompt.
-    return engine.complete(prompt, params, cancelled, constraint, reuse_prefix=tools is not None)
+    # conversation so far): the prefix cache keeps their keys and values (prefix_cache.py).
+    return engine.complete(prompt, params, cancelled, constraint)
 
 
 def _encode(vector: list[float], encoding: str) -> list[float] | str:
@@ -368,7 +416,7 @@ async def _stream_chat(
     handle: JobHandle,
     completion_id: str,
     created: int,
-    model: str,
+    served: ServedModel,
     include_usage: bool,
     tools: bool,
 ) -> web.StreamResponse:
@@ -380,19 +428,13 @@ async def _stream_chat(
             "id": completion_id,
             "object": "chat.completion.chunk",
             "created": created,
-            "model": model,
+            "model": served.spec.id,
             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+            **served.fingerprint(),
         }
 
-    events = handle.__aiter__()
-    try:
-        first = await anext(events, None)
-    except JobFailed as exc:
-        raise _job_error(exc) from exc
-    response = web.StreamResponse(
-        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
-    )
-    await response.prepare(request)
+    headers = served.revision_headers()
+    response, events, first = await open_stream(request, handle, _job_error, headers)
 
     async def send(payload: dict[str, Any] | str) -> None:
         data = payload if isinstance(payload, str) else json.dumps(payload)

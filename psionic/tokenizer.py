@@ -78,15 +78,18 @@ class ChatTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return str(self.tokenizer.decode(list(ids), skip_special_tokens=True))
 
-    def render_chat(self, messages: Sequence[dict[str, str]]) -> str:
-        """Apply the model's chat template, ending with the assistant generation prompt."""
+    def render_chat(
+        self, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+    ) -> str:
+        """Apply the model's chat template, by default ending with the assistant generation
+        prompt (training renders whole conversations without it)."""
         if self._template is None:
             env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
             env.globals["raise_exception"] = _raise_exception
             self._template = env.from_string(self.chat_template)
         bos = self.tokenizer.id_to_token(self.bos_id) if self.bos_id is not None else ""
         return self._template.render(
-            messages=list(messages), add_generation_prompt=True, bos_token=bos
+            messages=list(messages), add_generation_prompt=add_generation_prompt, bos_token=bos
         )
 
 

@@ -179,7 +179,8 @@ def load_gguf(path: Path, cache: Path | None = None) -> LlamaWeights:
     return LlamaWeights(args, load_file(str(weights_file)), chat, str(meta["name"]))
 
 
-def _hf_name(name: str) -> str:
+def from_hf_name(name: str) -> str:
+    """A Hugging Face llama tensor name → this package's (unfused) name."""
     m = _LAYER_RE.match(name)
     if m:
         layer, part = m.groups()
@@ -209,7 +210,7 @@ def load_hf_folder(folder: Path) -> LlamaWeights:
     for file in sorted(folder.glob("*.safetensors")):
         for key, value in load_file(str(file)).items():
             if "rotary_emb" not in key:
-                state[_hf_name(key)] = value.float()
+                state[from_hf_name(key)] = value.float()
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     tok_config_file = folder / "tokenizer_config.json"
     tok_config = json.loads(tok_config_file.read_text()) if tok_config_file.exists() else {}
@@ -223,16 +224,17 @@ def load_hf_folder(folder: Path) -> LlamaWeights:
     return LlamaWeights(args, state, chat, folder.name)
 
 
+def to_hf_name(key: str) -> str:
+    """This package's (unfused) tensor name → the Hugging Face ``LlamaForCausalLM`` name."""
+    parts = key.split(".")
+    if parts[0] == "layers":
+        inverse_layer = {v: k for k, v in _HF_LAYER_NAMES.items()}
+        inner = ".".join(parts[2:-1])
+        return f"model.layers.{parts[1]}.{inverse_layer[inner]}.{parts[-1]}"
+    inverse_top = {v: k for k, v in _HF_TOP_NAMES.items()}
+    return f"{inverse_top[parts[0]]}.{parts[-1]}"
+
+
 def to_hf_state_dict(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """This package's tensor names → Hugging Face ``LlamaForCausalLM`` names."""
-    inverse_layer = {v: k for k, v in _HF_LAYER_NAMES.items()}
-    inverse_top = {v: k for k, v in _HF_TOP_NAMES.items()}
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        parts = key.split(".")
-        if parts[0] == "layers":
-            inner = ".".join(parts[2:-1])
-            out[f"model.layers.{parts[1]}.{inverse_layer[inner]}.weight"] = value
-        else:
-            out[inverse_top[parts[0]] + ".weight"] = value
-    return out
+    return {to_hf_name(key): value for key, value in state.items()}

@@ -141,35 +141,3 @@ def test_hf_safetensors_folder_loads_the_same_model(smollm: LlamaWeights, tmp_pa
         engine = Engine(weights, torch.device("cpu"), Precision.FP32)
         runs.append(list(engine.generate_ids(prompt, 4, Sampler(greedy, engine.device))))
     assert runs[0] == runs[1]
-
-
-def test_a_reused_prefix_gives_the_logits_of_a_whole_prefill(smollm: LlamaWeights) -> None:
-    """The prefix cache (reuse_prefix): a prompt sharing its start with the last one copies
-    those keys and values, prefills the rest, and picks what a whole prefill picks; fp32, so
-    that the two orders of the sums agree to rounding."""
-    engine = Engine(smollm, torch.device("cpu"), Precision.FP32)
-    tok = engine.tokenizer
-    system = {"role": "system", "content": "You answer in one word. " * 20}
-    first, second = (
-        tok.encode(tok.render_chat([system, {"role": "user", "content": q}]))
-        for q in ("Name a colour.", "Name a fruit.")
-    )
-    greedy = SamplingParams(temperature=0)
-
-    def run(prompt: list[int], reuse: bool) -> list[int]:
-        return list(
-            engine.generate_ids(prompt, 6, Sampler(greedy, engine.device), reuse_prefix=reuse)
-        )
-
-    whole = run(second, False)
-    assert engine.reused_tokens == 0
-    run(first, True)
-    assert engine.reused_tokens == 0  # nothing cached yet
-    assert run(second, True) == whole
-    shared = next(i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b)
-    assert engine.reused_tokens == shared > 100
-    assert run(second, True) == whole  # the same prompt again: all but its last token
-    assert engine.reused_tokens == len(second) - 1
-    engine.clear_prefix()
-    run(second, True)
-    assert engine.reused_tokens == 0

@@ -8,9 +8,11 @@ from typing import Any
 
 import jsonschema
 import pytest
+import torch
 from support.psionic import CHAT, serve_models
 
 from psionic.engine import TextDelta
+from psionic.grammar import INTEGER_BOUND, TOOL_CALL_TAG
 from psionic.openai_routes import chat_job
 from psionic.sampling import SamplingParams
 from psionic.tools import Splitter, parse_call, parse_tools
@@ -217,3 +219,25 @@ async def test_bad_tools_are_a_400(served: Any, extra: dict[str, Any], says: str
     response = await client.post("/v1/chat/completions", json=_body(**extra))
     assert response.status == 400
     assert says in (await response.json())["error"]["message"]
+
+
+def test_an_integer_the_schema_leaves_unbounded_still_ends(chat_engine: Any) -> None:
+    """A picker that always wants another digit: the grammar ends the number at 16 digits
+    (INTEGER_BOUND), so the call closes instead of running to the token budget."""
+    tools = [_tool("count", "Count to n", n={"type": "integer"})]
+    request = parse_tools({"tools": tools, "tool_choice": "required"}, constrained=True)
+    assert request.grammar is not None
+    constraint = chat_engine.constraint(request.grammar)
+    one = chat_engine.tokenizer.encode("1")
+    assert len(one) == 1
+    wants_digits = torch.zeros(chat_engine.args.vocab_size)
+    wants_digits[one[0]] = 1.0
+    pick = constraint.wrap(lambda logits: int(torch.argmax(logits)))
+    picked = []
+    for _ in range(200):
+        picked.append(pick(wants_digits.clone()))
+        if picked[-1] in chat_engine.tokenizer.stop_ids:
+            break
+    text = chat_engine.tokenizer.decode(picked)
+    call = json.loads(text.removeprefix(TOOL_CALL_TAG).split("<|im_end|>")[0])
+    assert call["name"] == "count" and 0 < call["arguments"]["n"] <= INTEGER_BOUND, text
