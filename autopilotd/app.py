@@ -4,8 +4,9 @@ wires them together. Everything else gets its collaborators handed in, typed as 
     kernel    Runtime: config, state store, event bus, store, registry, clock, log, stop
     adapters  the relay pool (nostr-sdk), the Lightning node (ldk-node), psionic and a Nexus
               over HTTP
-    services  relays, wallet, local runtime, provider, buyer, starter, sync (each owns its
-              snapshot sections; the starter service is also a job source of the provider)
+    services  relays, wallet, local runtime, provider, buyer, starter, sync, sandbox, chat,
+              fine-tuning and its tenant API (each owns its snapshot sections; the starter
+              service is also a job source of the provider)
     commands  the registry's commands, each given the service it drives
 
 `Adapters` replaces real adapters in fast tests only; the daemon and the demo never use it.
@@ -26,6 +27,7 @@ from autopilotd.adapters.codex_engine import CodexEngine, CodexSettings, find_co
 from autopilotd.adapters.ldk_node import ldk_node_factory
 from autopilotd.adapters.nexus_http import HttpNexus
 from autopilotd.adapters.psionic_http import PsionicClient
+from autopilotd.adapters.psionic_train_http import PsionicTrainer
 from autopilotd.adapters.relay_pool import PoolConfig, RelayPool
 from autopilotd.buyer.service import Buyer
 from autopilotd.chat.commands_lane import CommandLane
@@ -35,16 +37,21 @@ from autopilotd.chat.service import ActionRules, ChatService
 from autopilotd.commands import BUILTINS, Registrar
 from autopilotd.commands import buyer as buyer_commands
 from autopilotd.commands import chat as chat_commands
+from autopilotd.commands import finetune as finetune_commands
 from autopilotd.commands import provider as provider_commands
 from autopilotd.commands import runtime as runtime_commands
 from autopilotd.commands import sandbox as sandbox_commands
 from autopilotd.commands import sync as sync_commands
 from autopilotd.commands import wallet as wallet_commands
 from autopilotd.config import Config
+from autopilotd.finetune.api import TenantApi
+from autopilotd.finetune.nip90 import FinetuneWork
+from autopilotd.finetune.service import FinetuneService
 from autopilotd.inference.service import ClientFactory, LocalRuntime
 from autopilotd.nostr.identity import NostrIdentity, identity_from_mnemonic
 from autopilotd.ports.chain import ChainReader
 from autopilotd.ports.engine import Engine
+from autopilotd.ports.finetune import Trainer
 from autopilotd.ports.nexus import NexusClient, NexusFactory
 from autopilotd.ports.relays import RelayPoolPort
 from autopilotd.ports.sandbox import Sandbox
@@ -72,6 +79,8 @@ from autopilotd.starter.service import StarterService
 from autopilotd.store import Store
 from autopilotd.store.buys import BuyRequests
 from autopilotd.store.chat import ChatThreads
+from autopilotd.store.finetune import FineTuning
+from autopilotd.store.jobs import Jobs
 from autopilotd.store.ledger import Ledger
 from autopilotd.store.onchain import OnchainSends
 from autopilotd.store.recovery import Recoveries
@@ -100,6 +109,7 @@ class Adapters:
     chain: ChainReader | None = None
     sandbox: Sandbox | None = None
     engine: Engine | None = None
+    trainer: Trainer | None = None
 
 
 @dataclass
@@ -226,10 +236,23 @@ def build(
         root=sandbox_root(config),
         python=python,
     )
+    provider_jobs = Jobs(store)  # whether a fine-tuning job sold over NIP-90 was paid
+    finetune = FinetuneService(
+        trainer=adapters.trainer or PsionicTrainer(lambda: state.current.local_runtime.url),
+        records=FineTuning(store),
+        writer=state.writer("finetune"),
+        events=events,
+        config=live,
+        job_paid=provider_jobs.paid,
+    )
     provider = ProviderService(
         pool=pool,
         payments=wallet,
-        works=[InferenceWork(local, live), SandboxWork(sandbox, live)],
+        works=[
+            InferenceWork(local, live),
+            SandboxWork(sandbox, live),
+            FinetuneWork(finetune, live, clock),
+        ],
         identity=identity,
         store=store,
         state=state,
@@ -279,6 +302,7 @@ def build(
     sync_commands.register(rt.registry, rt, sync)
     sandbox_commands.register(rt.registry, rt, sandbox)
     chat_commands.register(rt.registry, rt, chat)
+    finetune_commands.register(rt.registry, rt, finetune)
     web_commands.register(rt.registry, auth)
     for register in registrars:
         register(rt.registry, rt)
@@ -301,5 +325,7 @@ def build(
             )
     if config.runtime_mode != "off":
         services.append(local)
-    services += [provider, buyer, starter, sync, sandbox, chat]
+    services += [provider, buyer, starter, sync, sandbox, chat, finetune]
+    if config.finetune_api_port >= 0:
+        services.append(TenantApi(finetune, config.finetune_api_host, config.finetune_api_port))
     return App(rt, services, auth, seed_created)

@@ -93,6 +93,10 @@ class Config:
     provider_model: str = _editable("", "now")  # chat model for jobs naming none; "" = psionic's
     provider_queue_size: int = 8  # accepted jobs waiting to run; more are refused as busy
     provider_max_tokens: int = 256  # cap on a text-generation job's max_tokens
+    # Requests one buyer may send per minute, sustained, after a burst of 5 s of it (at least 5);
+    # more are dropped unanswered and counted (`rate-limited`), so one buyer cannot fill the
+    # queue.
+    provider_buyer_rate_per_min: int = 12
     provider_payment_timeout_s: float = 300.0  # after this a delivered job ends delivered_unpaid
     # Sandbox jobs (docs/sandbox.md): the most a job may ask, and what it gets when it names
     # nothing; and the ask for one sold over NIP-90 (kind 5720).
@@ -129,6 +133,27 @@ class Config:
     codex_bin: str = ""
     codex_model: str = ""
     codex_base_url: str = ""
+    # Fine-tuning (docs/finetune.md): the tenant API (OpenAI's fine-tuning API for tenants'
+    # keys) listens on finetune_api_host:finetune_api_port (0 picks a free port, -1 turns it
+    # off); a file's size cap; the longest example in tokens; the eval gate's margin (a
+    # checkpoint is promoted only if its holdout loss beats the base's by this share, and its
+    # pass rate is not below the base's); whether a job that succeeded promotes its best
+    # checkpoint that passes the gate by itself; how often running jobs are followed; and
+    # a new tenant's quotas (finetune.quota.set changes one tenant's).
+    finetune_api_host: str = "127.0.0.1"
+    finetune_api_port: int = 0
+    finetune_file_max_bytes: int = 16 << 20
+    finetune_max_seq_len: int = 512
+    finetune_gate_margin: float = 0.02
+    finetune_auto_promote: bool = True
+    finetune_poll_s: float = 2.0
+    finetune_quota_active_jobs: int = 1
+    finetune_quota_jobs: int = 20
+    finetune_quota_training_tokens: int = 5_000_000
+    finetune_quota_storage_bytes: int = 256 << 20
+    # The ask for a fine-tuning job sold over NIP-90 (kind 5740): per started 4 KiB of training
+    # data (a dataset named by digest counts its size as kept), per epoch.
+    provider_finetune_price_sats: int = 10
     # Starter demand: the Nexus whose starter jobs this provider takes while online ("" = none).
     # Its relay (the same address, ws://) joins `relays` by itself.
     nexus_url: str = _editable("", "now")
@@ -360,14 +385,32 @@ def _validate(config: Config) -> None:
         "sandbox_processes",
         "sandbox_file_size_mb",
         "provider_sandbox_price_sats",
+        "provider_finetune_price_sats",
     ):
         if getattr(config, name) <= 0:
             raise UserError(f"{name} must be positive")
+    if not 1 <= config.provider_buyer_rate_per_min <= 6000:
+        raise UserError("provider_buyer_rate_per_min must be 1 to 6000")
     if config.provider_max_inflight > MAX_INFLIGHT:
         raise UserError(f"provider_max_inflight must be at most {MAX_INFLIGHT}")
     base_url = config.codex_base_url
     if base_url and not (base_url.startswith(("http://", "https://")) and _has_host(base_url)):
         raise UserError(f"codex_base_url '{config.codex_base_url}' must be an http(s):// URL")
+    if not -1 <= config.finetune_api_port <= 65535:
+        raise UserError("finetune_api_port must be -1 (off), 0 (a free port) or a port number")
+    if not 0 <= config.finetune_gate_margin < 1:
+        raise UserError("finetune_gate_margin must be at least 0 and below 1")
+    for name in ("finetune_file_max_bytes", "finetune_max_seq_len", "finetune_poll_s"):
+        if getattr(config, name) <= 0:
+            raise UserError(f"{name} must be positive")
+    for name in (
+        "finetune_quota_active_jobs",
+        "finetune_quota_jobs",
+        "finetune_quota_training_tokens",
+        "finetune_quota_storage_bytes",
+    ):
+        if getattr(config, name) < 0:
+            raise UserError(f"{name} must not be negative")
     if config.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
         raise UserError("log_level must be one of DEBUG, INFO, WARNING, ERROR")
 

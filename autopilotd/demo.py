@@ -4,12 +4,16 @@ It starts, in a fresh demo folder: the offline regtest network (btcd, the shim, 
 Lightning node, an LSPS2 LSP), a local Nostr relay, a Nexus (`autopilotd nexus`: its relay,
 starter jobs, a treasury wallet), your provider daemon (a new ldk-node wallet with no coins
 and no channel, the LSP as its `wallet_lsp`; psionic with the packaged models; the Nexus as
-its `nexus_url`) and a buyer daemon that sends a paid job every few seconds on the open
-relay. The payers' channels come from the LSP, with funds pushed to them. It prints the web
+its `nexus_url`) and a second daemon on the open relay that sends a paid job every few
+seconds and also sells text generation (on your psionic), so Autopilot Chat's /buy has a
+seller. The payers' channels come from the LSP, with funds pushed to them. It prints the web
 UI's login link: click Go Online and watch the sats arrive, first from a starter job whose
 payment opens your wallet's first channel (the LSP takes its fee), then from the buyer too.
+Once that channel is open, the second daemon pays your wallet SPENDING_MONEY_SATS once, an
+ordinary payment (not earnings), so that /buy can spend: a wallet cannot spend the reserve its
+channel keeps (1,000 sats), and a few jobs' earnings are less than that.
 `--smoke N` goes online by itself and exits 0 only if the buyer's N jobs and at least one
-starter job were paid.
+starter job were paid, and the chat thread listed its folder and bought a job.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ PRICE_SATS = 10
 READY_TIMEOUT_S = 300.0
 TREASURY_CHANNEL_SATS, TREASURY_PUSH_SATS = 1_000_000, 400_000
 STARTER_TIMEOUT_S = 180.0
+SPENDING_MONEY_SATS = 2_000
+CHAT_BUY_BUDGET_SATS = PRICE_SATS * 2
 
 
 class Processes:
@@ -206,9 +212,12 @@ def payer_env(info: DevnetInfo, common: dict[str, str]) -> dict[str, str]:
 
 
 @contextlib.asynccontextmanager
-async def demo_network(root: Path) -> AsyncIterator[DemoNetwork]:
-    """A fresh devnet, relay, Nexus, provider (a new wallet + psionic) and buyer, the payers'
-    channels open."""
+async def demo_network(
+    root: Path, provider_env: dict[str, str] | None = None
+) -> AsyncIterator[DemoNetwork]:
+    """A fresh devnet, relay, Nexus, provider (a new wallet + psionic) and buyer (selling too,
+    online, on the provider's psionic), the payers' channels open. `provider_env` adds
+    settings to the provider's (benchmarks)."""
     if root.exists():
         shutil.rmtree(root)  # every devnet starts a fresh chain; so does the demo
     root.mkdir(parents=True, mode=0o700)
@@ -236,22 +245,37 @@ async def demo_network(root: Path) -> AsyncIterator[DemoNetwork]:
                     "AUTOPILOTD_PROVIDER_PRICE_SATS": str(PRICE_SATS),
                     "AUTOPILOTD_PROVIDER_MAX_TOKENS": "128",
                     "AUTOPILOTD_NEXUS_URL": nexus.url,
+                    **(provider_env or {}),
                 },
             )
+            print("loading the models …", flush=True)
+            await _wait_condition(provider, "wallet-ready", READY_TIMEOUT_S)
+            await _wait_condition(provider, "runtime-ready", READY_TIMEOUT_S)
+            runtime_url = (await _call(provider, "runtime.status"))["url"]
             await procs.start(
-                "buyer", str(BIN / "autopilotd"), "run", "--home", str(buyer), env=payers
+                "buyer",
+                str(BIN / "autopilotd"),
+                "run",
+                "--home",
+                str(buyer),
+                env={
+                    **payers,
+                    # it sells too (Autopilot Chat's /buy needs a seller), on your psionic
+                    "AUTOPILOTD_RUNTIME_MODE": "url",
+                    "AUTOPILOTD_RUNTIME_URL": runtime_url,
+                    "AUTOPILOTD_PROVIDER_PRICE_SATS": str(PRICE_SATS),
+                    "AUTOPILOTD_PROVIDER_MAX_TOKENS": "128",
+                },
             )
-            print("waiting for the wallets …", flush=True)
-            for daemon in (provider, buyer):
-                await _wait_condition(daemon, "wallet-ready", READY_TIMEOUT_S)
+            print("waiting for the buyer's wallet …", flush=True)
+            await _wait_condition(buyer, "wallet-ready", READY_TIMEOUT_S)
             print("opening the buyer's channel from the LSP …", flush=True)
             status = await _call(buyer, "wallet.status")
             await devnet.client.lsp_open_channel(
                 status["node_id"], status["listening"], 1_000_000, 600_000
             )
             await _wait_usable(buyer)
-            print("loading the models …", flush=True)
-            await _wait_condition(provider, "runtime-ready", READY_TIMEOUT_S)
+            await _go_online(buyer)
             yield DemoNetwork(root, devnet, procs, relay_url, nexus, provider, buyer)
     finally:
         await procs.stop()
@@ -274,6 +298,69 @@ async def _chat_thread(provider: Path, folder: Path) -> dict[str, Any]:
         provider, "thread.start", {"workspace": str(folder), "title": "demo folder"}
     )
     return thread
+
+
+async def _spending_money(provider: Path, buyer: Path, timeout: float) -> bool:
+    """Once the provider's wallet has a channel with room for it, the buyer pays it
+    SPENDING_MONEY_SATS over an ordinary invoice (a receive, never earnings). Whether it did."""
+    deadline = time.monotonic() + timeout
+    while (await _call(provider, "wallet.balance"))["receivable_sats"] < SPENDING_MONEY_SATS:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(2)
+    invoice = await _call(
+        provider,
+        "wallet.receive",
+        {"amount_sats": SPENDING_MONEY_SATS, "description": "demo: spending money for /buy"},
+    )
+    paid = await _call(buyer, "wallet.pay", {"bolt11": invoice["bolt11"]})
+    for _ in range(60):
+        if paid.get("settled"):
+            break
+        await asyncio.sleep(1)
+        paid = await _call(buyer, "wallet.payment", {"payment_hash": invoice["payment_hash"]})
+    return bool(paid.get("settled"))
+
+
+async def _spending_money_later(provider: Path, buyer: Path) -> None:
+    """The interactive demo's spending money, paid whenever the first channel opens."""
+    try:
+        paid = await _spending_money(provider, buyer, float("inf"))
+    except AutopilotError as exc:
+        print(f"the spending money was not paid: {exc.message}", flush=True)
+        return
+    if paid:
+        print(
+            f"\nThe buyer paid your wallet {SPENDING_MONEY_SATS:,} sats of spending money: "
+            "Autopilot Chat's /buy can spend now.",
+            flush=True,
+        )
+    else:
+        print("the spending money is not settled yet; see the wallet's history", flush=True)
+
+
+async def _chat_buy(provider: Path, thread_id: str) -> dict[str, Any]:
+    """A /buy in the chat thread, its spend approved by the owner; the bought item."""
+    turn = await _call(
+        provider,
+        "turn.start",
+        {"thread_id": thread_id, "input": f"/buy {CHAT_BUY_BUDGET_SATS} Say hello in five words."},
+    )
+    deadline = time.monotonic() + 60
+    while True:
+        now = await _call(provider, "turn.wait", {"turn_id": turn["id"], "timeout_s": 0})
+        item: dict[str, Any] = now["items"][-1]
+        if item["body"].get("approval", {}).get("status") == "pending":
+            break
+        if now["status"] != "running" or time.monotonic() > deadline:
+            return item
+        await asyncio.sleep(0.2)
+    await _call(provider, "approval.answer_spend", {"item_id": item["id"], "decision": "approve"})
+    deadline = time.monotonic() + 180
+    while now["status"] == "running" and time.monotonic() < deadline:
+        now = await _call(provider, "turn.wait", {"turn_id": turn["id"], "timeout_s": 20})
+    bought: dict[str, Any] = now["items"][-1]
+    return bought
 
 
 async def run_demo(home: Path, *, smoke: int = 0) -> int:
@@ -313,6 +400,17 @@ async def run_demo(home: Path, *, smoke: int = 0) -> int:
                 listed = len(turn["items"][-1]["body"].get("entries", []))
                 print(f"smoke: chat thread {turn['status']}, {listed} files listed", flush=True)
                 chat_ok = turn["status"] == "completed" and listed == len(DEMO_FILES)
+                if not await _spending_money(provider, buyer, 60):
+                    print("smoke: the spending money was not paid", flush=True)
+                    return 1
+                bought = await _chat_buy(provider, thread["id"])
+                body = bought["body"]
+                print(
+                    f"smoke: chat bought a job: {bought['status']}, "
+                    f"payment {str(body.get('payment_hash'))[:12]}, result: {body.get('result')}",
+                    flush=True,
+                )
+                chat_ok = chat_ok and bought["status"] == "completed" and bool(body.get("result"))
                 return 0 if rc == 0 and jobs == smoke and starter >= 1 and chat_ok else 1
             login = (await _call(provider, "web.login_url"))["url"]
             await procs.start(
@@ -340,7 +438,9 @@ async def run_demo(home: Path, *, smoke: int = 0) -> int:
                 "\nClick Go Online: the Nexus offers a starter job at once, and a buyer sends a\n"
                 "paid job every 5 s. Watch the sats arrive (Starter Jobs shows the Nexus's side).\n"
                 f"Autopilot Chat has a thread about {root / 'chat-folder'}: try /ls, then\n"
-                "/run python3 hello.py and approve it (docs/chat.md).\n"
+                "/run python3 hello.py and approve it (docs/chat.md). Once your first channel\n"
+                f"is open, the buyer pays your wallet {SPENDING_MONEY_SATS:,} sats of spending"
+                " money (not\nearnings): then /buy 20 Write a haiku buys a job from the buyer.\n"
                 "Press Ctrl-C to stop.",
                 flush=True,
             )
@@ -348,7 +448,10 @@ async def run_demo(home: Path, *, smoke: int = 0) -> int:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            await stop.wait()
+            async with asyncio.TaskGroup() as tg:
+                gift = tg.create_task(_spending_money_later(provider, buyer))
+                await stop.wait()
+                gift.cancel()
             return 0
     except (AutopilotError, TimeoutError) as exc:
         message = exc.message if isinstance(exc, AutopilotError) else "a step timed out"

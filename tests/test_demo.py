@@ -36,6 +36,10 @@ def test_demo_smoke_pays_jobs(tmp_path: Path) -> None:
     assert starter >= 1 and sats > 20  # the buyer's 2 × 10 sats and the starter jobs' prices
     assert "[1] done" in r.stdout and "[2] done" in r.stdout
     assert "smoke: chat thread completed, 3 files listed" in r.stdout
+    # Autopilot Chat's /buy, approved, paid to the demo's other daemon, which sold the job
+    assert re.search(
+        r"smoke: chat bought a job: completed, payment [0-9a-f]{12}, result: \S.*", r.stdout
+    ), r.stdout[-3000:]
 
 
 def _descendants(pid: int) -> set[int]:

@@ -237,6 +237,14 @@ class _AppServer:
                 f"{provider}.base_url={json.dumps(s.base_url)}",
                 "-c",
                 f'{provider}.wire_api="responses"',
+                # Tools only OpenAI's own servers serve (web search, sub-agents, goals): a
+                # model server of one's own, psionic among them, refuses a request with them.
+                "-c",
+                'web_search="disabled"',
+                "-c",
+                "features.multi_agent=false",
+                "-c",
+                "features.goals=false",
             ]
         log = await asyncio.to_thread(_open_log, s.home)
         try:

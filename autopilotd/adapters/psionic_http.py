@@ -9,6 +9,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from autopilotd.adapters.http_session import LazySession
 from autopilotd.ports.inference import (
     ChatChunk,
     Completion,
@@ -24,19 +25,11 @@ class PsionicClient:
 
     def __init__(self, base_url: str, *, timeout_s: float = 120.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._session: aiohttp.ClientSession | None = None
+        self._client = LazySession(timeout_s)
         self._models: tuple[ModelInfo, ...] = ()
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
-        return self._session
+        await self._client.close()
 
     async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         try:

@@ -290,13 +290,27 @@ class Buyer:
             try:
                 decoded = self._payer.decode_invoice(invoice.bolt11)
             except UserError:
-                race.errors[provider] = "invalid invoice"
+                self._refuse(row, race, provider, "invalid invoice", None)
                 continue
             if decoded.amount_msat is None or decoded.amount_msat > row.budget_msat:
-                race.errors[provider] = "invoice above budget"
+                self._refuse(row, race, provider, "invoice above budget", decoded.amount_msat)
                 continue
             return provider
         return None
+
+    def _refuse(
+        self, row: BuyRequest, race: _Race, provider: str, why: str, amount_msat: int | None
+    ) -> None:
+        """A provider's invoice is never paid: said once, in the activity feed too."""
+        race.errors[provider] = why
+        self._events.publish(
+            "buyer.invoice_refused",
+            request_id=row.request_id,
+            provider=provider,
+            reason=why,
+            amount_msat=amount_msat,
+            budget_msat=row.budget_msat,
+        )
 
     async def _pay(self, row: BuyRequest, race: _Race, provider: str) -> BuyRequest:
         rid = row.request_id

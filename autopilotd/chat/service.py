@@ -30,7 +30,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +51,7 @@ from autopilotd.ports.engine import (
 from autopilotd.ports.sandbox import Limits, Sandbox
 from autopilotd.runtime.events import EventBus
 from autopilotd.runtime.sections import ChatSection
+from autopilotd.runtime.started import Started
 from autopilotd.runtime.state import SectionWriter
 from autopilotd.store.buys import BuyRequest
 from autopilotd.store.chat import ChatThreads
@@ -116,7 +117,7 @@ class ChatService:
         self._engine = engine
         self._private = tuple(private)
         self._sandbox = sandbox
-        self._files = files
+        self._files = _Files(files)
         self._buying = buying
         self._rules = rules
         self._answered: dict[str, asyncio.Future[Item]] = {}
@@ -125,6 +126,7 @@ class ChatService:
         self._ended: dict[str, asyncio.Event] = {}
         self._interrupting: set[str] = set()
         self._tg: asyncio.TaskGroup | None = None
+        self._started = Started("the chat service")
 
     # -- the service ---------------------------------------------------------------------
 
@@ -134,6 +136,7 @@ class ChatService:
         await self._show()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
+            self._started.set()
             self._writer.set(state="ready", reason=f"turns run on the {self._engine.name} engine")
             ready()
             await asyncio.Event().wait()
@@ -193,8 +196,8 @@ class ChatService:
         """Start a turn of the thread with the user's `text`; it runs in the background."""
         if not text.strip():
             raise UserError("the input is empty: write something, or a command such as /ls")
-        if self._tg is None:
-            raise Conflict("the chat service is not running yet: try again in a moment")
+        await self._started.wait()
+        assert self._tg is not None
         thread = await self.get_thread(thread_id)
         turn = await self.threads.start_turn(thread_id, _new_id("turn"), _new_id("item"), text)
         self._ended[turn.id] = asyncio.Event()
@@ -293,14 +296,14 @@ class ChatService:
             if (await self.threads.change(item_id) or change).reverted_at is not None:
                 raise Conflict(f"item {item_id} was reverted already")
             try:
-                now = await asyncio.to_thread(self._current, root, change.path)
+                now = await asyncio.to_thread(self._files.current, root, change.path)
                 if _digest(now) != change.after_sha256:
                     raise Conflict(
                         f"{change.path} has changed since item {item_id} changed it: not "
                         "reverted, nothing written"
                     )
-                await asyncio.to_thread(self._put, root, change.path, change.before)
-            except (self._files.WorkspaceError, OSError) as exc:
+                await asyncio.to_thread(self._files.put, root, change.path, change.before)
+            except (self._files.error, OSError) as exc:
                 raise Conflict(f"{change.path} cannot be reverted: {exc}") from None
             await self.threads.mark_reverted(item_id, by)
         self._events.publish("chat.item_reverted", thread_id=item.thread_id, item_id=item_id)
@@ -312,26 +315,22 @@ class ChatService:
             raise NotFound(f"no chat item {item_id!r}; thread.read shows a thread's items")
         return item
 
-    def _current(self, root: Path, path: str) -> bytes | None:
-        """The file's bytes now, or None when there is none (in a worker thread)."""
-        self._files.clean_path(path)
-        try:
-            return self._files.read_file(root, path, FILE_MAX_BYTES)
-        except self._files.WorkspaceError as exc:
-            if str(exc).startswith("no such file"):
-                return None
-            raise
-
-    def _put(self, root: Path, path: str, data: bytes | None) -> None:
-        if data is None:
-            self._files.remove_file(root, path)
-        else:
-            self._files.write_user_file(root, path, data)
-
     # -- a turn --------------------------------------------------------------------------
 
     async def _run(self, thread: Thread, turn: Turn) -> None:
-        ctx = _Context(self, thread, turn.id)
+        ctx = _Context(
+            thread,
+            turn.id,
+            threads=self.threads,
+            events=self._events,
+            sandbox=self._sandbox,
+            files=self._files,
+            buying=self._buying,
+            rules=self._rules,
+            answered=self._answered,
+            read_thread=self.read_thread,
+            revert=self.revert,
+        )
         status, error = TurnStatus.COMPLETED, None
         try:
             await self._engine.run_turn(ctx, turn.input)
@@ -424,13 +423,57 @@ class ChatService:
         )
 
 
+class _Files:
+    """A workspace's files as chat actions read and write them (in a worker thread)."""
+
+    def __init__(self, files: WorkspaceFiles) -> None:
+        self.error = files.WorkspaceError
+        self._files = files
+
+    def current(self, root: Path, path: str) -> bytes | None:
+        """The file's bytes now, or None when there is none."""
+        self._files.clean_path(path)
+        try:
+            return self._files.read_file(root, path, FILE_MAX_BYTES)
+        except self._files.WorkspaceError as exc:
+            if str(exc).startswith("no such file"):
+                return None
+            raise
+
+    def put(self, root: Path, path: str, data: bytes | None) -> None:
+        if data is None:
+            self._files.remove_file(root, path)
+        else:
+            self._files.write_user_file(root, path, data)
+
+
 class _Context:
     """A running turn as its engine records it (ports/engine.py's TurnContext)."""
 
-    def __init__(self, chat: ChatService, thread: Thread, turn_id: str):
-        self._chat = chat
-        self._threads = chat.threads
-        self._events = chat._events
+    def __init__(
+        self,
+        thread: Thread,
+        turn_id: str,
+        *,
+        threads: ChatThreads,
+        events: EventBus,
+        sandbox: Sandbox,
+        files: _Files,
+        buying: NetworkBuying,
+        rules: ActionRules,
+        answered: dict[str, asyncio.Future[Item]],
+        read_thread: Callable[[str], Awaitable[ThreadView]],
+        revert: Callable[[str, str], Awaitable[FileChange]],
+    ) -> None:
+        self._threads = threads
+        self._events = events
+        self._sandbox = sandbox
+        self._files = files
+        self._buying = buying
+        self._rules = rules
+        self._answered = answered  # approval.answer resolves the future a turn waits on
+        self._read_thread = read_thread
+        self._revert = revert
         self._thread = thread
         self.thread_id = thread.id
         self.turn_id = turn_id
@@ -438,7 +481,7 @@ class _Context:
         self.sandbox_mode = thread.sandbox_mode
 
     async def history(self) -> list[PastItem]:
-        view = await self._chat.read_thread(self.thread_id)
+        view = await self._read_thread(self.thread_id)
         return [
             PastItem(i.kind, i.status.value, i.body)
             for i in view.items
@@ -471,8 +514,7 @@ class _Context:
     async def request_approval(
         self, item_id: str, action: str, command: str | None = None
     ) -> Approval:
-        chat = self._chat
-        deadline = time.time() + chat._rules.approval_timeout_s
+        deadline = time.time() + self._rules.approval_timeout_s
         asked = {"action": action, "status": ApprovalStatus.PENDING.value, "deadline": deadline}
         ruled = None
         if command is not None:
@@ -485,7 +527,7 @@ class _Context:
             await self._threads.answer(item_id, status, Decision.GRANT, reason)
             return Approval(approved, status.value, reason)
         waiting = asyncio.get_running_loop().create_future()
-        chat._answered[item_id] = waiting
+        self._answered[item_id] = waiting
         self._events.publish(
             "chat.approval_requested", thread_id=self.thread_id, item_id=item_id, action=action
         )
@@ -493,7 +535,7 @@ class _Context:
             async with asyncio.timeout(max(0.0, deadline - time.time())):
                 item: Item = await waiting
         except TimeoutError:
-            reason = f"no answer within {chat._rules.approval_timeout_s:g} s"
+            reason = f"no answer within {self._rules.approval_timeout_s:g} s"
             try:
                 item = await self._threads.answer(item_id, ApprovalStatus.EXPIRED, None, reason)
             except Conflict:  # answered in the same instant: that answer stands
@@ -501,7 +543,7 @@ class _Context:
                 assert found is not None
                 item = found
         finally:
-            chat._answered.pop(item_id, None)
+            self._answered.pop(item_id, None)
         answer = item.body["approval"]
         said = str(answer["status"])
         return Approval(said == ApprovalStatus.APPROVED, said, answer.get("reason"))
@@ -514,10 +556,10 @@ class _Context:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(stream.pump(OUTPUT_FLUSH_S))
             try:
-                result = await self._chat._sandbox.run(
+                result = await self._sandbox.run(
                     self.workspace,
                     ["/bin/sh", "-c", command],
-                    self._chat._rules.limits,
+                    self._rules.limits,
                     as_owner=True,
                     read_only=read_only,
                     on_output=stream.take,
@@ -528,22 +570,21 @@ class _Context:
         return CommandRun(result, stream.shown, stream.truncated or result.truncated)
 
     async def current(self, path: str) -> bytes | None:
-        return await asyncio.to_thread(self._chat._current, self.workspace, path)
+        return await asyncio.to_thread(self._files.current, self.workspace, path)
 
     async def change_file(
         self, item_id: str, path: str, before: bytes | None, after: bytes | None
     ) -> None:
         if self._thread.sandbox_mode == SandboxMode.READ_ONLY:
             raise Conflict("this thread's sandbox mode is read-only: it changes no file")
-        chat = self._chat
-        now = await asyncio.to_thread(chat._current, self.workspace, path)
+        now = await asyncio.to_thread(self._files.current, self.workspace, path)
         if now != before:
             raise Conflict(f"{path} changed while the change waited: nothing written")
         await self._threads.record_change(self.turn_id, item_id, path, before, _digest(after))
-        await asyncio.to_thread(chat._put, self.workspace, path, after)
+        await asyncio.to_thread(self._files.put, self.workspace, path, after)
 
     async def revert(self, item_id: str, by: str) -> FileChange:
-        return await self._chat.revert(item_id, by)
+        return await self._revert(item_id, by)
 
     async def changes(self) -> list[FileChange]:
         return await self._threads.changes(self.thread_id)
@@ -553,7 +594,7 @@ class _Context:
 
     async def spend_left(self) -> int:
         spent = await self._threads.spent(self.thread_id)
-        return max(0, self._chat._rules.spend_ceiling_sats - spent)
+        return max(0, self._rules.spend_ceiling_sats - spent)
 
     async def buy(
         self, item_id: str, prompt: str, budget_sats: int, timeout_s: float
@@ -562,7 +603,7 @@ class _Context:
         approval = {} if item is None else item.body.get("approval", {})
         if approval.get("action") != "spend" or approval.get("status") != "approved":
             raise Conflict(f"item {item_id}: spending was not approved")
-        buying = self._chat._buying
+        buying = self._buying
         request = await buying.submit(
             KIND_TEXT_GENERATION, prompt, budget_sats, [], timeout_s, None
         )

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from typing import Annotated, Any, Literal
 
 from autopilotd.buyer.service import Buyer
 from autopilotd.codec import Bounds
 from autopilotd.commands.system import clamp_timeout
 from autopilotd.errors import InvalidParams
-from autopilotd.nostr.nip90 import KIND_SANDBOX, KIND_TEXT_GENERATION, JobInput
+from autopilotd.nostr.nip90 import KIND_FINETUNE, KIND_SANDBOX, KIND_TEXT_GENERATION, JobInput
+from autopilotd.nostr.nip90_finetune import FLOAT_PARAMS, HASH_RE, INT_PARAMS, FinetuneSpec
 from autopilotd.nostr.nip90_sandbox import LIMIT_PARAMS, SandboxSpec
 from autopilotd.registry import Registry
 from autopilotd.runtime.context import Runtime
@@ -37,13 +39,20 @@ def register(reg: Registry, rt: Runtime, buyer: Buyer) -> None:
         tags (model, temperature; a sandbox job's limits: timeout_s, cpu_s, memory_mb …).
         With kind 5720 (a sandbox job, docs/nostr.md) the prompt is the script the provider
         runs with `runtime` and `args`, and `files` (path: base64) go with it into its
-        workspace. Returns the request; follow it with buy.status or buy.wait.
+        workspace. With kind 5740 (a fine-tuning job, docs/finetune.md) the prompt is the
+        training set, chat JSONL, or `sha256:<hex>` naming one sent to that provider before;
+        `files` may add a `holdout` set (base64, or `sha256:<hex>`), and params set
+        base_model, suffix, n_epochs, max_steps, learning_rate, lora_r, lora_alpha.
+        Returns the request; follow it with buy.status or buy.wait.
         """
         inputs: list[JobInput] = []
         tags: dict[str, str | int | float] = dict(params or {})
         if kind == KIND_SANDBOX:
             spec = sandbox_spec(prompt, runtime, files or {}, args or [], tags)
             inputs, tags = spec.inputs(), spec.params()
+        elif kind == KIND_FINETUNE:
+            tuning = finetune_spec(prompt, files or {}, tags)
+            inputs, tags = tuning.inputs(), tuning.params()
         row = await buyer.submit(
             kind,
             prompt,
@@ -111,3 +120,52 @@ def sandbox_spec(
         except ValueError:
             raise InvalidParams(f"params: {name} must be a number") from None
     return SandboxSpec(entry, decoded, runtime, tuple(args), limits)
+
+
+def finetune_spec(
+    train: str, files: dict[str, str], params: dict[str, str | int | float]
+) -> FinetuneSpec:
+    """A fine-tuning job's spec from buy.submit's arguments: the prompt is the training set
+    (or its digest), `files` may add `holdout` (base64, or its digest)."""
+    data: dict[str, bytes | None] = {}
+    digests: dict[str, str] = {}
+    given: dict[str, tuple[str, bool]] = {"train": (train, True)}
+    for name, value in files.items():
+        if name != "holdout":
+            raise InvalidParams("files: a fine-tuning job takes only `holdout`")
+        given[name] = (value, False)
+    for name, (value, plain) in given.items():
+        match = HASH_RE.fullmatch(value.strip())
+        if match is not None:
+            data[name], digests[name] = None, match.group(1)
+            continue
+        try:
+            blob = value.encode() if plain else base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidParams(f"files: {name!r} is not base64") from None
+        data[name], digests[name] = blob, hashlib.sha256(blob).hexdigest()
+    hyper: dict[str, int | float] = {}
+    for name, number in params.items():
+        if name in ("base_model", "suffix"):
+            continue
+        try:
+            if name in INT_PARAMS:
+                hyper[name] = int(number)
+            elif name in FLOAT_PARAMS:
+                hyper[name] = float(number)
+            else:
+                raise InvalidParams(
+                    "params: a fine-tuning job takes base_model, suffix, "
+                    + ", ".join([*INT_PARAMS, *FLOAT_PARAMS])
+                )
+        except ValueError:
+            raise InvalidParams(f"params: {name} must be a number") from None
+    base = params.get("base_model")
+    suffix = params.get("suffix")
+    return FinetuneSpec(
+        data,
+        digests,
+        None if base is None else str(base),
+        None if suffix is None else str(suffix),
+        hyper,
+    )

@@ -20,8 +20,9 @@ def register(reg: Registry, rt: Runtime, sync: SyncService) -> None:
 
     @reg.command("sync.now", access="owner")
     async def sync_now() -> dict[str, Any]:
-        """Reconcile history with every connected relay now; returns each relay's round."""
-        rows = await sync.reconcile(sync.connected())
+        """Reconcile history with every connected relay now; returns each relay's round. Asked
+        while the daemon is starting, it waits for history sync to start."""
+        rows = await sync.reconcile_now()
         return {"relays": [r.to_json() for r in rows]}
 
     @reg.command("sync.history")

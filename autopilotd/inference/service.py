@@ -44,6 +44,9 @@ logger = logging.getLogger(__name__)
 POLL_S = 2.0
 START_TIMEOUT_S = 300.0
 MAX_RESTARTS = 3
+# psionic decodes this many chat completions together at least; more when the provider runs
+# more jobs at once (provider_max_inflight, as it is when psionic starts).
+MIN_BATCH_SLOTS = 8
 
 
 def chat_model_path(setting: str) -> Path | None:
@@ -253,6 +256,8 @@ class LocalRuntime:
             str(port),
             *shlex.split(cfg.runtime_args),
         ]
+        if "--batch-slots" not in cmd:  # the jobs run at once decode in one batch
+            cmd += ["--batch-slots", str(max(MIN_BATCH_SLOTS, cfg.provider_max_inflight))]
         path = chat_model_path(cfg.chat_model)
         if path is not None:  # a bigger local model for chat, beside the packaged ones
             cmd += ["--model", f"{chat_model_id(cfg.chat_model)}={path}"]

@@ -32,10 +32,15 @@ KIND_EMBEDDINGS = 5060
 KIND_SANDBOX = 5720
 """Sandboxed code execution. Not assigned in the NIP-90 job-kind list when chosen; its format
 is in nip90_sandbox.py and docs/nostr.md."""
+KIND_FINETUNE = 5740
+"""LoRA fine-tuning of the provider's local model. Not assigned in the NIP-90 job-kind list
+when chosen; its format is in nip90_finetune.py and docs/finetune.md."""
 KIND_FEEDBACK = 7000
 KIND_HANDLER = 31990
 KIND_DELETION = 5
-SERVED_KINDS: frozenset[int] = frozenset({KIND_TEXT_GENERATION, KIND_EMBEDDINGS, KIND_SANDBOX})
+SERVED_KINDS: frozenset[int] = frozenset(
+    {KIND_TEXT_GENERATION, KIND_EMBEDDINGS, KIND_SANDBOX, KIND_FINETUNE}
+)
 
 ECHO_INPUTS_BYTES = 4096
 """A result repeats its request's inputs only up to this many bytes (see `build_result`)."""

@@ -9,8 +9,9 @@ every job (`job_changed`) and may end one of its own jobs through `JobControl.ab
 that ended: the buyer is told `error`, a late payment is still credited if it comes).
 
 A `Work` does one family of job kinds (text generation and embeddings on the local model,
-sandboxed code): it prices a request, says when this machine does not do its kinds now, and
-does the job. The flow picks the work by the request's kind; everything else is the same.
+sandboxed code, fine-tuning): it prices a request, says when this machine does not do its kinds
+now, and does the job. The flow picks the work by the request's kind; everything else is the
+same.
 """
 
 from __future__ import annotations

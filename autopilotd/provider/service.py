@@ -75,7 +75,10 @@ class ProviderService:
         validator = RequestValidator(
             identity,
             IntakePolicy(
-                min_bid_msat=cfg.provider_price_sats * 1000, max_tokens_cap=MAX_TOKENS_CAP
+                min_bid_msat=cfg.provider_price_sats * 1000,
+                max_tokens_cap=MAX_TOKENS_CAP,
+                buyer_refill_per_s=cfg.provider_buyer_rate_per_min / 60,
+                buyer_burst=max(5, cfg.provider_buyer_rate_per_min // 12),  # 5 s of it
             ),
             clock=clock.now,
         )

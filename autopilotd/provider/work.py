@@ -1,7 +1,8 @@
 """The kinds of work the provider sells (ports/jobs.py `Work`), by job kind.
 
 `InferenceWork` is text generation (5050) and embeddings on the local model, at
-`provider_price_sats` a job. Sandboxed code (5720) is the sandbox service's (sandbox/nip90.py).
+`provider_price_sats` a job. Sandboxed code (5720) is the sandbox service's (sandbox/nip90.py),
+fine-tuning (5740) the fine-tuning service's (finetune/nip90.py).
 `Works` finds a request's work by its kind and lists the kinds this machine does now.
 """
 

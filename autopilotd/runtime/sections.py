@@ -306,3 +306,18 @@ class ChatSection:
     threads: dict[str, int] = field(default_factory=dict)  # by status: active, archived
     running_turns: int = 0
     recent: tuple[dict[str, Any], ...] = ()  # id, title, status, updated_at, last_turn
+
+
+@dataclass(frozen=True)
+class FinetuneSection:
+    """Fine-tuning (finetune/service.py): the tenant API's address, whether the trainer
+    (psionic) answers, tenants, job counts by status, the recent jobs and the promoted models."""
+
+    state: str = "starting"  # starting | ready | degraded (the trainer does not answer)
+    reason: str = "picking up the jobs a stop left running"
+    api_url: str | None = None
+    tenants: int = 0
+    counts: dict[str, int] = field(default_factory=dict)
+    jobs: tuple[dict[str, Any], ...] = ()  # newest first: id, tenant, status, step, promotion
+    models: tuple[dict[str, Any], ...] = ()  # id, tenant, base, revision, previous, job, step
+    last_error: str | None = None

@@ -22,6 +22,7 @@ from autopilotd.runtime.sections import (
     ChatSection,
     DaemonSection,
     EarningsSection,
+    FinetuneSection,
     IdentitySection,
     JobsSection,
     LocalRuntimeSection,
@@ -54,6 +55,7 @@ class Snapshot:
     recovery: RecoverySection = field(default_factory=RecoverySection)
     sandbox: SandboxSection = field(default_factory=SandboxSection)
     chat: ChatSection = field(default_factory=ChatSection)
+    finetune: FinetuneSection = field(default_factory=FinetuneSection)
     facts: Facts = field(init=False, compare=False, repr=False)
     """Derived from the sections above when the snapshot is made (never written by anyone)."""
 

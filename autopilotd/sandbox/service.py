@@ -36,6 +36,7 @@ from autopilotd.ports.sandbox import Limits, Outcome, RunResult, Sandbox, Sandbo
 from autopilotd.runtime.configs import LiveConfig
 from autopilotd.runtime.events import EventBus
 from autopilotd.runtime.sections import SandboxSection
+from autopilotd.runtime.started import Started
 from autopilotd.runtime.state import SectionWriter
 from autopilotd.sandbox import workspace
 from autopilotd.store.sandbox import SandboxJob, SandboxJobs
@@ -126,6 +127,7 @@ class SandboxService:
         self._runs: dict[str, asyncio.Task[None]] = {}
         self._cancelled: set[str] = set()
         self._tg: asyncio.TaskGroup | None = None
+        self._started = Started("the sandbox service")
 
     # -- the service ---------------------------------------------------------------------
 
@@ -142,6 +144,7 @@ class SandboxService:
         await self._show()
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
+            self._started.set()
             ready()
             await asyncio.Event().wait()
 
@@ -222,8 +225,8 @@ class SandboxService:
             await asyncio.to_thread(workspace.read_file, self.workspace(job_id), entry, 16 << 20)
         except workspace.WorkspaceError as exc:
             raise UserError(f"entry {entry!r}: {exc}") from None
-        if self._tg is None:
-            raise Conflict("the sandbox service is not running yet")
+        await self._started.wait()
+        assert self._tg is not None
         job = await self.jobs.move(job_id, "running", entry=entry, args=args, started_at=_now())
         self._runs[job_id] = self._tg.create_task(self._run(job), name=f"sandbox {job_id}")
         self._events.publish("sandbox.started", job_id=job_id)

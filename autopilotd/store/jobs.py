@@ -74,6 +74,11 @@ class Jobs:
     async def get(self, request_id: str) -> Job | None:
         return await self._one("request_id = ?", (request_id,))
 
+    async def paid(self, request_id: str) -> bool:
+        """Whether the job was paid: the wallet reported its invoice settled (settlement)."""
+        job = await self.get(request_id)
+        return job is not None and job.stage is JobStage.PAID
+
     async def by_payment_hash(self, payment_hash: str) -> Job | None:
         return await self._one("payment_hash = ?", (payment_hash,))
 

@@ -358,4 +358,132 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         CREATE INDEX chat_file_changes_thread ON chat_file_changes (thread_id, applied_at);
         """,
     ),
+    (
+        14,
+        "fine-tuning (issue #16): tenants with hashed API keys and quotas, their training files "
+        "with the check's receipt, jobs with their events and checkpoints (the trainer's own "
+        "event number keeps an event from being recorded twice), the promoted models and every "
+        "promotion, rollback and refusal with its evidence",
+        """
+        CREATE TABLE finetune_tenants (
+            id                     TEXT PRIMARY KEY,
+            key_hash               TEXT UNIQUE,
+            key_hint               TEXT NOT NULL,
+            quota_active_jobs      INTEGER NOT NULL CHECK (quota_active_jobs >= 0),
+            quota_jobs             INTEGER NOT NULL CHECK (quota_jobs >= 0),
+            quota_training_tokens  INTEGER NOT NULL CHECK (quota_training_tokens >= 0),
+            quota_storage_bytes    INTEGER NOT NULL CHECK (quota_storage_bytes >= 0),
+            created_at             REAL NOT NULL,
+            revoked_at             REAL
+        );
+        CREATE TABLE finetune_files (
+            id          TEXT PRIMARY KEY,
+            tenant_id   TEXT NOT NULL REFERENCES finetune_tenants (id),
+            filename    TEXT NOT NULL,
+            purpose     TEXT NOT NULL,
+            bytes       INTEGER NOT NULL CHECK (bytes >= 0),
+            content     TEXT NOT NULL,
+            receipt     TEXT NOT NULL,
+            created_at  REAL NOT NULL,
+            deleted_at  REAL
+        );
+        CREATE INDEX finetune_files_tenant ON finetune_files (tenant_id, created_at);
+        CREATE TABLE finetune_jobs (
+            id                TEXT PRIMARY KEY,
+            tenant_id         TEXT NOT NULL REFERENCES finetune_tenants (id),
+            model             TEXT NOT NULL,
+            training_file     TEXT NOT NULL REFERENCES finetune_files (id),
+            validation_file   TEXT REFERENCES finetune_files (id),
+            holdout_file      TEXT REFERENCES finetune_files (id),
+            hyperparameters   TEXT NOT NULL,
+            suffix            TEXT,
+            seed              INTEGER NOT NULL,
+            status            TEXT NOT NULL CHECK (status IN ('validating_files', 'queued',
+                                  'running', 'succeeded', 'failed', 'cancelled')),
+            cancel_requested  INTEGER NOT NULL DEFAULT 0,
+            error             TEXT,
+            receipts          TEXT NOT NULL DEFAULT '{}',
+            trained_tokens    INTEGER NOT NULL DEFAULT 0,
+            step              INTEGER NOT NULL DEFAULT 0,
+            total_steps       INTEGER,
+            base_eval         TEXT,
+            last_seq          INTEGER NOT NULL DEFAULT 0,
+            fine_tuned_model  TEXT,
+            promotion         TEXT,
+            created_at        REAL NOT NULL,
+            updated_at        REAL NOT NULL,
+            finished_at       REAL
+        );
+        CREATE INDEX finetune_jobs_tenant ON finetune_jobs (tenant_id, created_at);
+        CREATE INDEX finetune_jobs_status ON finetune_jobs (status);
+        CREATE TABLE finetune_events (
+            id           INTEGER PRIMARY KEY AUTOINCREMENT,
+            job_id       TEXT NOT NULL REFERENCES finetune_jobs (id),
+            trainer_seq  INTEGER,
+            level        TEXT NOT NULL,
+            type         TEXT NOT NULL,
+            message      TEXT NOT NULL,
+            data         TEXT,
+            created_at   REAL NOT NULL,
+            UNIQUE (job_id, trainer_seq)
+        );
+        CREATE INDEX finetune_events_job ON finetune_events (job_id, id);
+        CREATE TABLE finetune_checkpoints (
+            job_id      TEXT NOT NULL REFERENCES finetune_jobs (id),
+            step        INTEGER NOT NULL,
+            digest      TEXT NOT NULL,
+            train_loss  REAL,
+            eval        TEXT,
+            created_at  REAL NOT NULL,
+            PRIMARY KEY (job_id, step)
+        );
+        CREATE TABLE finetune_models (
+            id          TEXT PRIMARY KEY,
+            tenant_id   TEXT NOT NULL REFERENCES finetune_tenants (id),
+            base        TEXT NOT NULL,
+            job_id      TEXT NOT NULL REFERENCES finetune_jobs (id),
+            step        INTEGER NOT NULL,
+            revision    TEXT NOT NULL,
+            previous    TEXT,
+            evidence    TEXT NOT NULL,
+            updated_at  REAL NOT NULL
+        );
+        CREATE TABLE finetune_promotions (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            model_id    TEXT NOT NULL,
+            tenant_id   TEXT NOT NULL,
+            job_id      TEXT NOT NULL,
+            step        INTEGER,
+            action      TEXT NOT NULL CHECK (action IN ('promoted', 'refused', 'rolled_back')),
+            revision    TEXT,
+            previous    TEXT,
+            reason      TEXT NOT NULL,
+            evidence    TEXT NOT NULL,
+            at          REAL NOT NULL
+        );
+        CREATE INDEX finetune_promotions_job ON finetune_promotions (job_id, id);
+        """,
+    ),
+    (
+        15,
+        "fine-tuning sold over NIP-90 (kind 5740): each network job with its request and buyer "
+        "(the request id is its idempotency key) and the hash of the key that fetches its "
+        "adapter; the datasets each buyer sent, by sha256, so a later request can name one",
+        """
+        CREATE TABLE finetune_network_jobs (
+            job_id          TEXT PRIMARY KEY REFERENCES finetune_jobs (id),
+            request_id      TEXT NOT NULL UNIQUE,
+            buyer_pubkey    TEXT NOT NULL,
+            fetch_key_hash  TEXT UNIQUE,
+            created_at      REAL NOT NULL
+        );
+        CREATE TABLE finetune_network_datasets (
+            buyer_pubkey  TEXT NOT NULL,
+            sha256        TEXT NOT NULL,
+            file_id       TEXT NOT NULL REFERENCES finetune_files (id),
+            created_at    REAL NOT NULL,
+            PRIMARY KEY (buyer_pubkey, sha256)
+        );
+        """,
+    ),
 ]

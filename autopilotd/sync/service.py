@@ -58,6 +58,7 @@ from autopilotd.ports.relays import (
 from autopilotd.runtime.configs import LiveConfig
 from autopilotd.runtime.events import EventBus
 from autopilotd.runtime.sections import SyncSection, SyncState
+from autopilotd.runtime.started import Started
 from autopilotd.runtime.state import SectionWriter
 from autopilotd.store.sync import RelaySync, StoredRecord, SyncEvents
 
@@ -146,6 +147,7 @@ class SyncService:
         self._due: set[str] = set()
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one capture or reconciliation at a time
+        self._started = Started("history sync")  # its relays known, its rounds loaded
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -163,9 +165,11 @@ class SyncService:
         unsubscribe_removed = self._pool.on_removed(self._on_removed)
         try:
             self._writer.set(state=SyncState.IDLE)
+            self._started.set()
             ready()
             await self._loop()
         finally:
+            self._started.clear()
             unsubscribe()
             unsubscribe_removed()
 
@@ -227,8 +231,12 @@ class SyncService:
         self._last.pop(url, None)
         self._wake.set()
 
-    def connected(self) -> list[str]:
-        return sorted(self._connected)
+    async def reconcile_now(self) -> list[RelaySync]:
+        """One round with each connected relay, when asked. Asked while the service is still
+        starting (which relays are connected is not known yet), it waits for the start rather
+        than answer that there are none."""
+        await self._started.wait()
+        return await self.reconcile(sorted(self._connected))
 
     # -- capture -----------------------------------------------------------------------------
 

@@ -73,6 +73,7 @@ PANES: tuple[Pane, ...] = (
     ),
     Pane("sync_health", "Sync Health", "System", sources.sync_health, live="open"),
     Pane("sandbox", "Sandbox", "System", sources.sandbox, live="snapshot"),
+    Pane("finetune", "Fine-tuning", "Autopilot", sources.finetune, live="snapshot"),
     Pane(
         "network_requests",
         "Network Requests",

@@ -471,6 +471,67 @@ def _limits(limits: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+FINETUNE_OPEN = frozenset({"validating_files", "queued", "running"})
+CURVE_W, CURVE_H = 320, 120
+
+
+def loss_curve(losses: list[tuple[int, float]]) -> dict[str, Any] | None:
+    """The step losses as an SVG polyline's points in a CURVE_W × CURVE_H box (the lowest
+    loss at the bottom), with the axes' ends to label; None with fewer than two steps."""
+    if len(losses) < 2:
+        return None
+    steps = [s for s, _ in losses]
+    values = [x for _, x in losses]
+    lo, hi = min(values), max(values)
+    span_x = (steps[-1] - steps[0]) or 1
+    span_y = (hi - lo) or 1.0
+    points = " ".join(
+        f"{(s - steps[0]) / span_x * CURVE_W:.1f},{(hi - x) / span_y * CURVE_H:.1f}"
+        for s, x in losses
+    )
+    return {
+        "points": points,
+        "width": CURVE_W,
+        "height": CURVE_H,
+        "first_step": steps[0],
+        "last_step": steps[-1],
+        "high": hi,
+        "low": lo,
+        "last": values[-1],
+    }
+
+
+async def finetune(v: View) -> dict[str, Any]:
+    """Fine-tuning as the `finetune` section has it; the job picked (`?job=`, the one just
+    acted on, or the newest) in full from `finetune.job`, with its loss curve; the tenants."""
+    s = v.snapshot["finetune"]
+    acted = v.acted("finetune.promote") or v.acted("finetune.cancel")
+    wanted = str(acted.params.get("job_id", "")) if acted else v.query.get("job", "")
+    wanted = wanted or (s["jobs"][0]["id"] if s["jobs"] else "")
+    job, missing = None, None
+    if wanted:
+        try:
+            job = await v.call("finetune.job", {"job_id": wanted})
+        except AutopilotError as exc:
+            missing = exc.message
+    losses = [(int(step), float(loss)) for step, loss in job["losses"]] if job else []
+    tenants = (await v.call("finetune.tenant.list"))["tenants"]
+    return {
+        "state": s["state"],
+        "reason": s["reason"],
+        "api_url": s["api_url"],
+        "counts": s["counts"],
+        "jobs": s["jobs"],
+        "models": s["models"],
+        "tenants": [t for t in tenants if t["id"] != "network"],
+        "selected": wanted,
+        "job": job,
+        "curve": loss_curve(losses),
+        "open": job is not None and job["status"] in FINETUNE_OPEN,
+        "error": (acted.error if acted else None) or missing,
+    }
+
+
 async def settings(v: View) -> dict[str, Any]:
     """The editable settings as a form (each saying when it applies), the others read-only."""
     shown = await v.call("settings.show")

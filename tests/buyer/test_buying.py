@@ -113,6 +113,9 @@ async def test_a_chat_buy_approved_by_the_owner_refuses_an_invoice_above_its_bud
         assert cheat.answered == []  # nothing is published before the owner approves
         await buyer.call("approval.answer_spend", {"item_id": item["id"], "decision": "approve"})
         await _until(lambda: len(cheat.answered) == 1)
+        await _until(lambda: bool(buyer.events("buyer.invoice_refused")))
+        (refused,) = buyer.events("buyer.invoice_refused")
+        assert (refused["reason"], refused["amount_msat"]) == ("invoice above budget", 50_000)
         market.clock.advance(121)  # past the request's deadline
         done = await buyer.call("turn.wait", {"turn_id": turn["id"], "timeout_s": 10})
         request = done["items"][-1]

@@ -14,31 +14,23 @@ from typing import Any
 
 import pytest
 from support import DaemonFactory, InProcessDaemon
-from support.chat import OWNER, asking, ended, own
+from support.bwrap import needs_bwrap
+from support.chat import NOTES, OWNER, PATCH_NOTES, asking, ended, own
 from support.chat import chat_daemon as ready_daemon
 
-from autopilotd.adapters.bwrap_sandbox import BwrapSandbox
 from autopilotd.client import RpcError
 from autopilotd.errors import Conflict, NotFound
 
-pytestmark = pytest.mark.skipif(
-    BwrapSandbox().unavailable() is not None, reason="bubblewrap cannot run here"
-)
+pytestmark = needs_bwrap
 
-NOTES = b"first line\nsecond line\nthird line\n"
-PATCH = """/patch
---- a/notes.txt
-+++ b/notes.txt
-@@ -1,3 +1,3 @@
- first line
--second line
-+second line, changed
- third line
---- /dev/null
+PATCH = (
+    PATCH_NOTES
+    + """--- /dev/null
 +++ b/src/new.txt
 @@ -0,0 +1 @@
 +a new file
 """
+)
 
 
 async def chat_daemon(factory: DaemonFactory, **settings: Any) -> InProcessDaemon:

@@ -99,6 +99,8 @@ async def test_a_command_codex_runs_asks_our_approval_first(
     (said,) = of_kind(done, "agent_message")
     assert said["body"]["text"] == "all done" and said["status"] == "completed"
     assert len(server.requests) == 2  # Codex went back to the model with the command's result
+    # Only function tools reach a model server of one's own (psionic refuses the other kinds).
+    assert {t.get("type") for r in server.requests for t in r.get("tools", [])} <= {"function"}
     told = " ".join(server.tool_outputs(1))
     if decision == "approve":
         assert command["status"] == "completed", command["body"].get("output")

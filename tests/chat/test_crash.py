@@ -17,13 +17,10 @@ from typing import Any
 
 import pytest
 from support import DaemonFactory, DaemonProcess, left_running
+from support.bwrap import needs_bwrap
 from support.chat import all_events, asking, chat_daemon, replay, run_turn
 
-from autopilotd.adapters.bwrap_sandbox import BwrapSandbox
-
-pytestmark = pytest.mark.skipif(
-    BwrapSandbox().unavailable() is not None, reason="bubblewrap cannot run here"
-)
+pytestmark = needs_bwrap
 
 
 def long_command(marker: str) -> str:

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 from support import DaemonFactory, InProcessDaemon
+from support.bwrap import needs_bwrap
 from support.chat import chat_daemon, run_turn
 
-from autopilotd.adapters.bwrap_sandbox import BwrapSandbox
 from autopilotd.adapters.fake_inference import FakeInference
 from autopilotd.app import Adapters
 
@@ -127,7 +127,7 @@ async def test_a_local_engine_turn_calls_a_tool_and_stops_at_the_bound(
     assert sum(i["kind"] in ACTION_KINDS for i in again["items"]) == 1
 
 
-@pytest.mark.skipif(BwrapSandbox().unavailable() is not None, reason="bubblewrap cannot run here")
+@needs_bwrap
 async def test_a_tool_call_to_run_asks_and_runs_after_approval(
     daemon_factory: DaemonFactory, user_workspace: Path
 ) -> None:

@@ -1,4 +1,5 @@
-"""Go Online → paid jobs → balance rises: real devnet, real relay, real psionic, real wallets."""
+"""Go Online → paid jobs → balance rises: real devnet, real relay, real psionic, real wallets;
+text generation, a sandbox job, a fine-tuning job, and chats that buy."""
 
 from __future__ import annotations
 
@@ -6,15 +7,27 @@ import asyncio
 import base64
 import contextlib
 import hashlib
+import io
 import json
+import tarfile
 import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from support.devnet import WalletDaemon
 
 from autopilotd.adapters.relay_pool import PoolConfig, RelayPool, running
+from autopilotd.nostr.identity import generate_identity
+from autopilotd.nostr.intake import IntakePolicy, RequestParser
+from autopilotd.nostr.nip90 import (
+    KIND_TEXT_GENERATION,
+    FeedbackStatus,
+    JobRequest,
+    build_feedback,
+    build_result,
+)
 from autopilotd.ports.relays import SubscriptionFilter
 
 from .conftest import PRICE_SATS, Market
@@ -33,6 +46,22 @@ CONTRACT = [
 
 def _lightning(d: WalletDaemon) -> int:
     return int(d.ctl_json("wallet.balance")["lightning_sats"])
+
+
+async def _earned(provider: WalletDaemon, before: int, sats: int) -> None:
+    """The provider's Lightning balance rises to exactly `before + sats` (settlement is
+    asynchronous: wait for it a while, then hold it to the figure)."""
+    for _ in range(40):
+        if _lightning(provider) == before + sats:
+            break
+        await asyncio.sleep(0.5)
+    assert _lightning(provider) == before + sats
+
+
+def _paid_job(provider: WalletDaemon, request_id: str, payment_hash: str) -> None:
+    """The provider's job for the request is paid, bound to the buyer's payment hash."""
+    job = provider.ctl_json("jobs.get", "--request-id", request_id)
+    assert job["stage"] == "paid" and job["payment_hash"] == payment_hash
 
 
 async def _go_online(provider: WalletDaemon) -> dict[str, Any]:
@@ -102,11 +131,7 @@ async def test_five_paid_jobs(market: Market) -> None:
     rows = [await _buy(buyer, f"Say the number {i}.") for i in range(5)]
     assert [r["status"] for r in rows] == ["done"] * 5, rows
     assert all(r["result"] for r in rows)
-    for _ in range(40):
-        if _lightning(provider) == p0 + 5 * PRICE_SATS:
-            break
-        await asyncio.sleep(0.5)
-    assert _lightning(provider) == p0 + 5 * PRICE_SATS
+    await _earned(provider, p0, 5 * PRICE_SATS)
     hashes = {r["payment_hash"] for r in rows}
     sent = [
         p
@@ -247,20 +272,31 @@ async def test_a_buyer_pays_a_provider_for_a_sandbox_job(market: Market) -> None
     expected = hashlib.sha256(bytes(range(256)) * 4096).hexdigest()
     assert base64.b64decode(digest["data_b64"]).decode() == expected
     assert digest["sha256"] == hashlib.sha256(expected.encode()).hexdigest()
-    price = 10  # provider_sandbox_price_sats for one step of 10 CPU-seconds
-    for _ in range(40):
-        if _lightning(provider) == p0 + price:
-            break
-        await asyncio.sleep(0.5)
-    assert _lightning(provider) == p0 + price
-    job = provider.ctl_json("jobs.get", "--request-id", row["request_id"])
-    assert job["stage"] == "paid" and job["payment_hash"] == row["payment_hash"]
+    await _earned(provider, p0, 10)  # provider_sandbox_price_sats, one step of 10 CPU-seconds
+    _paid_job(provider, row["request_id"], row["payment_hash"])
     [ran] = provider.ctl_json("sandbox.list", "--limit", "5")["jobs"]
     assert (ran["origin"], ran["request_id"], ran["state"]) == (
         "nip90",
         row["request_id"],
         "succeeded",
     )
+
+
+async def _buy_asking(
+    buyer: WalletDaemon, thread_id: str, budget: int
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A chat /buy started, once its item asks the owner: the turn, the item, the turn now."""
+    turn = buyer.ctl_json(
+        "turn.start", "--thread-id", thread_id, "--input", f"/buy {budget} Say hello."
+    )
+    deadline = time.monotonic() + 30
+    while True:
+        now = buyer.ctl_json("turn.wait", "--turn-id", turn["id"], "--timeout-s", "0")
+        item = now["items"][-1]
+        if item["body"].get("approval", {}).get("status") == "pending":
+            return turn, item, now
+        assert time.monotonic() < deadline, now
+        await asyncio.sleep(0.1)
 
 
 async def test_a_chat_buys_a_job_from_the_network_after_the_owner_approves(
@@ -276,17 +312,7 @@ async def test_a_chat_buys_a_job_from_the_network_after_the_owner_approves(
     workspace.mkdir()
     thread = buyer.ctl_json("thread.start", "--workspace", str(workspace))
     budget = PRICE_SATS + 9
-    turn = buyer.ctl_json(
-        "turn.start", "--thread-id", thread["id"], "--input", f"/buy {budget} Say hello."
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        now = buyer.ctl_json("turn.wait", "--turn-id", turn["id"], "--timeout-s", "0")
-        item = now["items"][-1]
-        if item["body"].get("approval", {}).get("status") == "pending":
-            break
-        assert time.monotonic() < deadline, now
-        await asyncio.sleep(0.1)
+    turn, item, now = await _buy_asking(buyer, thread["id"], budget)
     assert (item["kind"], item["body"]["budget_sats"]) == ("network_request", budget)
     assert "request_id" not in item["body"]  # nothing is published before the approval
     buyer.ctl_json("approval.answer_spend", "--item-id", item["id"], "--decision", "approve")
@@ -305,10 +331,127 @@ async def test_a_chat_buys_a_job_from_the_network_after_the_owner_approves(
         row["result"],
     )
     assert body["result"]
-    for _ in range(40):
-        if _lightning(provider) == p0 + PRICE_SATS:
-            break
+    await _earned(provider, p0, PRICE_SATS)
+    _paid_job(provider, body["request_id"], body["payment_hash"])
+
+
+async def test_a_chat_buy_refuses_a_real_invoice_above_its_budget(
+    market: Market, tmp_path: Path
+) -> None:
+    """/buy approved for a budget, and the only provider answers with a real devnet invoice for
+    more: the buyer decodes it with its own wallet, refuses it (an event says so) and pays
+    nothing; the hub that made the invoice never sees a payment for it."""
+    provider, buyer = market.provider, market.buyer
+    provider.ctl("provider.offline")  # the cheat below is the only provider
+    cheat = generate_identity()
+    pool = RelayPool(PoolConfig(relays=(market.relay_url,)))
+    sub = pool.subscription("cheat")
+    since = int(time.time()) - 5
+    await sub.set_filters([SubscriptionFilter(kinds=(KIND_TEXT_GENERATION,), since=since)])
+    budget = PRICE_SATS + 9
+    bolt11 = await market.net.client.hub_invoice((budget + 31) * 1000, "above the budget")
+    payment_hash = buyer.ctl_json("wallet.decode", "--bolt11", bolt11)["payment_hash"]
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    thread = buyer.ctl_json("thread.start", "--workspace", str(workspace))
+    async with running(pool):
+        turn, item, _ = await _buy_asking(buyer, thread["id"], budget)
+        buyer.ctl_json("approval.answer_spend", "--item-id", item["id"], "--decision", "approve")
+        async with asyncio.timeout(60):
+            async for incoming in sub.events():
+                request = RequestParser(cheat, IntakePolicy()).parse(
+                    incoming.event, now=time.time()
+                )
+                if isinstance(request, JobRequest) and request.bid_msat == budget * 1000:
+                    break
+        await pool.publish(build_result(cheat, request, "cheap words"))
+        await pool.publish(
+            build_feedback(
+                cheat,
+                request,
+                FeedbackStatus.PAYMENT_REQUIRED,
+                amount_msat=(budget + 31) * 1000,
+                bolt11=bolt11,
+            )
+        )
+        deadline = time.monotonic() + 60
+        while not (
+            refused := [
+                e
+                for e in _domain_events(buyer)
+                if e["domain_event"] == "buyer.invoice_refused"
+                and e.get("request_id") == request.id
+            ]
+        ):
+            assert time.monotonic() < deadline, "the buyer never refused the invoice"
+            await asyncio.sleep(0.5)
+    assert refused[0]["reason"] == "invoice above budget"
+    assert refused[0]["amount_msat"] == (budget + 31) * 1000
+    buyer.ctl_json("turn.interrupt", "--turn-id", turn["id"])
+    ended = buyer.ctl_json("turn.wait", "--turn-id", turn["id"], "--timeout-s", "20")
+    assert (
+        ended["status"] == "interrupted" and ended["items"][-1]["body"].get("payment_hash") is None
+    )
+    row = buyer.ctl_json("buy.status", "--request-id", request.id)
+    assert row["payment_hash"] is None and row["status"] != "done"
+    at_hub = await market.net.client.hub_payment(payment_hash)  # the invoice, still unpaid
+    assert at_hub is not None and at_hub["status"] == "PENDING", at_hub
+    history = buyer.ctl_json("wallet.history")["payments"]
+    assert all(p["payment_hash"] != payment_hash for p in history)
+
+
+async def test_a_buyer_pays_for_a_fine_tuning_job_and_fetches_the_trained_adapter(
+    market: Market,
+) -> None:
+    """Kind 5740 for real: the provider's psionic trains a LoRA adapter on the packaged model
+    from the buyer's inline chat JSONL, the buyer pays the invoice over Lightning, and the key
+    in the result fetches a tar of the adapter whose weights have the result's digest."""
+    provider, buyer = market.provider, market.buyer
+    await _go_online(provider)
+    deadline = time.monotonic() + 120
+    while 5740 not in provider.ctl_json("provider.status")["provider"]["served_kinds"]:
+        assert time.monotonic() < deadline, provider.ctl_json("finetune.status")
         await asyncio.sleep(0.5)
-    assert _lightning(provider) == p0 + PRICE_SATS
-    job = provider.ctl_json("jobs.get", "--request-id", body["request_id"])
-    assert job["stage"] == "paid" and job["payment_hash"] == body["payment_hash"]
+    p0 = _lightning(provider)
+    rows = [
+        {"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": "Arr!"}]}
+        for q in ("Name a fruit.", "Say hello.", "Is ice cold?", "Name a colour.")
+    ]
+    req = buyer.ctl_json(
+        "buy.submit",
+        "--kind",
+        "5740",
+        "--prompt",
+        "".join(json.dumps(r) + "\n" for r in rows),
+        "--params",
+        '{"n_epochs": "1", "max_steps": "2", "learning_rate": "0.003"}',
+        "--budget-sats",
+        "15",
+        "--timeout-s",
+        "600",
+    )
+    row = await _wait_buy(buyer, str(req["request_id"]), timeout_s=600)
+    assert row["status"] == "done", row
+    result = json.loads(row["result"])
+    assert result["outcome"] == "succeeded" and result["base_model"], result
+    assert result["trained_tokens"] > 0
+    await _earned(provider, p0, 10)  # provider_finetune_price_sats: under 4 KiB, one epoch
+    _paid_job(provider, row["request_id"], row["payment_hash"])
+    fetch = result["fetch"]
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(fetch["url"], headers={"Authorization": f"Bearer {fetch['key']}"}) as resp,
+    ):
+        assert resp.status == 200, await resp.text()
+        body = await resp.read()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        weights = tar.extractfile("adapter_model.safetensors")
+        assert weights is not None
+        assert hashlib.sha256(weights.read()).hexdigest() == result["adapter_digest"]
+        config = tar.extractfile("adapter_config.json")
+        assert config is not None and json.load(config)["peft_type"] == "LORA"
+    trained = provider.ctl_json("finetune.job", "--job-id", result["job"])
+    assert trained["status"] == "succeeded" and trained["fine_tuned_model"] is None  # theirs
+    losses = [loss for _, loss in trained["losses"]]
+    print("\nfine-tuning over NIP-90: losses", losses, "adapter", result["adapter_digest"][:12])
+    assert len(losses) == 2

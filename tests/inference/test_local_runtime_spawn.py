@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import pytest
 from support import DaemonFactory, DaemonProcess
 
@@ -18,7 +19,9 @@ from autopilotd.manifest import pid_alive
 
 
 async def test_daemon_supervises_a_real_psionic(daemon_factory: DaemonFactory) -> None:
-    d = await daemon_factory(runtime_mode="spawn", runtime_args="--threads 1")
+    d = await daemon_factory(
+        runtime_mode="spawn", runtime_args="--threads 1", provider_max_inflight=12
+    )
     for _ in range(24):  # first start converts the GGUF (cached afterwards)
         met = await d.call("wait.until", {"condition": "runtime-ready", "timeout_s": 10})
         if met["met"]:
@@ -42,6 +45,10 @@ async def test_daemon_supervises_a_real_psionic(daemon_factory: DaemonFactory) -
     psionic = PsionicClient(status["url"])
     try:
         await psionic.status()
+        async with aiohttp.ClientSession() as http:  # 12 jobs at once decode in one batch
+            async with http.get(status["url"] + "/api/status") as r:
+                served = (await r.json())["models"]
+        assert [m["batch_slots"] for m in served if m["kind"] == "chat"] == [12]
         done = await psionic.chat(
             [{"role": "user", "content": "Say hi."}],
             model=None,

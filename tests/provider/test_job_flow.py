@@ -9,6 +9,7 @@ import sqlite3
 import time
 from typing import Any
 
+import pytest
 from support.market import PRICE_SATS, Market, Peer
 from support.nexus import until
 
@@ -254,3 +255,22 @@ async def test_an_unpaid_jit_invoice_says_the_lsp_may_be_why(market: Market) -> 
         market.clock.advance(p.app.rt.config.provider_payment_timeout_s + 1)
         job = await p.job_until(rid, "delivered_unpaid")
         assert job["reason"].startswith("not paid in time: its invoice needed a new channel")
+
+
+@pytest.mark.parametrize(("rate_per_min", "limited"), [(12, 3), (600, 0)])
+async def test_a_buyer_over_its_rate_is_dropped_unless_the_provider_allows_more(
+    market: Market, rate_per_min: int, limited: int
+) -> None:
+    """Eight requests at once from one buyer: past the burst of 5 the default rate (12 a
+    minute) drops the rest unanswered and counts them; provider_buyer_rate_per_min raises the
+    rate and its burst (5 s of it)."""
+    buyer = generate_identity()
+    async with market.peer(
+        "provider", provider_buyer_rate_per_min=rate_per_min, provider_queue_size=16
+    ) as provider:
+        await online(provider)
+        for i in range(8):
+            market.relays.inject(build_job_request(buyer, 5050, f"Say {i}.", bid_msat=30_000).json)
+        s = await provider.until(lambda s: sum(s.jobs.rejections.values()) + len(s.jobs.inbox) >= 8)
+        assert s.jobs.rejections.get("rate-limited", 0) == limited, s.jobs.rejections
+        assert len(s.jobs.inbox) == 8 - limited, s.jobs.rejections

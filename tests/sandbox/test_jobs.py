@@ -21,15 +21,13 @@ import pytest
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from support import BIN, DaemonFactory, DaemonProcess, InProcessDaemon, left_running
+from support.bwrap import needs_bwrap
 
-from autopilotd.adapters.bwrap_sandbox import BwrapSandbox
 from autopilotd.client import RpcError
 from autopilotd.ctl.args import UsageError
 from autopilotd.ctl.main import run as ctl_run
 
-pytestmark = pytest.mark.skipif(
-    BwrapSandbox().unavailable() is not None, reason="bubblewrap cannot run here"
-)
+pytestmark = needs_bwrap
 
 
 def b64(data: bytes | str) -> str:

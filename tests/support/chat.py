@@ -108,6 +108,18 @@ class ScriptedEngine:
         await ctx.complete(item)
 
 
+NOTES = b"first line\nsecond line\nthird line\n"  # notes.txt in a test's workspace
+# A /patch turn that changes notes.txt's second line.
+PATCH_NOTES = """/patch
+--- a/notes.txt
++++ b/notes.txt
+@@ -1,3 +1,3 @@
+ first line
+-second line
++second line, changed
+ third line
+"""
+
 OWNER = 4242  # as root, a chat's commands run as the workspace's owner, never as root
 
 

@@ -19,6 +19,7 @@ from autopilotd.adapters.fake_relays import FakeNetwork as FakeRelays
 from autopilotd.app import Adapters, App, build
 from autopilotd.config import Config
 from autopilotd.paths import Paths, private_dir
+from autopilotd.ports.finetune import Trainer
 from autopilotd.ports.nexus import NexusFactory
 from autopilotd.runtime.clock import ManualClock
 from autopilotd.runtime.sections import RuntimeState, ServiceState, WalletState
@@ -90,6 +91,7 @@ class Market:
         real_relays: bool = False,
         inference: FakeInference | None = None,
         nexus: NexusFactory | None = None,
+        trainer: Trainer | None = None,
         **settings: Any,
     ) -> AsyncIterator[Peer]:
         """A daemon's services, running until the block ends (same name: same home).
@@ -125,6 +127,7 @@ class Market:
                 relay_pool=None if real_relays else self.relays.pool(),
                 nexus=nexus,
                 clock=self.clock,
+                trainer=trainer,
             ),
         )
         supervisor = Supervisor(app.rt.state.writer("services"), app.rt.events, self.clock)

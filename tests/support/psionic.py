@@ -74,7 +74,7 @@ class FakeEngine:
         cancelled: Callable[[], bool],
         constraint: object = None,
         *,
-        reuse_prefix: bool = False,
+        reuse_prefix: bool = True,
     ) -> Iterator[TextDelta | Finished]:
         """As the real engine's, whose constraint and prefix reuse this one ignores."""
         self.started += 1

@@ -22,10 +22,12 @@ from support.relays import serve_ws, until
 from autopilotd.adapters.local_relay import local_relay, start_relay
 from autopilotd.adapters.relay_pool import PoolConfig, RelayPool, running
 from autopilotd.config import Config
+from autopilotd.errors import NotReady
 from autopilotd.nostr.history import KIND_HISTORY, PROTECTED_TAG, HistoryRecord, seal
 from autopilotd.nostr.identity import NostrIdentity, generate_identity
 from autopilotd.nostr.nip90 import sign
 from autopilotd.paths import Paths
+from autopilotd.runtime import started
 from autopilotd.runtime.clock import SystemClock
 from autopilotd.runtime.configs import LiveConfig
 from autopilotd.runtime.events import EventBus
@@ -58,10 +60,10 @@ class Side:
         return int(row[0])
 
 
-@contextlib.asynccontextmanager
-async def side(home: Path, identity: NostrIdentity, relays: tuple[str, ...]) -> AsyncIterator[Side]:
-    store = await Store.open(home / "db.sqlite")
-    events = EventBus()
+def service(
+    home: Path, identity: NostrIdentity, relays: tuple[str, ...], store: Store, events: EventBus
+) -> tuple[RelayPool, SyncService]:
+    """A relay pool over `relays` and a sync service on it (neither started)."""
     state = StateStore(
         Snapshot(
             seq=0,
@@ -81,6 +83,14 @@ async def side(home: Path, identity: NostrIdentity, relays: tuple[str, ...]) -> 
         events=events,
         config=LiveConfig(Config(paths=Paths.for_home(home), relays=", ".join(relays))),
     )
+    return pool, sync
+
+
+@contextlib.asynccontextmanager
+async def side(home: Path, identity: NostrIdentity, relays: tuple[str, ...]) -> AsyncIterator[Side]:
+    store = await Store.open(home / "db.sqlite")
+    events = EventBus()
+    pool, sync = service(home, identity, relays, store, events)
     ready = asyncio.Event()
     try:
         async with running(pool):
@@ -347,3 +357,33 @@ async def test_what_a_thing_is_does_not_depend_on_the_order_its_records_came_in(
         finally:
             await store.close()
     assert results == [[(rid, "paid")]] * 3
+
+
+async def test_sync_now_while_starting_waits_for_the_start_instead_of_finding_no_relay(
+    tmp_path: Path,
+) -> None:
+    """Asked before the service knows its relays, a round is not an empty answer (which reads
+    as "no relay"): it waits for the start, or says the service is not running yet."""
+    me = generate_identity()
+    async with local_relay() as relay:
+        store = await Store.open(tmp_path / "db.sqlite")
+        try:
+            pool, sync = service(tmp_path, me, (relay.url,), store, EventBus())
+            async with running(pool):
+                await until(lambda: all(h.connected for h in pool.health()))
+                with pytest.MonkeyPatch.context() as patch:
+                    patch.setattr(started, "START_WAIT_S", 0.05)
+                    with pytest.raises(NotReady, match="history sync is not running yet"):
+                        await sync.reconcile_now()
+                asked = asyncio.create_task(sync.reconcile_now())
+                await asyncio.sleep(0)  # asked first, started after
+                task = asyncio.create_task(sync.run(lambda: None))
+                try:
+                    rounds = await asyncio.wait_for(asked, 10)
+                    assert [(r.url, r.error) for r in rounds] == [(relay.url, None)]
+                finally:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+        finally:
+            await store.close()

@@ -14,9 +14,9 @@ import pytest
 from aiohttp import web as aioweb
 from support import DaemonFactory, InProcessDaemon, online_daemon, wallet_daemon
 from support.browser import artifact, chromium
+from support.bwrap import needs_bwrap
 from support.chat import ScriptedEngine, chat_daemon
 
-from autopilotd.adapters.bwrap_sandbox import BwrapSandbox
 from autopilotd.adapters.fake_lightning import FakeNetwork
 from autopilotd.app import Adapters
 from autopilotd.web.catalog import PANES
@@ -48,6 +48,9 @@ async def test_the_palette_opens_each_pane(daemon_factory: DaemonFactory, net: F
         page = await ctx.new_page()
         await _login(page, provider)
         await page.wait_for_selector("[data-testid=hud-balance]:has-text('2\u2009600')")
+        # New content is wired up in the same step as it is shown: no moment in which a button
+        # is on the page and a click on it does nothing.
+        assert await page.evaluate("htmx.config.defaultSettleDelay") == 0
         await page.screenshot(path=artifact("main.png"))
         for pane in PANES:
             await page.keyboard.press("Control+k")
@@ -230,6 +233,9 @@ async def test_activity_feed_filters_and_follows_new_events(daemon: InProcessDae
     async with chromium() as ctx:
         page = await ctx.new_page()
         await _login(page, daemon)
+        # htmx wires up a re-rendered pane only once its swap settles (20 ms by default): a
+        # filter typed before that must still apply. A long settle makes that window certain.
+        await page.evaluate("htmx.config.defaultSettleDelay = 3000")
         await page.keyboard.press("Control+k")
         await page.fill("#palette-input", "activity")
         await page.keyboard.press("Enter")
@@ -412,7 +418,7 @@ async def test_a_chat_thread_streams_into_its_pane_over_one_event_source(
         assert len(opened) == 2
 
 
-@pytest.mark.skipif(BwrapSandbox().unavailable() is not None, reason="bubblewrap cannot run here")
+@needs_bwrap
 async def test_a_command_is_approved_in_the_chat_pane_and_its_output_shows(
     daemon_factory: DaemonFactory, user_workspace: Path
 ) -> None:

@@ -13,11 +13,9 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-import pytest
 from support import DaemonFactory
-from support.chat import asking, chat_daemon, ended, run_turn
-
-from autopilotd.adapters.bwrap_sandbox import BwrapSandbox
+from support.bwrap import needs_bwrap
+from support.chat import NOTES, PATCH_NOTES, asking, chat_daemon, ended, run_turn
 
 from .conftest import WebClient
 
@@ -86,19 +84,6 @@ async def test_sending_a_message_runs_a_turn_and_shows_it_in_the_pane(
 
 # -- actions: approvals, commands, file changes (with the real bubblewrap sandbox) ---------------
 
-needs_sandbox = pytest.mark.skipif(
-    BwrapSandbox().unavailable() is not None, reason="bubblewrap cannot run here"
-)
-NOTES = b"first line\nsecond line\nthird line\n"
-PATCH = """/patch
---- a/notes.txt
-+++ b/notes.txt
-@@ -1,3 +1,3 @@
- first line
--second line
-+second line, changed
- third line
-"""
 FORM_RE = re.compile(r'<form[^>]*hx-post="([^"]+)"[^>]*>(.*?)</form>', re.S)
 HIDDEN_RE = re.compile(r'<input type="hidden" name="(\w+)" value="([^"]*)">')
 
@@ -130,7 +115,7 @@ async def _press(web: WebClient, html: str, testid: str) -> tuple[int, str]:
         return r.status, await r.text()
 
 
-@needs_sandbox
+@needs_bwrap
 async def test_a_command_waits_for_its_approval_in_the_pane_then_shows_its_output(
     daemon_factory: DaemonFactory, user_workspace: Path, web_login: Any
 ) -> None:
@@ -182,7 +167,7 @@ async def test_a_command_waits_for_its_approval_in_the_pane_then_shows_its_outpu
     assert "approved already" in _text(html)
 
 
-@needs_sandbox
+@needs_bwrap
 async def test_a_file_change_shows_its_diff_and_reverts_from_the_pane(
     daemon_factory: DaemonFactory, user_workspace: Path, web_login: Any
 ) -> None:
@@ -190,7 +175,7 @@ async def test_a_file_change_shows_its_diff_and_reverts_from_the_pane(
     d = await chat_daemon(daemon_factory, chat_approval_timeout_s=60.0)
     web = await web_login(d)
     thread = await d.call("thread.start", {"workspace": str(user_workspace)})
-    turn = await d.call("turn.start", {"thread_id": thread["id"], "input": PATCH})
+    turn = await d.call("turn.start", {"thread_id": thread["id"], "input": PATCH_NOTES})
     item = await asking(d, turn["id"])
     card = _card(await _pane(web, thread["id"]), item["id"])
     assert "Autopilot asks to change notes.txt as the diff shows" in _text(card)
@@ -230,7 +215,7 @@ async def test_a_file_change_shows_its_diff_and_reverts_from_the_pane(
     assert f"Autopilot asks to undo the file change of item {item['id']}" in text
 
 
-@needs_sandbox
+@needs_bwrap
 async def test_commands_output_and_diffs_are_shown_as_text(
     daemon_factory: DaemonFactory, user_workspace: Path, web_login: Any
 ) -> None:
@@ -251,7 +236,7 @@ async def test_commands_output_and_diffs_are_shown_as_text(
     await ended(d, turn["id"])
     turn = await d.call(
         "turn.start",
-        {"thread_id": thread["id"], "input": PATCH.replace("changed", hostile)},
+        {"thread_id": thread["id"], "input": PATCH_NOTES.replace("changed", hostile)},
     )
     await asking(d, turn["id"])
     html = await _pane(web, thread["id"])

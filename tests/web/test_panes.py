@@ -109,7 +109,7 @@ async def test_nothing_on_the_page_is_refreshed_by_the_tick(web: WebClient) -> N
 
 def test_the_palette_has_one_command_per_pane() -> None:
     commands = [p.command for p in PANES]
-    assert len(commands) == len(set(commands)) == 24
+    assert len(commands) == len(set(commands)) == 25
     assert all(c == f"pane.{p.name}" for c, p in zip(commands, PANES, strict=True))
 
 

@@ -288,6 +288,23 @@
     }, true);
   }
 
+  // A kept field marked data-refresh-on-input (the Activity Feed's filter) refreshes its pane
+  // as the user types, once typing pauses: the pane's own refresh carries the kept fields, so
+  // this is the same request as a live refresh. Listened for here, on the document, rather
+  // than by htmx on the field: htmx wires up a re-rendered field only once the swap settles,
+  // and what was typed before that would be lost.
+  const typingPause = new WeakMap();
+  for (const type of ["input", "search"]) {
+    document.addEventListener(type, (e) => {
+      const field = e.target;
+      if (!field.matches || !field.matches(".keep[data-refresh-on-input]")) return;
+      const pane = field.closest("[data-live]");
+      if (!pane) return;
+      clearTimeout(typingPause.get(pane));
+      typingPause.set(pane, setTimeout(() => refresh(pane), type === "search" ? 0 : 300));
+    });
+  }
+
   // The field being typed in keeps its caret and selection across a live refresh, exactly:
   // htmx puts focus back but drops a selection that starts at 0, so the next key typed over a
   // selected value would land before it ("50" selected, "30" typed, "3050" sent). Kept form

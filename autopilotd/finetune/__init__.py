@@ -1,0 +1,1 @@
+"""Fine-tuning: tenants, the OpenAI-compatible tenant API, the eval gate, promotion."""
