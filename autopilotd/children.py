@@ -18,13 +18,16 @@ import sys
 from autopilotd.manifest import pid_alive
 
 OWNER_POLL_S = 1.0
+PR_SET_PDEATHSIG = 1
+# Looked up here, in the parent: a child forked from a threaded process must not load a library
+# (the loader's lock may be held by a thread that does not exist in the child).
+_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 def die_with_parent() -> None:
     """In the child, before exec: on Linux, get SIGTERM when the parent dies."""
-    if sys.platform.startswith("linux"):
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 async def owner_gone(owner: int, poll_s: float = OWNER_POLL_S) -> None:

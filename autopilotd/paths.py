@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ import platformdirs
 from autopilotd.errors import StartupCheckFailed
 
 APP = "autopilotd"
+LOCK_WAIT_S = 2.0
+"""How long a start waits for a home's lock before it says another daemon holds it: a child
+that a stopped daemon's thread forked a moment before holds a copy of the lock until it execs."""
 
 
 @dataclass(frozen=True)
@@ -127,18 +131,26 @@ def write_private_atomic(path: Path, data: bytes) -> None:
 
 
 @contextlib.contextmanager
-def owner_lock(path: Path) -> Iterator[None]:
-    """One process owns a home's database at a time (RELIABILITY D3): a daemon, or a Nexus."""
+def owner_lock(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """One process owns a home's database at a time (RELIABILITY D3): a daemon, or a Nexus.
+
+    A lock still held after `wait_s` belongs to another daemon; one held for less was a
+    passing copy (a child between fork and exec)."""
     private_dir(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise StartupCheckFailed(
-                f"another autopilotd already runs with this home ({path.parent}); "
-                "stop it first, or use a different --home"
-            ) from None
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise StartupCheckFailed(
+                        f"another autopilotd already runs with this home ({path.parent}); "
+                        "stop it first, or use a different --home"
+                    ) from None
+                time.sleep(0.05)
         yield
     finally:
         os.close(fd)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import os
 import platform
@@ -38,6 +37,7 @@ import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from autopilotd.ports.sandbox import Limits, Outcome, RunResult, SandboxUnavailable
 
@@ -45,7 +45,6 @@ NOBODY = 65534
 RUN_UIDS = (1_000_000, 2_000_000)
 """When the daemon is root each run gets a user id of its own from this range (no account
 has one): its process limit is its own, and no run can signal or read another's processes."""
-PR_SET_DUMPABLE = 4
 PATH = "/usr/local/bin:/usr/bin:/bin"
 ETC_FILES = ("passwd", "group", "nsswitch.conf", "ld.so.cache", "localtime")
 
@@ -139,7 +138,7 @@ class BwrapSandbox:
         probe = subprocess.run(
             [self._bwrap, *self._args(Path("/"), (), self._ro_binds), "/bin/true"],
             capture_output=True,
-            preexec_fn=lambda: _drop(NOBODY),
+            **_as_user(NOBODY, NOBODY),
             timeout=20,
             check=False,
         )
@@ -244,7 +243,8 @@ class BwrapSandbox:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 pass_fds=(read, work),
-                preexec_fn=lambda: _limit(limits, uid, gid),
+                **_as_user(uid, gid),
+                preexec_fn=lambda: _limit(limits),
                 start_new_session=True,
             )
         finally:
@@ -327,16 +327,16 @@ def _kill_group(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def _drop(uid: int, gid: int | None = None) -> None:
-    """In the child, before bwrap: when root, become `uid` (no account, no capabilities), so
-    nothing of root's is reachable and the process limit counts. Dumpable again, so bwrap can
-    open its own /proc/self/fd."""
-    if os.geteuid() == 0:
-        os.setgroups([])
-        os.setgid(uid if gid is None else gid)
-        os.setuid(uid)
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
+def _as_user(uid: int, gid: int) -> dict[str, Any]:
+    """When root, the child becomes `uid` (no account, no capabilities) before it execs bwrap,
+    so nothing of root's is reachable and the process limit counts. subprocess does it in C
+    between fork and exec: no Python runs in a child forked from a threaded process for it (a
+    lock another thread held at the fork would stay held there for good, and with it every
+    descriptor the child inherited, the home's lock among them). The exec makes the child
+    dumpable again, so bwrap can open its own /proc/self/fd."""
+    if os.geteuid() != 0:
+        return {}
+    return {"user": uid, "group": gid, "extra_groups": []}
 
 
 def _processes_of(uid: int | None) -> int:
@@ -354,7 +354,11 @@ def _processes_of(uid: int | None) -> int:
     return count
 
 
-def _limit(limits: Limits, uid: int, gid: int) -> None:
+def _limit(limits: Limits) -> None:
+    """In the child, after subprocess has made it the run's user and before bwrap: the run's
+    rlimits. Only setrlimit calls, no import and no library loading, since the child was forked
+    from a threaded process. A limit is lowered to what is asked, never raised past the hard
+    limit already there (the run's user could not)."""
     mib = 1 << 20
     for which, value in (
         (resource.RLIMIT_CPU, limits.cpu_s),
@@ -362,7 +366,8 @@ def _limit(limits: Limits, uid: int, gid: int) -> None:
         (resource.RLIMIT_FSIZE, limits.file_size_mb * mib),
         (resource.RLIMIT_NOFILE, limits.open_files),
         (resource.RLIMIT_CORE, 0),
+        (resource.RLIMIT_NPROC, limits.processes),
     ):
+        hard = resource.getrlimit(which)[1]
+        value = value if hard == resource.RLIM_INFINITY else min(value, hard)
         resource.setrlimit(which, (value, value))
-    _drop(uid, gid)
-    resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes, limits.processes))

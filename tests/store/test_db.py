@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -128,10 +130,45 @@ async def test_a_unit_cancelled_while_it_begins_leaves_no_transaction_open(
 def test_one_process_owns_a_home(tmp_path: Path) -> None:
     paths = Paths.for_home(tmp_path)
     with owner_lock(paths.lock_file):
-        with pytest.raises(StartupCheckFailed, match="already runs"), owner_lock(paths.lock_file):
+        with (
+            pytest.raises(StartupCheckFailed, match="already runs"),
+            owner_lock(paths.lock_file, wait_s=0.2),
+        ):
             pass
     with owner_lock(paths.lock_file):
         pass
+
+
+async def test_a_start_waits_out_a_lock_held_for_a_moment(tmp_path: Path) -> None:
+    """A copy of the lock held briefly (a child a stopped daemon forked, before its exec) does
+    not refuse the next start: it gets the lock once the copy is gone."""
+    paths = Paths.for_home(tmp_path)
+    with owner_lock(paths.lock_file):
+        pass
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR);"
+            " fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+            str(paths.lock_file),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    ) as holder:
+        assert holder.stdout is not None and holder.stdin is not None
+        assert holder.stdout.readline() == b"held\n"
+
+        def start() -> bool:
+            with owner_lock(paths.lock_file, wait_s=30):
+                return True
+
+        starting = asyncio.create_task(asyncio.to_thread(start))
+        await asyncio.sleep(0.2)  # the start is waiting: the holder has the lock
+        assert not starting.done()
+        holder.stdin.close()  # the holder exits, and its copy of the lock goes with it
+        assert await asyncio.wait_for(starting, 30)
+        holder.wait(30)
 
 
 async def test_group_commit_shares_commits_and_keeps_each_unit_whole(tmp_path: Path) -> None:
