@@ -337,13 +337,13 @@ async def promote_job(request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    bases, own = await request.app[SERVICE].models(_tenant(request))
+    bases, own = await request.app[SERVICE].serving.models(_tenant(request))
     data = [model_object(b, "psionic") for b in bases] + [promoted_object(m) for m in own]
     return web.json_response({"object": "list", "data": data})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    bases, own = await request.app[SERVICE].models(_tenant(request))
+    bases, own = await request.app[SERVICE].serving.models(_tenant(request))
     wanted = request.match_info["id"]
     if wanted in bases:
         return web.json_response(model_object(wanted, "psionic"))
@@ -357,8 +357,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     service = request.app[SERVICE]
     body = await _json(request)
     if not body.get("stream"):
-        return web.json_response(await service.chat(_tenant(request), body))
-    chunks = await service.stream_chat(_tenant(request), body)
+        return web.json_response(await service.serving.chat(_tenant(request), body))
+    chunks = await service.serving.stream_chat(_tenant(request), body)
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )

@@ -1,7 +1,8 @@
 """The fine-tuning service (docs/finetune.md): jobs followed through the trainer port
-(psionic); tenants, keys, quotas, files and who owns what are its `tenancy`
-(finetune/tenancy.py), the eval gate, promotion and rollback its `promotion`
-(finetune/promotion.py), the tenant API its listener (finetune/api.py).
+(psionic), each moved on by its `pipeline` (finetune/pipeline.py); tenants, keys, quotas,
+files and who owns what are its `tenancy` (finetune/tenancy.py), the eval gate, promotion and
+rollback its `promotion` (finetune/promotion.py), a tenant's models and chat its `serving`
+(finetune/serving.py), the tenant API its listener (finetune/api.py).
 
 A job is a row (store/finetune.py) from the moment it is asked for. One loop, a task of this
 service's TaskGroup, moves every job that has not ended: `validating_files` (psionic checks
@@ -29,37 +30,35 @@ import hmac
 import logging
 import re
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from autopilotd.errors import (
     AuthFailed,
-    AutopilotError,
     Conflict,
     NotFound,
     NotReady,
     UserError,
 )
 from autopilotd.finetune import gate
-from autopilotd.finetune.data import summary
-from autopilotd.finetune.hyperparameters import DEFAULT_EPOCHS, check_hyperparameters
+from autopilotd.finetune.hyperparameters import check_hyperparameters
 from autopilotd.finetune.objects import job_object
-from autopilotd.finetune.progress import error_object, read_progress
+from autopilotd.finetune.pipeline import JobPipeline
 from autopilotd.finetune.promotion import Promotion
+from autopilotd.finetune.serving import TenantModels
 from autopilotd.finetune.tenancy import (
     NETWORK_TENANT,
     PURPOSE,
-    QuotaExceeded,
     Tenancy,
     key_hash,
 )
-from autopilotd.ports.finetune import Receipt, Trainer, TrainerError, TrainEvent, TrainSpec
+from autopilotd.ports.finetune import Trainer, TrainerError
 from autopilotd.runtime.configs import LiveConfig
 from autopilotd.runtime.events import EventBus
 from autopilotd.runtime.sections import FinetuneSection
 from autopilotd.runtime.state import SectionWriter
 from autopilotd.store.finetune import FineTuning
-from autopilotd.store.finetune_records import ENDED, FtJob, FtModel, NewEvent, Tenant
+from autopilotd.store.finetune_records import ENDED, FtJob, FtModel, Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +97,10 @@ class FinetuneService:
         self._wake = asyncio.Event()
         self.tenancy = Tenancy(records, events, config)
         self.promotion = Promotion(trainer, records, self.tenancy, events, config)
+        self.pipeline = JobPipeline(
+            trainer, records, self.tenancy, self.promotion, events, config, self._wake.set
+        )
+        self.serving = TenantModels(trainer, records)
 
     # -- the service ---------------------------------------------------------------------
 
@@ -112,13 +115,16 @@ class FinetuneService:
             await self._trainer.close()
 
     async def _follow(self) -> None:
-        """Move every job that has not ended, then wait for a new one or the next poll."""
+        """Move every job that has not ended, then wait for a new one or the next poll. A
+        pass that had no job to move and found no new trouble leaves the snapshot as it was
+        (whatever else changes it shows itself)."""
         while True:
             self._wake.clear()
             trouble: str | None = None
-            for job in await self.records.active_jobs() + await self.records.waiting_jobs():
+            jobs = await self.records.active_jobs() + await self.records.waiting_jobs()
+            for job in jobs:
                 try:
-                    await self._advance(job)
+                    await self.pipeline.advance(job)
                 except TrainerError as exc:
                     trouble = f"the trainer (psionic) did not answer: {exc.message}"
                 except Exception:
@@ -128,13 +134,14 @@ class FinetuneService:
                 trouble = await self.promotion.reserve() or trouble
             except TrainerError as exc:
                 trouble = f"the trainer (psionic) did not answer: {exc.message}"
-            self._trouble = trouble
-            self._writer.set(
-                state="degraded" if trouble else "ready",
-                reason=trouble or "following fine-tuning jobs",
-                last_error=trouble,
-            )
-            await self._show()
+            if jobs or trouble != self._trouble or self._writer.current.state == "starting":
+                self._trouble = trouble
+                self._writer.set(
+                    state="degraded" if trouble else "ready",
+                    reason=trouble or "following fine-tuning jobs",
+                    last_error=trouble,
+                )
+                await self._show()
             try:
                 async with asyncio.timeout(self._config.current.finetune_poll_s):
                     await self._wake.wait()
@@ -249,7 +256,9 @@ class FinetuneService:
                 },
                 network,
             )
-        await self._note(job, "info", "message", "Validating training file", None, "created")
+        await self.pipeline.note(
+            job, "info", "message", "Validating training file", None, "created"
+        )
         self._events.publish(
             "finetune.job_state", job_id=job.id, tenant=tenant.id, status=job.status
         )
@@ -382,7 +391,7 @@ class FinetuneService:
             )
         await self.records.update_job(job.id, cancel_requested=1)
         if job.status == "validating_files":
-            await self._end(job, "cancelled", None)
+            await self.pipeline.end(job, "cancelled", None)
         else:
             try:
                 await self._trainer.cancel(job.id)
@@ -394,177 +403,7 @@ class FinetuneService:
     async def job_json(self, job: FtJob) -> dict[str, Any]:
         return job_object(job, await self.promotion.verdicts(job))
 
-    # -- following a job -----------------------------------------------------------------
-
-    async def _advance(self, job: FtJob) -> None:
-        if job.status == "succeeded":  # its promotion waits for psionic
-            await self._auto_promote(job)
-            return
-        if job.status == "validating_files":
-            await self._validate_and_submit(job)
-            return
-        try:
-            if job.cancel_requested:
-                await self._trainer.cancel(job.id)
-            events = await self._trainer.events(job.id, job.last_seq)
-        except TrainerError as exc:
-            if exc.status != 404:
-                raise
-            reason = "psionic has no record of this job any more (was its --train-dir changed?)"
-            await self._end(job, "failed", error_object(reason, "trainer_lost_job"))
-            return
-        if events:
-            await self._record(job, events)
-
-    async def _validate_and_submit(self, job: FtJob) -> None:
-        cfg = self._config.current
-        max_seq_len = int(job.hyperparameters.get("max_seq_len", cfg.finetune_max_seq_len))
-        texts: dict[str, str] = {}
-        receipts: dict[str, Any] = {}
-        for param in ("training_file", "validation_file", "holdout_file"):
-            file_id = getattr(job, param)
-            if file_id is None:
-                continue
-            if await self.records.file(file_id) is None:
-                reason = f"{param} {file_id} was deleted before the job started"
-                await self._end(job, "failed", error_object(reason, "file_not_found", param))
-                return
-            texts[param] = await self.records.file_content(file_id)
-            try:
-                receipt = await self._trainer.validate(job.model, texts[param], max_seq_len)
-            except TrainerError as exc:
-                if exc.unreachable:
-                    raise
-                await self._end(job, "failed", error_object(exc.message, "invalid_file", param))
-                return
-            receipts[param] = receipt.to_json() | {"file_id": file_id}
-            bad = _refusal(receipt)
-            if bad:
-                await self.records.update_job(job.id, receipts=receipts)
-                await self._end(
-                    job, "failed", error_object(f"{param} {file_id}: {bad}", "invalid_file", param)
-                )
-                return
-        epochs = int(job.hyperparameters.get("n_epochs", DEFAULT_EPOCHS))
-        tokens = int(receipts["training_file"]["tokens"] or 0) * epochs
-        tenant = await self.tenancy.get(job.tenant_id)
-        async with self.tenancy.counting:  # the quota's check and the tokens it counts
-            try:
-                await self.tenancy.check_quota(
-                    tenant, "training_tokens", tokens, f"{tokens} tokens"
-                )
-            except QuotaExceeded as exc:
-                await self.records.update_job(job.id, receipts=receipts)
-                await self._end(job, "failed", error_object(exc.message, "quota_exceeded"))
-                return
-            await self.records.update_job(job.id, receipts=receipts, trained_tokens=tokens)
-        holdout = texts.get("holdout_file") or texts.get("validation_file")
-        hyper = dict(job.hyperparameters) | {"seed": job.seed, "max_seq_len": max_seq_len}
-        spec = TrainSpec(
-            id=job.id,
-            base_model=job.model,
-            train=texts["training_file"],
-            validation=texts.get("validation_file"),
-            holdout=holdout,
-            hyperparameters=hyper,
-        )
-        try:
-            await self._trainer.create_job(spec)
-        except TrainerError as exc:
-            if exc.unreachable:
-                raise
-            error = error_object(
-                f"psionic refused the job: {exc.message}", exc.code or "invalid_job"
-            )
-            await self._end(job, "failed", error)
-            return
-        try:
-            job = await self.records.update_job(job.id, status="queued")
-        except Conflict:  # cancelled while psionic took it: psionic stops it too
-            await self._trainer.cancel(job.id)
-            return
-        self._wake.set()  # its first events may be there already
-        await self._note(
-            job, "info", "message", "Files validated; the job is queued", None, "queued"
-        )
-        self._events.publish(
-            "finetune.job_state", job_id=job.id, tenant=job.tenant_id, status="queued"
-        )
-
-    async def _record(self, job: FtJob, lines: list[TrainEvent]) -> None:
-        """Record the trainer's new lines in one transaction, then announce what changed."""
-        progress = read_progress(job.id, job.status, lines)
-        if progress.moves:
-            progress.fields["status"] = progress.moves[-1]
-        promote = (
-            "succeeded" in progress.moves
-            and self._config.current.finetune_auto_promote
-            and job.tenant_id != NETWORK_TENANT  # a network job's adapter is the buyer's product
-        )
-        if promote:  # recorded with the end, so a restart in between still promotes it
-            progress.fields["promotion"] = {
-                "state": "waiting",
-                "step": None,
-                "revision": None,
-                "reason": "the best checkpoint that passes the eval gate is being promoted",
-            }
-        await self.records.add_events(
-            job.id,
-            progress.events,
-            last_seq=max(line.seq for line in lines),
-            checkpoints=progress.checkpoints,
-            evals=progress.evals,
-            **progress.fields,
-        )
-        for c in progress.checkpoints:
-            self._events.publish("finetune.checkpoint", job_id=job.id, step=c.step)
-        for moved in progress.moves:
-            self._events.publish(
-                "finetune.job_state", job_id=job.id, tenant=job.tenant_id, status=moved
-            )
-        if promote:
-            await self._auto_promote(await self.records.job(job.id))
-
-    async def _end(self, job: FtJob, status: str, error: dict[str, Any] | None) -> None:
-        fields: dict[str, Any] = {"status": status}
-        if error is not None:
-            fields["error"] = error
-        try:
-            job = await self.records.update_job(job.id, **fields)
-        except Conflict:  # it ended meanwhile (a cancel), and stays as it ended
-            return
-        level = "error" if status == "failed" else "info"
-        message = f"Job failed: {error['message']}" if error else f"Job {status}"
-        await self._note(job, level, "message", message, {"status": status}, status)
-
-    async def _note(
-        self,
-        job: FtJob,
-        level: str,
-        kind: str,
-        message: str,
-        data: dict[str, Any] | None,
-        state: str,
-    ) -> None:
-        await self.records.add_events(job.id, [NewEvent(level, kind, message, data)])
-        if state in ("cancelled", "failed"):
-            self._events.publish(
-                "finetune.job_state", job_id=job.id, tenant=job.tenant_id, status=state
-            )
-
     # -- promotion (finetune/promotion.py), where the snapshot shows a change --------------
-
-    async def _auto_promote(self, job: FtJob) -> None:
-        """Promote the best checkpoint past the gate (finetune_auto_promote). While psionic
-        cannot take it (busy training, or not answering) the promotion waits, and the follow
-        loop tries again; a refusal is recorded with its reason (by `promote`)."""
-        try:
-            await self.promote(None, job.id, None)
-        except NotReady as exc:
-            waiting = {"state": "waiting", "step": None, "revision": None, "reason": exc.message}
-            await self.records.update_job(job.id, promotion=waiting)
-        except Conflict as exc:
-            logger.info("job %s not promoted: %s", job.id, exc.message)
 
     async def promote(self, tenant: Tenant | None, job_id: str, step: int | None) -> FtModel:
         """Make a checkpoint of the job (`step`, or the best that passes the gate) the served
@@ -580,50 +419,6 @@ class FinetuneService:
             return await self.promotion.rollback(tenant, model_id)
         finally:
             await self._show()
-
-    # -- the tenant's models -------------------------------------------------------------
-
-    async def models(self, tenant: Tenant) -> tuple[list[str], list[FtModel]]:
-        """The base models (that psionic serves) and the tenant's own promoted models."""
-        try:
-            bases = await self._trainer.base_models()
-        except TrainerError as exc:
-            raise NotReady(f"the trainer (psionic) did not answer: {exc.message}") from None
-        return bases, await self.records.models(tenant.id)
-
-    async def chat(self, tenant: Tenant, body: dict[str, Any]) -> dict[str, Any]:
-        """A chat completion for a base model or one of the tenant's own models, by psionic."""
-        await self._may_chat(tenant, body)
-        try:
-            return await self._trainer.chat(body)
-        except TrainerError as exc:
-            raise _chat_error(exc) from None
-
-    async def stream_chat(
-        self, tenant: Tenant, body: dict[str, Any]
-    ) -> AsyncGenerator[bytes, None]:
-        """The same, streamed: psionic's server-sent events as they come. Whatever fails
-        before the first event is raised; a failure later ends the stream."""
-        await self._may_chat(tenant, body)
-        chunks = aiter(self._trainer.stream_chat(body))
-        try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            first = b""
-        except TrainerError as exc:
-            raise _chat_error(exc) from None
-        return _chain(first, chunks)
-
-    async def _may_chat(self, tenant: Tenant, body: dict[str, Any]) -> None:
-        model = body.get("model")
-        if not isinstance(model, str):
-            raise UserError("model is required", data={"code": "invalid_request", "param": "model"})
-        bases, own = await self.models(tenant)
-        if model not in bases and model not in {m.id for m in own}:
-            raise NotFound(
-                f"The model {model!r} does not exist or you do not have access to it.",
-                data={"code": "model_not_found", "param": "model"},
-            )
 
     async def _network_room(self) -> None:
         tenant = await self.records.tenant(NETWORK_TENANT)
@@ -673,32 +468,3 @@ class FinetuneService:
         )
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
-
-
-def _refusal(receipt: Receipt) -> str | None:
-    if receipt.rejected:
-        return summary(receipt)
-    if not receipt.accepted:
-        return "it has no examples"
-    return None
-
-
-def _chat_error(exc: TrainerError) -> AutopilotError:
-    if exc.unreachable:
-        return NotReady(f"the model server did not answer: {exc.message}")
-    return UserError(exc.message, data={"code": exc.code or "invalid_request", "param": None})
-
-
-async def _chain(first: bytes, rest: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
-    """`first`, then the rest of psionic's stream (closed with this one, early or not)."""
-    try:
-        if first:
-            yield first
-        async for chunk in rest:
-            yield chunk
-    except TrainerError as exc:
-        raise _chat_error(exc) from None
-    finally:
-        close = getattr(rest, "aclose", None)
-        if close is not None:
-            await close()

@@ -186,3 +186,44 @@ async def test_autopilotctl_makes_a_tenant_and_lists_it(
     listed = await ctl("finetune", "tenant", "list")
     assert [t["id"] for t in listed["tenants"]] == ["acme"]
     assert (await ctl("finetune", "status"))["tenants"] == 1
+
+
+async def test_an_idle_follow_loop_leaves_the_snapshot_unread(tmp_path: Path) -> None:
+    """With no job to move and nothing new wrong, a pass of the follow loop asks only whether
+    a job waits: it does not read the tenants, counts, jobs and models again for a snapshot
+    that cannot have changed."""
+    store = await Store.open(tmp_path / "db.sqlite")
+    passes = asyncio.Event()
+    counted = {"passes": 0, "shows": 0}
+
+    class Counting(Records):
+        async def active_jobs(self) -> Any:
+            counted["passes"] += 1
+            if counted["passes"] >= 8:
+                passes.set()
+            return await super().active_jobs()
+
+        async def jobs(self, *args: Any, **kwargs: Any) -> Any:
+            counted["shows"] += 1
+            return await super().jobs(*args, **kwargs)
+
+    state = StateStore(
+        Snapshot(
+            seq=0,
+            daemon=DaemonSection(version="t", pid=1, started_at=0.0, home="h", session_id="s"),
+        )
+    )
+    service = FinetuneService(
+        trainer=FakeTrainer(),
+        records=Counting(store),
+        writer=state.writer("finetune"),
+        events=EventBus(),
+        config=LiveConfig(Config(paths=Paths.for_home(tmp_path), finetune_poll_s=0.01)),
+    )
+    async with asyncio.TaskGroup() as tg:
+        running = tg.create_task(service.run(lambda: None))
+        await passes.wait()
+        running.cancel()
+    assert state.current.finetune.state == "ready"
+    assert counted["shows"] == 2  # the start's, and the first pass's (it leaves "starting")
+    await store.close()
