@@ -43,7 +43,8 @@ from psionic import checkpoints
 from psionic.lora import adapter_state, write_adapter_dir
 from psionic.reference import hf_llama
 from psionic.registry import DEFAULT_CHAT_ID
-from psionic.training import Job, Progress, Training, load_weights, resolve_base
+from psionic.train_files import Job, Progress
+from psionic.training import Training, load_weights, resolve_base
 
 TOPICS = ["the sea", "a lighthouse", "bread", "a violin", "the moon", "rain", "a library", "bees"]
 FACTS = [

@@ -26,7 +26,8 @@ from psionic.lora import LoraSpec, adapter_state, attach_lora, read_adapter_dir,
 from psionic.model import KVCache, masked_token_loss
 from psionic.precision import Precision
 from psionic.reference import hf_llama
-from psionic.training import Packed, Progress, run_job, schedule_factor
+from psionic.train_files import Progress
+from psionic.training import Packed, run_job, schedule_factor
 from psionic.weights import LlamaWeights
 
 
