@@ -132,19 +132,7 @@ async def test_a_job_from_inline_data_for_the_network_tenant(tmp_path: Path) -> 
     its buyer, no key, the network's own tenant (made on first use, never counted among the
     owner's tenants); not promoted by itself, but the owner may promote it."""
     store = await Store.open(tmp_path / "db.sqlite")
-    state = StateStore(
-        Snapshot(
-            seq=0,
-            daemon=DaemonSection(version="t", pid=1, started_at=0.0, home="h", session_id="s"),
-        )
-    )
-    service = FinetuneService(
-        trainer=FakeTrainer(),
-        records=Records(store),
-        writer=state.writer("finetune"),
-        events=EventBus(),
-        config=LiveConfig(Config(paths=Paths.for_home(tmp_path), finetune_poll_s=0.05)),
-    )
+    state, service = _service(tmp_path, Records(store), poll_s=0.05)
     buyer = "ab" * 32
     job = await service.create_network_job(
         request_id="cd" * 32,
@@ -207,6 +195,18 @@ async def test_an_idle_follow_loop_leaves_the_snapshot_unread(tmp_path: Path) ->
             counted["shows"] += 1
             return await super().jobs(*args, **kwargs)
 
+    state, service = _service(tmp_path, Counting(store), poll_s=0.01)
+    async with asyncio.TaskGroup() as tg:
+        running = tg.create_task(service.run(lambda: None))
+        await passes.wait()
+        running.cancel()
+    assert state.current.finetune.state == "ready"
+    assert counted["shows"] == 2  # the start's, and the first pass's (it leaves "starting")
+    await store.close()
+
+
+def _service(tmp_path: Path, records: Records, poll_s: float) -> tuple[StateStore, FinetuneService]:
+    """A fine-tuning service on its own, with the fake trainer, and the snapshot it writes."""
     state = StateStore(
         Snapshot(
             seq=0,
@@ -215,15 +215,9 @@ async def test_an_idle_follow_loop_leaves_the_snapshot_unread(tmp_path: Path) ->
     )
     service = FinetuneService(
         trainer=FakeTrainer(),
-        records=Counting(store),
+        records=records,
         writer=state.writer("finetune"),
         events=EventBus(),
-        config=LiveConfig(Config(paths=Paths.for_home(tmp_path), finetune_poll_s=0.01)),
+        config=LiveConfig(Config(paths=Paths.for_home(tmp_path), finetune_poll_s=poll_s)),
     )
-    async with asyncio.TaskGroup() as tg:
-        running = tg.create_task(service.run(lambda: None))
-        await passes.wait()
-        running.cancel()
-    assert state.current.finetune.state == "ready"
-    assert counted["shows"] == 2  # the start's, and the first pass's (it leaves "starting")
-    await store.close()
+    return state, service
