@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,8 @@ from psionic.runtime import Runtime, ServedModel
 from psionic.train_jobs import TrainJobs
 from psionic.train_routes import base_model
 from psionic.worker import JobFailed, QueueFull, WorkerState
+
+logger = logging.getLogger(__name__)
 
 MODEL_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,255}$")
 
@@ -69,6 +72,18 @@ class Adapter:
             "step": self.meta.get("step"),
             "job": self.meta.get("job"),
         }
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """An adapter a PUT names, read and checked, not yet loaded."""
+
+    source: Path
+    meta: dict[str, Any]  # its psionic_adapter.json
+    spec: LoraSpec
+    state: dict[str, Tensor]
+    revision: str
+    base: ServedModel
 
 
 def _mismatch(message: str) -> ApiError:
@@ -125,15 +140,58 @@ class Adapters:
         return digest
 
     async def put(self, model_id: str, body: dict[str, Any], token: str | None) -> Adapter:
-        """Load the adapter a PUT names and make it the active revision of ``model_id``."""
-        _check_fields(body, {"job", "step", "expect_digest", "path"})
+        """Load the adapter a PUT names and make it the active revision of ``model_id``.
+
+        ``previous`` (the same fields) names a revision to load beside it as the previous
+        one, for a rollback, when ``model_id`` is new here (a daemon serving its promoted
+        models again after a restart); it is never active, and ignored when the id is
+        served already. It is best effort: a previous revision that cannot be read or
+        loaded is logged and left out, and the answer's ``previous`` is null."""
+        _check_fields(body, {"job", "step", "expect_digest", "path", "previous"})
         if not MODEL_ID.match(model_id):
-            raise invalid("model", "An adapter model id is 1-256 letters, digits and ._:/-")
+            raise invalid("model", "An adapter model id is 1-256 letters, digits and ._:-")
         current = self._runtime.models.get(model_id)
         if current is not None and current.parent is None:
             raise ApiError(
                 409, f"{model_id!r} is a base model.", param="model", code="model_id_taken"
             )
+        keep = body.get("previous")
+        if keep is not None and not isinstance(keep, dict):
+            raise invalid("previous", "'previous' must be an object like the body, or null.")
+        new = await self._prepare(body)
+        await self._drained()  # outside the mutex: a rollback never waits for a drain
+        async with self._mutex:
+            adapter = self._adapters.get(model_id)
+            if adapter is not None and adapter.active.parent != new.base.spec.id:
+                raise _mismatch(f"{model_id!r} is an adapter of {adapter.active.parent!r}.")
+            if adapter is not None and adapter.active.revision == new.revision:
+                return adapter  # already active
+            if (
+                adapter is not None
+                and adapter.previous
+                and adapter.previous.revision == new.revision
+            ):
+                return self._rollback(adapter)
+            served = await self._load(model_id, new, token)
+            retired = None
+            if adapter is None:
+                adapter = Adapter(served, None, new.meta, None)
+                if keep is not None:
+                    await self._keep_previous(adapter, keep, token)
+                self._adapters[model_id] = adapter
+            else:
+                retired = adapter.previous
+                adapter.previous, adapter.previous_meta = adapter.active, adapter.meta
+                adapter.active, adapter.meta = served, new.meta
+                _demote(adapter.previous)
+            self._runtime.models[model_id] = served  # requests from now on run on it
+            if retired is not None:
+                self._retire(retired)
+        return adapter
+
+    async def _prepare(self, body: dict[str, Any]) -> _Prepared:
+        """Read and check the adapter a body names, before anything is served (fail closed):
+        its digest, the one expected, and its base model and that base's weights."""
         expect = body.get("expect_digest")
         if expect is not None and not isinstance(expect, str):
             raise invalid("expect_digest", "'expect_digest' must be a sha256 or null.")
@@ -159,29 +217,26 @@ class Adapters:
                 f"The adapter was trained on base weights {meta.get('base_digest')}; "
                 f"{base.spec.id!r} serves {digest}."
             )
-        await self._drained()  # outside the mutex: a rollback never waits for a drain
-        async with self._mutex:
-            adapter = self._adapters.get(model_id)
-            if adapter is not None and adapter.active.parent != base.spec.id:
+        return _Prepared(source, meta, spec, state, revision, base)
+
+    async def _keep_previous(
+        self, adapter: Adapter, keep: dict[str, Any], token: str | None
+    ) -> None:
+        """Load the revision ``keep`` names as ``adapter``'s previous one (see ``put``)."""
+        model_id = adapter.active.spec.id
+        try:
+            _check_fields(keep, {"job", "step", "expect_digest", "path"})
+            old = await self._prepare(keep)
+            if old.revision == adapter.active.revision:
+                return
+            if old.base.spec.id != adapter.active.parent:
                 raise _mismatch(f"{model_id!r} is an adapter of {adapter.active.parent!r}.")
-            if adapter is not None and adapter.active.revision == revision:
-                return adapter  # already active
-            if adapter is not None and adapter.previous and adapter.previous.revision == revision:
-                return self._rollback(adapter)
-            served = await self._load(model_id, base, spec, state, revision, source, token)
-            retired = None
-            if adapter is None:
-                adapter = Adapter(served, None, meta, None)
-                self._adapters[model_id] = adapter
-            else:
-                retired = adapter.previous
-                adapter.previous, adapter.previous_meta = adapter.active, adapter.meta
-                adapter.active, adapter.meta = served, meta
-                _demote(adapter.previous)
-            self._runtime.models[model_id] = served  # requests from now on run on it
-            if retired is not None:
-                self._retire(retired)
-        return adapter
+            previous = await self._load(model_id, old, token)
+        except ApiError as exc:
+            logger.warning("%s: the previous revision is not kept: %s", model_id, exc.message)
+            return
+        adapter.previous, adapter.previous_meta = previous, old.meta
+        _demote(previous)
 
     def _base(self, meta: dict[str, Any]) -> ServedModel:
         name = meta.get("base_model")
@@ -194,18 +249,10 @@ class Adapters:
                     return base_model(self._runtime, served.spec.id)
             raise _mismatch(f"The adapter's base model {name!r} is not served here.") from None
 
-    async def _load(
-        self,
-        model_id: str,
-        base: ServedModel,
-        spec: LoraSpec,
-        state: dict[str, Tensor],
-        revision: str,
-        source: Path,
-        token: str | None,
-    ) -> ServedModel:
+    async def _load(self, model_id: str, new: _Prepared, token: str | None) -> ServedModel:
         """A started, loaded worker for the revision; the base is warmed first if needed (a
         load onto the device, so it honours the swap lock like ``/warm``)."""
+        base, spec, state = new.base, new.spec, new.state
         if base.worker.state is not WorkerState.WARM:
             try:
                 self._runtime.lock.check(token)
@@ -220,11 +267,11 @@ class Adapters:
             return engine.derived(lora_view(engine.model, spec, state))
 
         served = self._runtime.serve(
-            ModelSpec(model_id, base.spec.kind, source),
+            ModelSpec(model_id, base.spec.kind, new.source),
             base.precision,
             loader,
             parent=base.spec.id,
-            revision=revision,
+            revision=new.revision,
         )
         served.worker.start()
         try:

@@ -12,6 +12,7 @@ has the checkpoint's digest as its sha256.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -23,6 +24,7 @@ from typing import Any
 
 from autopilotd.ports.finetune import (
     AdapterRevision,
+    AdapterSource,
     EvalResult,
     Receipt,
     Rejection,
@@ -151,7 +153,12 @@ class FakeTrainer:
         return await self.get_job(job_id)
 
     async def put_adapter(
-        self, model_id: str, job: str, step: int, expect_digest: str | None
+        self,
+        model_id: str,
+        job: str,
+        step: int,
+        expect_digest: str | None,
+        previous: AdapterSource | None = None,
     ) -> AdapterRevision:
         found = self.jobs.get(job)
         if found is None:
@@ -163,9 +170,12 @@ class FakeTrainer:
             raise TrainerError(f"job {job} has no checkpoint at step {step}", status=404)
         if expect_digest is not None and expect_digest != digest:
             raise TrainerError("adapter digest mismatch", status=400, code="digest_mismatch")
+        if previous is not None and not self.adapters.get(model_id):
+            with contextlib.suppress(TrainerError):  # best effort, as psionic's
+                await self.put_adapter(model_id, previous.job, previous.step, previous.digest)
         history = self.adapters.setdefault(model_id, [])
-        previous = history[-1].revision if history else None
-        made = AdapterRevision(model_id, found.spec.base_model, digest, previous, step, job)
+        before = history[-1].revision if history else None
+        made = AdapterRevision(model_id, found.spec.base_model, digest, before, step, job)
         history.append(made)
         return made
 

@@ -14,6 +14,7 @@ import aiohttp
 from autopilotd.adapters.http_session import LazySession
 from autopilotd.ports.finetune import (
     AdapterRevision,
+    AdapterSource,
     EvalResult,
     Receipt,
     TrainCheckpoint,
@@ -106,9 +107,20 @@ class PsionicTrainer:
         return _job(await self._request("POST", f"/api/train/jobs/{quote(job_id, safe='')}/cancel"))
 
     async def put_adapter(
-        self, model_id: str, job: str, step: int, expect_digest: str | None
+        self,
+        model_id: str,
+        job: str,
+        step: int,
+        expect_digest: str | None,
+        previous: AdapterSource | None = None,
     ) -> AdapterRevision:
-        body = {"job": job, "step": step, "expect_digest": expect_digest}
+        body: dict[str, Any] = {"job": job, "step": step, "expect_digest": expect_digest}
+        if previous is not None:
+            body["previous"] = {
+                "job": previous.job,
+                "step": previous.step,
+                "expect_digest": previous.digest,
+            }
         return _adapter(
             await self._request("PUT", f"/api/adapters/{quote(model_id, safe='')}", body)
         )

@@ -4,7 +4,8 @@ A checkpoint becomes a served model only past the eval gate (finetune/gate.py): 
 it the active revision of the job's model id on psionic, atomically there, and records it with
 its evidence; a refusal is recorded with its reason too. Rollback serves the previous revision
 psionic keeps. psionic keeps adapters in memory only, so after it restarts `reserve` loads each
-promoted model again at its recorded revision. One swap at a time: a promotion, a rollback or a
+promoted model again at its recorded revision, with the previous revision beside it (so a
+rollback still has where to go). One swap at a time: a promotion, a rollback or a
 re-serve pass never interleaves with another.
 """
 
@@ -16,7 +17,7 @@ import time
 from autopilotd.errors import Conflict, NotFound, NotReady
 from autopilotd.finetune import gate
 from autopilotd.finetune.tenancy import Tenancy
-from autopilotd.ports.finetune import Trainer, TrainerError
+from autopilotd.ports.finetune import AdapterSource, Trainer, TrainerError
 from autopilotd.runtime.configs import LiveConfig
 from autopilotd.runtime.events import EventBus
 from autopilotd.store.finetune import FineTuning
@@ -143,7 +144,11 @@ class Promotion:
                     continue
                 try:
                     await self._trainer.put_adapter(
-                        model.id, model.job_id, model.step, model.revision
+                        model.id,
+                        model.job_id,
+                        model.step,
+                        model.revision,
+                        await self._previous(model),
                     )
                 except TrainerError as exc:
                     if exc.unreachable:
@@ -154,6 +159,13 @@ class Promotion:
                     "finetune.reserved", model=model.id, revision=model.revision, step=model.step
                 )
         return "; ".join(troubles) or None
+
+    async def _previous(self, model: FtModel) -> AdapterSource | None:
+        """The revision a rollback of `model` goes back to, as its promotion recorded it."""
+        if model.previous is None:
+            return None
+        found = await self._records.promoted_as(model.id, model.previous)
+        return None if found is None else AdapterSource(found[0], found[1], model.previous)
 
     async def rollback(self, tenant: Tenant | None, served_as: str) -> FtModel:
         """Serve the model's previous revision again (psionic keeps one)."""

@@ -118,6 +118,15 @@ class AdapterRevision:
 
 
 @dataclass(frozen=True)
+class AdapterSource:
+    """A job's checkpoint to serve as an adapter, and the digest it must have."""
+
+    job: str
+    step: int
+    digest: str
+
+
+@dataclass(frozen=True)
 class TrainSpec:
     """A training job as psionic runs it: the datasets inline, hyperparameters as given."""
 
@@ -145,9 +154,16 @@ class Trainer(Protocol):
     async def cancel(self, job_id: str) -> TrainJob: ...
 
     async def put_adapter(
-        self, model_id: str, job: str, step: int, expect_digest: str | None
+        self,
+        model_id: str,
+        job: str,
+        step: int,
+        expect_digest: str | None,
+        previous: AdapterSource | None = None,
     ) -> AdapterRevision:
-        """Make the job's checkpoint at `step` the served revision of `model_id`."""
+        """Make the job's checkpoint at `step` the served revision of `model_id`. When psionic
+        does not serve `model_id` yet (it restarted), `previous` is loaded beside it as the
+        revision a rollback goes back to, if it can be (best effort)."""
         ...
 
     async def rollback_adapter(self, model_id: str) -> AdapterRevision: ...

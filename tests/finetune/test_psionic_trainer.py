@@ -11,7 +11,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from autopilotd.adapters.psionic_train_http import PsionicTrainer
-from autopilotd.ports.finetune import TrainerError, TrainSpec
+from autopilotd.ports.finetune import AdapterSource, TrainerError, TrainSpec
 
 JOB = {
     "id": "ftjob-1",
@@ -140,6 +140,15 @@ async def test_the_adapter_speaks_psionics_training_api(
         assert made.revision == "r2" and made.previous == "r1"
         assert seen[-1][:2] == ("PUT", "/api/adapters/ft:base:acme:x")
         assert seen[-1][2] == {"job": "ftjob-1", "step": 2, "expect_digest": "ab" * 32}
+        await trainer.put_adapter(
+            "ft:base:acme:x", "ftjob-1", 4, "cd" * 32, AdapterSource("ftjob-1", 2, "ab" * 32)
+        )
+        assert seen[-1][2] == {
+            "job": "ftjob-1",
+            "step": 4,
+            "expect_digest": "cd" * 32,
+            "previous": {"job": "ftjob-1", "step": 2, "expect_digest": "ab" * 32},
+        }
         with pytest.raises(TrainerError) as caught:
             await trainer.put_adapter("m", "ftjob-1", 2, "bad")
         assert caught.value.status == 400 and caught.value.code == "digest_mismatch"

@@ -80,3 +80,30 @@ async def test_promoted_models_are_served_again_after_psionic_restarts(ft: FineT
     assert [e["fields"]["model"] for e in events["events"] if e["name"] == "finetune.reserved"] == [
         model["id"]
     ]
+
+
+async def test_a_rollback_after_psionic_restarts_goes_back_to_the_previous_revision(
+    ft: FineTuning,
+) -> None:
+    """Serving a promoted model again after psionic restarts loads the revision it replaced
+    beside it (psionic is told which, and never serves it meanwhile), so a rollback still has
+    where to go."""
+    made = await ft.daemon.call("finetune.tenant.create", {"tenant": "acme"})
+    client = await ft.client(made["api_key"])
+    train = await client.files.create(file=upload(jsonl(EXAMPLE)), purpose="fine-tune")
+    holdout = await client.files.create(file=upload(jsonl(HOLDOUT)), purpose="fine-tune")
+    job = await client.fine_tuning.jobs.create(
+        model=BASE_MODEL, training_file=train.id, extra_body={"holdout_file": holdout.id}
+    )
+    assert (await ft.ended(job.id))["status"] == "succeeded"
+    first = await ft.daemon.call("finetune.promote", {"job_id": job.id, "step": 2})
+    second = await ft.daemon.call("finetune.promote", {"job_id": job.id, "step": 4})
+    assert second["previous"] == first["revision"]
+    ft.trainer.adapters.clear()  # psionic restarted: it serves no adapter
+    both = [first["revision"], second["revision"]]
+    await ft.wait_job(
+        job.id, lambda j: [a.revision for a in ft.trainer.adapters.get(second["id"], [])] == both
+    )
+    back = await ft.daemon.call("finetune.rollback", {"model": second["id"]})
+    assert (back["revision"], back["step"]) == (first["revision"], 2)
+    await client.close()

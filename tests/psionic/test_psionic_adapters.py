@@ -137,6 +137,33 @@ async def test_zero_adapter_answers_as_the_base_and_a_real_one_does_not(
         assert (await client.post("/api/adapters/ft-a/rollback")).status == 404
 
 
+async def test_a_new_id_can_be_given_the_previous_revision_a_rollback_goes_back_to(
+    chat_engine: Any, base_spec: ModelSpec, base_digest: str, tmp_path: Path
+) -> None:
+    """What a daemon does after psionic restarts: it puts the promoted revision and names the
+    one it had replaced as ``previous``, which is loaded but never served until a rollback. A
+    previous that cannot be loaded is left out, and the revision is served all the same."""
+    zero = write_adapter(tmp_path / "zero", chat_engine, base_digest, scale=0.0, targets=("q",))
+    loud = write_adapter(tmp_path / "loud", chat_engine, base_digest, scale=0.5, targets=("head",))
+    body = {"path": str(tmp_path / "loud"), "previous": {"path": str(tmp_path / "zero")}}
+    async with serve(chat_engine, base_spec, tmp_path) as (client, _):
+        loaded = await (await put(client, "ft-c", body)).json()
+        assert loaded == {"id": "ft-c", "base": BASE, "revision": loud, "previous": zero}
+        answer = await (await chat(client, "ft-c")).json()
+        assert answer["system_fingerprint"] == f"rev-{loud[:12]}"
+        back = await (await client.post("/api/adapters/ft-c/rollback")).json()
+        assert back["revision"] == zero and back["previous"] == loud
+        answer = await (await chat(client, "ft-c")).json()
+        assert answer["system_fingerprint"] == f"rev-{zero[:12]}"
+
+        missing = body | {"previous": {"path": str(tmp_path / "gone")}}
+        lone = await put(client, "ft-d", missing)
+        assert lone.status == 200
+        assert await lone.json() == {"id": "ft-d", "base": BASE, "revision": loud, "previous": None}
+        bad = await put(client, "ft-e", body | {"previous": "zero"})
+        assert bad.status == 400 and (await bad.json())["error"]["param"] == "previous"
+
+
 async def test_mismatched_base_or_digest_fails_closed(
     chat_engine: Any, base_spec: ModelSpec, base_digest: str, tmp_path: Path
 ) -> None:
