@@ -29,6 +29,7 @@ class RejectReason(enum.StrEnum):
     BAD_SIGNATURE = "bad-signature"
     UNDECRYPTABLE = "undecryptable"
     SOURCE_REFUSED = "source-refused"  # a job source (a Nexus) claimed it and refused it
+    ALREADY_TAKEN = "already-taken"  # a request this provider has a job for, sent again
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,13 @@ class Intake:
                 if incoming.event.kind == KIND_FEEDBACK:
                     await self._flow.lost_race(incoming.event)
                     continue
+                if await self._jobs.get(incoming.event.id) is not None:
+                    # A request it already took, sent again (a relay replays the last minutes
+                    # when a subscription starts, as after a restart): not the buyer's doing,
+                    # so it must not spend the buyer's rate, and it is not received twice.
+                    self._validator.counters.add(RejectReason.ALREADY_TAKEN)
+                    self._board.counted(self._validator.counters.snapshot())
+                    continue
                 claim = self._claim(incoming.event)
                 if isinstance(claim, str):
                     self._validator.counters.add(RejectReason.SOURCE_REFUSED)

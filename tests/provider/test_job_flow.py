@@ -197,7 +197,8 @@ async def test_a_request_delivered_again_after_a_restart_is_one_job(market: Mark
         await online(provider)
         started = time.monotonic()
         market.relays.inject(event)  # a fresh subscription sees it again (catch-up)
-        await _until(lambda: bool(provider.events("provider.request_received")))
+        await provider.until(lambda s: s.jobs.rejections.get("already-taken", 0) == 1)
+        assert provider.events("provider.request_received") == []
         history = await provider.call("jobs.history")
         assert [j["request_id"] for j in history["jobs"]] == [rid]
         assert provider.events("provider.accepted") == []
@@ -274,3 +275,30 @@ async def test_a_buyer_over_its_rate_is_dropped_unless_the_provider_allows_more(
         s = await provider.until(lambda s: sum(s.jobs.rejections.values()) + len(s.jobs.inbox) >= 8)
         assert s.jobs.rejections.get("rate-limited", 0) == limited, s.jobs.rejections
         assert len(s.jobs.inbox) == 8 - limited, s.jobs.rejections
+
+
+async def test_requests_sent_again_after_a_restart_do_not_spend_the_buyers_rate(
+    market: Market,
+) -> None:
+    """A relay sends a provider the recent requests again when it subscribes, as after a
+    restart. Those the provider has already taken are passed over before the buyer's rate is
+    counted: they cannot crowd out the buyer's new requests (3 old + 3 new would be past the
+    burst of 5)."""
+    buyer = generate_identity()
+    old = [build_job_request(buyer, 5050, f"Say {i}.", bid_msat=30_000).json for i in range(3)]
+    async with market.peer("provider", provider_queue_size=16) as provider:
+        await online(provider)
+        for data in old:
+            market.relays.inject(data)
+        await provider.until(lambda s: len(s.jobs.inbox) >= 3)
+    async with market.peer("provider", provider_queue_size=16) as provider:
+        await online(provider)
+        for data in old:  # the relay's catch-up
+            market.relays.inject(data)
+        for i in range(3):
+            market.relays.inject(build_job_request(buyer, 5050, f"Now {i}.", bid_msat=30_000).json)
+        s = await provider.until(
+            lambda s: len(s.jobs.inbox) >= 6 or s.jobs.rejections.get("rate-limited", 0) > 0
+        )
+        assert s.jobs.rejections == {"already-taken": 3}, s.jobs.rejections
+        assert len(s.jobs.inbox) == 6
