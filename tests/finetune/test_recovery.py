@@ -4,7 +4,9 @@ came meanwhile are recorded, none twice, and psionic is not asked for the job ag
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+import openai
 from support import DaemonFactory
 
 from autopilotd.adapters.fake_trainer import FakeTrainer
@@ -59,14 +61,7 @@ async def test_a_running_job_is_followed_again_after_a_restart(
 async def test_promoted_models_are_served_again_after_psionic_restarts(ft: FineTuning) -> None:
     """psionic keeps adapters in memory only: after it restarts, the daemon loads each promoted
     model again at its recorded revision (from its job's export, the digest checked)."""
-    made = await ft.daemon.call("finetune.tenant.create", {"tenant": "acme"})
-    client = await ft.client(made["api_key"])
-    train = await client.files.create(file=upload(jsonl(EXAMPLE)), purpose="fine-tune")
-    holdout = await client.files.create(file=upload(jsonl(HOLDOUT)), purpose="fine-tune")
-    job = await client.fine_tuning.jobs.create(
-        model=BASE_MODEL, training_file=train.id, extra_body={"holdout_file": holdout.id}
-    )
-    assert (await ft.ended(job.id))["status"] == "succeeded"
+    client, job = await _succeeded_job(ft)
     model = await ft.daemon.call("finetune.promote", {"job_id": job.id, "step": 2})
     ft.trainer.adapters.clear()  # psionic restarted: it serves no adapter
     await ft.wait_job(job.id, lambda j: model["id"] in ft.trainer.adapters)
@@ -88,14 +83,7 @@ async def test_a_rollback_after_psionic_restarts_goes_back_to_the_previous_revis
     """Serving a promoted model again after psionic restarts loads the revision it replaced
     beside it (psionic is told which, and never serves it meanwhile), so a rollback still has
     where to go."""
-    made = await ft.daemon.call("finetune.tenant.create", {"tenant": "acme"})
-    client = await ft.client(made["api_key"])
-    train = await client.files.create(file=upload(jsonl(EXAMPLE)), purpose="fine-tune")
-    holdout = await client.files.create(file=upload(jsonl(HOLDOUT)), purpose="fine-tune")
-    job = await client.fine_tuning.jobs.create(
-        model=BASE_MODEL, training_file=train.id, extra_body={"holdout_file": holdout.id}
-    )
-    assert (await ft.ended(job.id))["status"] == "succeeded"
+    client, job = await _succeeded_job(ft)
     first = await ft.daemon.call("finetune.promote", {"job_id": job.id, "step": 2})
     second = await ft.daemon.call("finetune.promote", {"job_id": job.id, "step": 4})
     assert second["previous"] == first["revision"]
@@ -107,3 +95,16 @@ async def test_a_rollback_after_psionic_restarts_goes_back_to_the_previous_revis
     back = await ft.daemon.call("finetune.rollback", {"model": second["id"]})
     assert (back["revision"], back["step"]) == (first["revision"], 2)
     await client.close()
+
+
+async def _succeeded_job(ft: FineTuning) -> tuple[openai.AsyncOpenAI, Any]:
+    """A tenant's client, and its job (with a holdout) trained to its end."""
+    made = await ft.daemon.call("finetune.tenant.create", {"tenant": "acme"})
+    client = await ft.client(made["api_key"])
+    train = await client.files.create(file=upload(jsonl(EXAMPLE)), purpose="fine-tune")
+    holdout = await client.files.create(file=upload(jsonl(HOLDOUT)), purpose="fine-tune")
+    job = await client.fine_tuning.jobs.create(
+        model=BASE_MODEL, training_file=train.id, extra_body={"holdout_file": holdout.id}
+    )
+    assert (await ft.ended(job.id))["status"] == "succeeded"
+    return client, job
